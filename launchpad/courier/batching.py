@@ -12,16 +12,17 @@ from __future__ import annotations
 import datetime
 import functools
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
 def batched_handler(
-    batch_size: int,
-    max_parallelism: int = 1,
-    timeout: float | datetime.timedelta = 0.2,
-    pad_batch: bool = False,
+  batch_size: int,
+  max_parallelism: int = 1,
+  timeout: float | datetime.timedelta = 0.2,
+  pad_batch: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
   """Batches concurrent calls of the decorated function.
 
@@ -57,7 +58,7 @@ def batched_handler(
 
 
 class _Call:
-  __slots__ = ("args", "kwargs", "done", "result", "error")
+  __slots__ = ("args", "done", "error", "kwargs", "result")
 
   def __init__(self, args: tuple, kwargs: dict):
     self.args = args

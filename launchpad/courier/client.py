@@ -64,12 +64,12 @@ class Client:
   """
 
   def __init__(
-      self,
-      address: str | AddressResolver,
-      *,
-      secret: bytes,
-      label: str = "courier",
-      timeout: float | None = None,
+    self,
+    address: str | AddressResolver,
+    *,
+    secret: bytes,
+    label: str = "courier",
+    timeout: float | None = None,
   ):
     resolver = StaticAddress(address) if isinstance(address, str) else address
     self._channel = _Channel(resolver, secret, label)
@@ -101,8 +101,8 @@ class Client:
 
   def __reduce__(self):
     raise errors.SerializationError(
-        f"a courier client of node {self._channel.label} cannot be sent to another "
-        "node; pass the node's handle instead (program.add_node(...) returns it)."
+      f"a courier client of node {self._channel.label} cannot be sent to another "
+      "node; pass the node's handle instead (program.add_node(...) returns it)."
     )
 
   def __repr__(self) -> str:
@@ -110,7 +110,7 @@ class Client:
 
 
 class _Method:
-  __slots__ = ("_channel", "_name", "_timeout", "_as_future")
+  __slots__ = ("_as_future", "_channel", "_name", "_timeout")
 
   def __init__(self, channel: _Channel, name: str, timeout: float | None, as_future: bool):
     self._channel = channel
@@ -185,8 +185,8 @@ class _Channel:
       self._local.conn = None
       conn.close()
       raise errors.CallTimeoutError(
-          f"call {self.label}.{method} got no reply within {timeout} s; the node "
-          "may be busy or stuck. Raise the timeout with client.with_timeout(seconds)."
+        f"call {self.label}.{method} got no reply within {timeout} s; the node "
+        "may be busy or stuck. Raise the timeout with client.with_timeout(seconds)."
       ) from None
     except (EOFError, OSError) as e:
       self._local.conn = None
@@ -214,8 +214,8 @@ class _Channel:
 
   def _lost(self, method: str, address: str, cause: BaseException) -> errors.ConnectionLostError:
     return errors.ConnectionLostError(
-        f"node {self.label} at {address} closed the connection during call "
-        f"{method!r} ({cause or type(cause).__name__}): the node stopped or crashed."
+      f"node {self.label} at {address} closed the connection during call "
+      f"{method!r} ({cause or type(cause).__name__}): the node stopped or crashed."
     )
 
   def _connect(self, deadline: float | None, method: str) -> tuple[socket.socket, str]:
@@ -227,19 +227,19 @@ class _Channel:
         address = self._resolver.resolve(remaining)
       except TimeoutError:
         raise errors.CallTimeoutError(
-            f"call {self.label}.{method}: node {self.label} did not start serving "
-            f"within the call's timeout ({_seconds(remaining)}); check that it is in "
-            "the program and that its constructor finishes."
+          f"call {self.label}.{method}: node {self.label} did not start serving "
+          f"within the call's timeout ({_seconds(remaining)}); check that it is in "
+          "the program and that its constructor finishes."
         ) from None
       try:
         return _open(address, self._secret, remaining), address
-      except (ConnectionRefusedError, ConnectionResetError, EOFError, socket.timeout) as e:
+      except (TimeoutError, ConnectionRefusedError, ConnectionResetError, EOFError) as e:
         self._resolver.forget()
         expired = deadline is not None and time.monotonic() + delay >= deadline
         if expired or (deadline is None and not self._resolver.waits):
           raise errors.CallTimeoutError(
-              f"call {self.label}.{method}: cannot connect to node {self.label} at "
-              f"{address} ({type(e).__name__}); is the node running?"
+            f"call {self.label}.{method}: cannot connect to node {self.label} at "
+            f"{address} ({type(e).__name__}); is the node running?"
           ) from None
         time.sleep(delay)  # the server is restarting or not listening yet
         delay = min(delay * 2, 0.5)
@@ -270,7 +270,7 @@ class _SyncConnection:
     self._ids = itertools.count(1)
 
   def call(
-      self, method: str, args: tuple, kwargs: dict, deadline: float | None, label: str
+    self, method: str, args: tuple, kwargs: dict, deadline: float | None, label: str
   ) -> protocol.Frame:
     payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
     call_id = next(self._ids) & 0xFFFFFFFF
@@ -298,7 +298,7 @@ class _PipelinedConnection:
     threading.Thread(target=self._read_loop, name=f"{channel.label}-futures", daemon=True).start()
 
   def submit(
-      self, method: str, args: tuple, kwargs: dict, deadline: float | None, timeout: float | None
+    self, method: str, args: tuple, kwargs: dict, deadline: float | None, timeout: float | None
   ) -> Future:
     label = self._channel.label
     future: Future = Future()
@@ -307,7 +307,9 @@ class _PipelinedConnection:
       call_id = next(self._ids) & 0xFFFFFFFF
       self._pending[call_id] = (future, method)
       try:
-        protocol.send_frame(self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers)
+        protocol.send_frame(
+          self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
+        )
       except OSError as e:
         self._pending.pop(call_id, None)
         self.close()
@@ -322,10 +324,10 @@ class _PipelinedConnection:
     if entry is not None:
       future, method = entry
       _complete(
-          future,
-          error=errors.CallTimeoutError(
-              f"call {self._channel.label}.{method} got no reply within {timeout} s."
-          ),
+        future,
+        error=errors.CallTimeoutError(
+          f"call {self._channel.label}.{method} got no reply within {timeout} s."
+        ),
       )
 
   def close(self) -> None:

@@ -78,14 +78,14 @@ def client_handshake(sock: socket.socket, secret: bytes, address: str) -> None:
   greeting = _recv_exactly(sock, len(MAGIC) + NONCE_SIZE)
   if greeting[: len(MAGIC)] != MAGIC:
     raise errors.ConnectionLostError(
-        f"{address} is not a launchpad courier server (bad greeting); check the address."
+      f"{address} is not a launchpad courier server (bad greeting); check the address."
     )
   sock.sendall(proof(secret, greeting[len(MAGIC) :]))
   if _recv_exactly(sock, 1) != AUTH_OK:
     raise errors.AuthenticationError(
-        f"the server at {address} refused this client's secret: the client "
-        "belongs to another program or launch. Dereference handles inside the "
-        "program they came from."
+      f"the server at {address} refused this client's secret: the client "
+      "belongs to another program or launch. Dereference handles inside the "
+      "program they came from."
     )
 
 
@@ -100,12 +100,12 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def send_frame(
-    sock: socket.socket,
-    kind: int,
-    flags: int,
-    call_id: int,
-    payload: bytes,
-    buffers: list[memoryview],
+  sock: socket.socket,
+  kind: int,
+  flags: int,
+  call_id: int,
+  payload: bytes,
+  buffers: list[memoryview],
 ) -> None:
   """Writes one frame; the buffers go from their own memory to the kernel."""
   header = HEADER.pack(kind, flags, len(buffers), call_id, len(payload))

@@ -31,9 +31,9 @@ def dumps(obj: Any, what: str = "value") -> tuple[bytes, list[memoryview]]:
       data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
     except Exception as e:
       raise errors.SerializationError(
-          f"cannot serialize the {what}: {type(e).__name__}: {e}. Pass only "
-          "picklable values (numpy arrays, builtins, dataclasses, module-level "
-          "classes) through RPC calls."
+        f"cannot serialize the {what}: {type(e).__name__}: {e}. Pass only "
+        "picklable values (numpy arrays, builtins, dataclasses, module-level "
+        "classes) through RPC calls."
       ) from e
   return data, [b.raw() for b in buffers]
 

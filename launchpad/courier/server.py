@@ -16,9 +16,10 @@ import logging
 import os
 import socket
 import threading
-import traceback
 import time
-from typing import Any, Callable
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 from launchpad.courier import protocol, serialization
 
@@ -68,13 +69,13 @@ class Server:
   """
 
   def __init__(
-      self,
-      obj: Any,
-      *,
-      secret: bytes,
-      label: str = "courier",
-      host: str = "127.0.0.1",
-      port: int = 0,
+    self,
+    obj: Any,
+    *,
+    secret: bytes,
+    label: str = "courier",
+    host: str = "127.0.0.1",
+    port: int = 0,
   ):
     self._methods = public_methods(obj)
     self._secret = secret
@@ -113,7 +114,7 @@ class Server:
     listener.listen(1024)
     self._listeners.append(listener)
     threading.Thread(
-        target=self._accept_loop, args=(listener,), name=f"{self._label}-accept", daemon=True
+      target=self._accept_loop, args=(listener,), name=f"{self._label}-accept", daemon=True
     ).start()
 
   def stop(self) -> None:
@@ -140,7 +141,7 @@ class Server:
       except OSError:
         return
       threading.Thread(
-          target=self._open_connection, args=(sock,), name=f"{self._label}-conn", daemon=True
+        target=self._open_connection, args=(sock,), name=f"{self._label}-conn", daemon=True
       ).start()
 
   def _open_connection(self, sock: socket.socket) -> None:
@@ -189,7 +190,7 @@ class Server:
   def hand_off(self, conn: _Connection) -> None:
     """Starts a new reading thread for `conn`, whose reader is stuck in a call."""
     threading.Thread(
-        target=self._read_loop, args=(conn, conn.generation), name=f"{self._label}-conn", daemon=True
+      target=self._read_loop, args=(conn, conn.generation), name=f"{self._label}-conn", daemon=True
     ).start()
 
   def _handle(self, conn: _Connection, frame: protocol.Frame) -> None:
@@ -212,7 +213,7 @@ class Server:
     except KeyError:
       available = ", ".join(sorted(self._methods)) or "none"
       raise AttributeError(
-          f"node {self._label} has no method {method!r}; available methods: {available}."
+        f"node {self._label} has no method {method!r}; available methods: {available}."
       ) from None
 
 

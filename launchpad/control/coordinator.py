@@ -1,0 +1,263 @@
+"""The coordinator: one per running program, owned by its launcher.
+
+Nodes register the addresses they bound; handles resolve node names through
+it; `lp.stop()` and failure reports reach it from any process; `lp status`
+reads it. Every launcher (threads, processes, SSH, Ray) runs this same
+service, so no port is ever chosen by one process for another to bind.
+
+The default policy lives here too: a node that fails stops the program, and
+the program is over once every node has ended. A launcher that restarts
+failed nodes passes `on_failure` and decides instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+
+from launchpad.control import auth, control_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE = "launchpad.control.Coordinator"
+# Long polls return at least this often, so a vanished caller frees its thread.
+MAX_POLL_SECONDS = 30.0
+
+PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
+
+
+@dataclasses.dataclass
+class NodeRecord:
+  """What the coordinator knows of one node."""
+
+  name: str
+  state: str = PENDING
+  pid: int = 0
+  host: str = ""
+  addresses: tuple[str, ...] = ()
+  host_id: str = ""
+  restarts: int = 0
+  description: str = ""
+  traceback: str = ""
+  error: bytes = b""
+
+
+class Coordinator:
+  """Serves the control plane of the program whose nodes are `node_names`.
+
+  Args:
+    program: the program's name.
+    node_names: every node that will run (`label[index]`), colocated ones too.
+    secret: the program secret; calls must carry a token derived from it.
+    host: the interface to bind.
+    on_failure: called with the record of a failed node; returns True if it
+      handled the failure (restarted the node), else the program stops.
+  """
+
+  def __init__(
+    self,
+    program: str,
+    node_names: list[str],
+    secret: bytes,
+    host: str = "127.0.0.1",
+    on_failure: Callable[[NodeRecord], bool] | None = None,
+  ):
+    self.program = program
+    self.nodes = {name: NodeRecord(name) for name in node_names}
+    self._token = auth.control_token(secret)
+    self._host = host
+    self._on_failure = on_failure
+    self._changed = threading.Condition()
+    self._stop_reason: str | None = None
+    self._closed = False
+    self._server: grpc.Server | None = None
+    self.address: str | None = None
+
+  # The launcher's side.
+
+  def start(self) -> str:
+    """Starts serving; returns the address that nodes must be given."""
+    server = grpc.server(
+      futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="coordinator"),
+      options=[("grpc.so_reuseport", 0)],
+    )
+    server.add_generic_rpc_handlers((self._handlers(),))
+    port = server.add_insecure_port(f"{self._host}:0")
+    server.start()
+    self._server = server
+    self.address = f"{self._host}:{port}"
+    return self.address
+
+  def close(self) -> None:
+    """Stops serving; waiting callers are answered first."""
+    with self._changed:
+      self._closed = True
+      self._changed.notify_all()
+    if self._server is not None:
+      self._server.stop(grace=1.0).wait(5.0)
+
+  @property
+  def stop_reason(self) -> str | None:
+    """Why the program is stopping, or None while it runs."""
+    return self._stop_reason
+
+  def request_stop(self, reason: str) -> None:
+    """Asks every node to stop; the first reason given is kept."""
+    with self._changed:
+      if self._stop_reason is None:
+        self._stop_reason = reason
+        log.info("program %s stopping: %s", self.program, reason)
+      self._changed.notify_all()
+
+  def wait_until(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+    """Blocks until `predicate()` holds (checked on every change); False on timeout."""
+    with self._changed:
+      return self._changed.wait_for(lambda: predicate() or self._closed, timeout) and predicate()
+
+  def all_ended(self) -> bool:
+    return all(r.state in (FINISHED, FAILED) for r in self.nodes.values())
+
+  def failures(self) -> list[NodeRecord]:
+    with self._changed:
+      return [r for r in self.nodes.values() if r.state == FAILED]
+
+  def node_restarted(self, name: str) -> None:
+    """Marks a node that its launcher started again after a failure."""
+    with self._changed:
+      record = self.nodes[name]
+      record.restarts += 1
+      record.state = PENDING
+      record.addresses = ()
+      self._changed.notify_all()
+
+  # The nodes' side, also callable in process.
+
+  def register(self, name: str, addresses: list[str], host_id: str) -> None:
+    with self._changed:
+      record = self._record(name)
+      record.addresses = tuple(addresses)
+      record.host_id = host_id
+      self._changed.notify_all()
+
+  def report(self, event: control_pb2.NodeEvent) -> None:
+    with self._changed:
+      record = self._record(event.node)
+      record.pid, record.host = event.pid, event.host
+      if event.kind == control_pb2.NodeEvent.STARTED:
+        record.state = RUNNING
+      elif event.kind == control_pb2.NodeEvent.FINISHED:
+        record.state = FINISHED
+      else:
+        record.state = FAILED
+        record.description = event.description
+        record.traceback = event.traceback
+        record.error = event.error
+      self._changed.notify_all()
+    if event.kind == control_pb2.NodeEvent.FAILED:
+      log.error("node %s failed: %s\n%s", event.node, event.description, event.traceback)
+      if not (self._on_failure and self._on_failure(record)):
+        self.request_stop(f"node {event.node} failed: {event.description}")
+    elif self.all_ended():
+      self.request_stop("every node has ended")
+
+  def resolve(self, name: str, timeout: float) -> control_pb2.ResolveReply:
+    record = self._record(name)
+    with self._changed:
+      self._changed.wait_for(
+        lambda: record.addresses or self._stop_reason is not None or self._closed,
+        min(max(timeout, 0.0), MAX_POLL_SECONDS),
+      )
+      endpoint = control_pb2.Endpoint(node=name, addresses=record.addresses, host_id=record.host_id)
+      return control_pb2.ResolveReply(
+        found=bool(record.addresses), stopping=self._stop_reason is not None, endpoint=endpoint
+      )
+
+  def wait_stop(self, timeout: float) -> control_pb2.StopState:
+    with self._changed:
+      self._changed.wait_for(
+        lambda: self._stop_reason is not None or self._closed,
+        min(max(timeout, 0.0), MAX_POLL_SECONDS),
+      )
+      stopping = self._stop_reason is not None or self._closed
+      return control_pb2.StopState(stopping=stopping, reason=self._stop_reason or "")
+
+  def status(self) -> control_pb2.StatusReply:
+    with self._changed:
+      nodes = [
+        control_pb2.NodeStatus(
+          node=r.name,
+          state=r.state,
+          pid=r.pid,
+          host=r.host,
+          addresses=r.addresses,
+          restarts=r.restarts,
+          description=r.description,
+        )
+        for r in self.nodes.values()
+      ]
+    return control_pb2.StatusReply(
+      program=self.program,
+      stopping=self._stop_reason is not None,
+      reason=self._stop_reason or "",
+      nodes=nodes,
+    )
+
+  def _record(self, name: str) -> NodeRecord:
+    try:
+      return self.nodes[name]
+    except KeyError:
+      raise KeyError(
+        f"program {self.program} has no node {name!r}; its nodes are {sorted(self.nodes)}."
+      ) from None
+
+  # gRPC plumbing.
+
+  def _handlers(self) -> grpc.GenericRpcHandler:
+    pb = control_pb2
+
+    def method(fn, request_type):
+      def handler(request, context):
+        if not self._authorized(context):
+          context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "this call does not carry the program's token"
+          )
+        try:
+          return fn(request)
+        except KeyError as e:
+          context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
+
+      return grpc.unary_unary_rpc_method_handler(
+        handler,
+        request_deserializer=request_type.FromString,
+        response_serializer=lambda m: m.SerializeToString(),
+      )
+
+    return grpc.method_handlers_generic_handler(
+      SERVICE,
+      {
+        "Register": method(
+          lambda r: (
+            self.register(r.endpoint.node, list(r.endpoint.addresses), r.endpoint.host_id)
+            or pb.Empty()
+          ),
+          pb.RegisterRequest,
+        ),
+        "Resolve": method(lambda r: self.resolve(r.node, r.timeout), pb.ResolveRequest),
+        "Report": method(lambda r: self.report(r) or pb.Empty(), pb.NodeEvent),
+        "Stop": method(lambda r: self.request_stop(r.reason) or pb.Empty(), pb.StopRequest),
+        "WaitStop": method(lambda r: self.wait_stop(r.timeout), pb.WaitStopRequest),
+        "Status": method(lambda r: self.status(), pb.Empty),
+      },
+    )
+
+  def _authorized(self, context: grpc.ServicerContext) -> bool:
+    for key, value in context.invocation_metadata():
+      if key == auth.METADATA_KEY:
+        return hmac.compare_digest(value, self._token)
+    return False

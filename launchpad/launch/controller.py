@@ -1,0 +1,137 @@
+"""The controller of a launched program: wait for it, stop it, see its failures.
+
+Written once for every launcher. A launcher supplies its `Workers` (how to
+wait for them and how to force them); the controller applies the stop
+policy: on a stop request, nodes get `grace_period` seconds to end by
+themselves, then are killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from typing import Protocol
+
+from launchpad import errors
+from launchpad.context import ProgramRuntime
+from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
+from launchpad.launch.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+class Workers(Protocol):
+  """What a launcher started: threads, processes, actors."""
+
+  def join(self, timeout: float) -> bool:
+    """Waits up to `timeout` seconds for every worker to exit; True if they did."""
+
+  def kill(self, names: list[str]) -> None:
+    """Forces the workers running these nodes to end."""
+
+
+class Controller:
+  """Returned by `lp.launch`: `wait()`, `stop()`, and a context manager."""
+
+  def __init__(
+    self,
+    plan: Plan,
+    coordinator: Coordinator,
+    runtime: ProgramRuntime,
+    workers: Workers,
+    grace_period: float,
+  ):
+    self.program = plan.program
+    self._coordinator = coordinator
+    self._runtime = runtime
+    self._workers = workers
+    self._grace_period = grace_period
+    self._done = threading.Event()
+
+  @property
+  def done(self) -> bool:
+    """True once the program is over."""
+    return self._done.is_set()
+
+  @property
+  def coordinator_address(self) -> str:
+    assert self._coordinator.address is not None
+    return self._coordinator.address
+
+  def supervise(self) -> None:
+    """Runs the stop policy until the program is over; a launcher runs it in a thread."""
+    coordinator = self._coordinator
+    coordinator.wait_until(lambda: coordinator.stop_reason is not None, None)
+    if not coordinator.wait_until(coordinator.all_ended, self._grace_period):
+      stuck = [r.name for r in coordinator.nodes.values() if r.state not in (FINISHED, FAILED)]
+      log.warning(
+        "program %s: nodes %s did not end within the %.3g s grace period after the stop; "
+        "forcing them",
+        self.program,
+        ", ".join(stuck),
+        self._grace_period,
+      )
+      self._workers.kill(stuck)
+    if not self._workers.join(5.0):
+      log.warning("program %s: some workers did not exit after their nodes ended", self.program)
+    self._runtime.close()
+    coordinator.close()
+    self._done.set()
+
+  def wait(self, timeout: float | None = None) -> bool:
+    """Blocks until the program is over; False if `timeout` seconds passed first.
+
+    Raises:
+      NodeFailedError: a node failed; the first failure, with its traceback.
+    """
+    if not self._done.wait(timeout):
+      return False
+    self.raise_failure()
+    return True
+
+  def stop(self, timeout: float | None = None) -> None:
+    """Stops the program and waits for it to end (the grace period, then force).
+
+    Failures are not raised here; `wait()` and `raise_failure()` raise them.
+    """
+    if not self._done.is_set():
+      self._coordinator.request_stop("the launcher's controller.stop() was called")
+    wait = self._grace_period + 10.0 if timeout is None else timeout
+    if not self._done.wait(wait):
+      raise errors.CallTimeoutError(
+        f"program {self.program} did not end within {wait:.3g} s of stop(); "
+        "a node is stuck outside Python's reach."
+      )
+
+  def failures(self) -> list[NodeRecord]:
+    """The nodes that failed, in the order they were added."""
+    return self._coordinator.failures()
+
+  def raise_failure(self) -> None:
+    """Raises NodeFailedError for the first failed node, if any failed."""
+    failures = self.failures()
+    if not failures:
+      return
+    first = failures[0]
+    error = errors.NodeFailedError(first.name, first.description, first.traceback)
+    cause = _unpickle(first.error)
+    raise error from cause
+
+  def __enter__(self) -> Controller:
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    self.stop()
+    if exc_type is None:
+      self.raise_failure()
+
+
+def _unpickle(data: bytes) -> BaseException | None:
+  if not data:
+    return None
+  try:
+    error = pickle.loads(data)
+  except Exception:  # noqa: BLE001 - the traceback text is in the message anyway
+    return None
+  return error if isinstance(error, BaseException) else None

@@ -1,0 +1,86 @@
+"""The threads launcher (`local_mt`): every node is a thread of this process.
+
+Nodes still talk through real courier servers and the coordinator, so a
+program that works here works in processes and on other hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from launchpad.context import ProgramRuntime
+from launchpad.control.coordinator import Coordinator
+from launchpad.launch import worker
+from launchpad.launch.controller import Controller
+from launchpad.launch.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) -> Controller:
+  """Starts every node of `plan` in a thread and returns at once.
+
+  With `handle_signals` (from the main thread only), Ctrl-C or SIGTERM stops
+  the program gracefully; a second one exits at once. If a node fails after
+  the main thread has returned, the process exits with status 1.
+  """
+  coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
+  runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret)
+  workers = _Threads(
+    [
+      threading.Thread(target=worker.run_node, args=(node, runtime), name=node.name, daemon=True)
+      for node in plan.workers
+    ]
+  )
+  controller = Controller(plan, coordinator, runtime, workers, grace_period)
+  for thread in workers.threads:
+    thread.start()
+  if handle_signals and threading.current_thread() is threading.main_thread():
+    _install_signal_handlers(controller, coordinator)
+  threading.Thread(
+    target=_supervise, args=(controller, handle_signals), name=f"{plan.program}-supervisor"
+  ).start()
+  return controller
+
+
+def _supervise(controller: Controller, exit_on_failure: bool) -> None:
+  controller.supervise()
+  if exit_on_failure and controller.failures() and not threading.main_thread().is_alive():
+    sys.stderr.flush()
+    os._exit(1)
+
+
+class _Threads:
+  def __init__(self, threads: list[threading.Thread]):
+    self.threads = threads
+
+  def join(self, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    for thread in self.threads:
+      thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in self.threads)
+
+  def kill(self, names: list[str]) -> None:
+    # Threads cannot be killed; they are daemons and end with the process.
+    log.warning("threads of nodes %s keep running until the process exits", ", ".join(names))
+
+
+def _install_signal_handlers(controller: Controller, coordinator: Coordinator) -> None:
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+  def handler(signum, frame):
+    if controller.done:  # the program is over: behave as before it was launched
+      signal.signal(signum, previous[signum])
+      signal.raise_signal(signum)
+    elif coordinator.stop_reason is not None:
+      os._exit(128 + signum)
+    else:
+      coordinator.request_stop(f"{signal.Signals(signum).name} received; again to exit at once")
+
+  for sig in previous:
+    signal.signal(sig, handler)

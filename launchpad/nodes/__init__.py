@@ -1,0 +1,1 @@
+"""Node types: what a program is made of."""

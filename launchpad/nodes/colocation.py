@@ -1,0 +1,58 @@
+"""MultiThreadingColocation: several nodes run as threads of one worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from launchpad import errors
+from launchpad.nodes.base import Node
+
+if TYPE_CHECKING:
+  from launchpad.context import ProgramRuntime
+
+
+class MultiThreadingColocation(Node):
+  """Runs `nodes` in threads of one worker: one process, shared memory.
+
+  Take handles of the inner nodes with `node.create_handle()` before
+  colocating them; the inner nodes are named `label[index].k`.
+  """
+
+  def __init__(self, nodes: Sequence[Node]):
+    super().__init__()
+    nodes = list(nodes)
+    if not nodes:
+      raise errors.ProgramError(f"{type(self).__name__} needs at least one node.")
+    for node in nodes:
+      if not isinstance(node, Node):
+        raise TypeError(f"{type(self).__name__} takes nodes, got {node!r}.")
+    self.nodes = nodes
+
+  @property
+  def default_label(self) -> str:
+    return "colocation"
+
+  def bind(self, program, label, index, name=None) -> None:
+    super().bind(program, label, index, name)
+    for k, node in enumerate(self.nodes):
+      node.bind(program, label, index, f"{self.name}.{k}")
+
+  def inner_nodes(self) -> list[Node]:
+    return [n for node in self.nodes for n in (node, *node.inner_nodes())]
+
+  def arguments(self) -> Any:
+    return [node.arguments() for node in self.nodes]
+
+  def run(self, runtime: ProgramRuntime) -> None:
+    from launchpad.launch import worker  # the worker runs nodes; nodes do not import it at load
+
+    threads = [
+      threading.Thread(target=worker.run_node, args=(node, runtime), name=node.name, daemon=True)
+      for node in self.nodes
+    ]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
