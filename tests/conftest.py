@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the launchpad test fixtures (`lp_launch`)."""
+
+pytest_plugins = ["launchpad.testing"]
