@@ -30,10 +30,18 @@ _runtimes_lock = threading.Lock()
 class ProgramRuntime:
   """A launched program as seen from one process."""
 
-  def __init__(self, program: str, control_address: str, secret: bytes, host: str = "127.0.0.1"):
+  def __init__(
+    self,
+    program: str,
+    control_address: str,
+    secret: bytes,
+    host: str = "127.0.0.1",
+    source: object = None,
+  ):
     self.program = program
     self.secret = secret
     self.host = host  # the interface node servers bind
+    self.source = source  # the Program object, in the process that launched it
     self.control = ControlClient(control_address, secret)
     self.stop_event = threading.Event()
     self.stop_reason = ""
@@ -123,13 +131,20 @@ def current_node() -> NodeContext | None:
   return getattr(_local, "node", None)
 
 
-def current_runtime() -> ProgramRuntime:
-  """The program of the calling thread's node, else the one program running here."""
+def current_runtime(source: object = None) -> ProgramRuntime:
+  """The program of the calling thread's node, else the one program running here.
+
+  Args:
+    source: a Program object: in the launching process, picks the runtime of
+      the launch of that program when several programs run.
+  """
   node = current_node()
   if node is not None:
     return node.runtime
   with _runtimes_lock:
     runtimes = list(_runtimes)
+  if source is not None and len(runtimes) > 1:
+    runtimes = [r for r in runtimes if r.source is source] or runtimes
   if len(runtimes) == 1:
     return runtimes[0]
   if not runtimes:

@@ -44,7 +44,8 @@ class Handle:
 
   def dereference(self) -> Any:
     """The client of the node; call this inside a running program."""
-    return self.connect(context.current_runtime())
+    program = self._node.program if self._node is not None else None
+    return self.connect(context.current_runtime(program))
 
   def connect(self, runtime: context.ProgramRuntime) -> Any:
     """The client of the node within `runtime`'s program."""
@@ -120,7 +121,10 @@ def children(value: Any, path: str) -> Iterator[tuple[str, Any]]:
 
 def _map_children(value: Any, fn: Callable[[Any], Any]) -> Any:
   if isinstance(value, dict):
-    return type(value)((k, fn(v)) for k, v in value.items()) if value else value
+    result = copy.copy(value)  # keeps a dict subclass's own state (defaultdict's factory)
+    for key, item in value.items():
+      result[key] = fn(item)
+    return result
   if isinstance(value, tuple) and hasattr(value, "_fields"):
     return type(value)(*(fn(v) for v in value))
   if isinstance(value, list | tuple | set | frozenset):

@@ -47,9 +47,8 @@ class Program:
       )
     label = label if label is not None else self._current_group or _default_label(node)
     _check_label(label, "node label")
-    nodes = self._groups.setdefault(label, [])
-    node.bind(self, label, len(nodes))
-    nodes.append(node)
+    node.bind(self, label, len(self._groups.get(label, ())))
+    self._groups.setdefault(label, []).append(node)
     return node.create_handle()
 
   @contextlib.contextmanager
@@ -85,7 +84,9 @@ def make_program(*nodes: Node, name: str = "launchpad") -> Program:
 
 
 def _default_label(node: Node) -> str:
-  return getattr(node, "default_label", type(node).__name__.lower()).strip("_") or "node"
+  """The node's function or class name, made a valid label ('<lambda>' -> 'lambda')."""
+  name = getattr(node, "default_label", type(node).__name__.lower())
+  return re.sub(r"[^\w.\-]+", "_", name).strip("_") or "node"
 
 
 def _check_label(label: object, what: str) -> None:

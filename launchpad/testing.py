@@ -14,7 +14,8 @@ and use it:
 
 The program runs as threads of the test process (`test_mt`). At teardown it
 is stopped, whatever the test did, and a node that failed fails the test with
-that node's traceback. In a unittest.TestCase, pass `test_case=self` to
+that node's traceback (unless the test already saw that failure raised by
+`controller.wait()`). In a unittest.TestCase, pass `test_case=self` to
 `lp.launch(program, launch_type='test_mt', test_case=self)` for the same.
 """
 
@@ -44,4 +45,4 @@ def lp_launch() -> Iterator[Callable[..., Controller]]:
   for controller in controllers:
     controller.stop()
   for controller in controllers:
-    controller.raise_failure()
+    controller.raise_failure(again=False)

@@ -236,7 +236,7 @@ def test_failed_add_node_leaves_the_program_unchanged():
 
 def test_add_node_with_a_non_node_is_rejected():
   program = lp.Program("agent")
-  with pytest.raises(errors.ProgramError) as info:
+  with pytest.raises(TypeError) as info:
     program.add_node(worker_fn)  # the function, not lp.PyNode(worker_fn)
   message = str(info.value)
   assert "worker_fn" in message

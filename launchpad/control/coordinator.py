@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 
 import grpc
 
@@ -83,10 +85,7 @@ class Coordinator:
 
   def start(self) -> str:
     """Starts serving; returns the address that nodes must be given."""
-    server = grpc.server(
-      futures.ThreadPoolExecutor(max_workers=4096, thread_name_prefix="coordinator"),
-      options=[("grpc.so_reuseport", 0)],
-    )
+    server = grpc.server(_Executor("coordinator"), options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((self._handlers(),))
     port = server.add_insecure_port(f"{self._host}:0")
     server.start()
@@ -261,3 +260,43 @@ class Coordinator:
       if key == auth.METADATA_KEY:
         return hmac.compare_digest(value, self._token)
     return False
+
+
+class _Executor:
+  """A growing pool of daemon threads for the gRPC server.
+
+  Not a ThreadPoolExecutor: those refuse work once the interpreter begins to
+  exit, and the coordinator must keep serving until the program is over even
+  when the launching script's main() has returned. Long polls hold a thread
+  each, so the pool grows with the number of waiting callers.
+  """
+
+  def __init__(self, name: str):
+    self._name = name
+    self._work: queue.SimpleQueue = queue.SimpleQueue()
+    self._idle = 0
+    self._lock = threading.Lock()
+
+  def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> futures.Future:
+    future: futures.Future = futures.Future()
+    self._work.put((future, fn, args, kwargs))
+    with self._lock:
+      if self._idle:
+        self._idle -= 1
+        return future
+    threading.Thread(target=self._run, name=self._name, daemon=True).start()
+    return future
+
+  def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    pass  # daemon threads; they end with the process
+
+  def _run(self) -> None:
+    while True:
+      future, fn, args, kwargs = self._work.get()
+      if future.set_running_or_notify_cancel():
+        try:
+          future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever holds the future
+          future.set_exception(e)
+      with self._lock:
+        self._idle += 1

@@ -15,8 +15,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 
 def batched_handler(
   batch_size: int,
@@ -121,6 +119,8 @@ class _Batcher:
 
 def stack(values: list[Any]) -> Any:
   """Batches one argument's values from several calls."""
+  import numpy as np  # not at module load: a node that never batches need not pay for numpy
+
   first = values[0]
   if isinstance(first, np.ndarray):
     return np.stack(values)

@@ -48,6 +48,7 @@ class Controller:
     self._workers = workers
     self._grace_period = grace_period
     self._done = threading.Event()
+    self._failure_raised = False
 
   @property
   def done(self) -> bool:
@@ -108,12 +109,18 @@ class Controller:
     """The nodes that failed, in the order they were added."""
     return self._coordinator.failures()
 
-  def raise_failure(self) -> None:
-    """Raises NodeFailedError for the first failed node, if any failed."""
+  def raise_failure(self, again: bool = True) -> None:
+    """Raises NodeFailedError for the first failed node, if any failed.
+
+    Args:
+      again: False to stay silent if the failure was raised to the caller
+        before (by `wait()` or this method); test teardowns use it.
+    """
     failures = self.failures()
-    if not failures:
+    if not failures or (self._failure_raised and not again):
       return
     first = failures[0]
+    self._failure_raised = True
     error = errors.NodeFailedError(first.name, first.description, first.traceback)
     cause = _unpickle(first.error)
     raise error from cause

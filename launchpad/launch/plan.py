@@ -25,6 +25,7 @@ class Plan:
   secret: bytes
   workers: list[Node]
   node_names: list[str]
+  source: Program | None = None  # the definition, in the launching process
 
 
 def make_plan(program: Program, serialize: bool = True) -> Plan:
@@ -39,7 +40,7 @@ def make_plan(program: Program, serialize: bool = True) -> Plan:
   if serialize:
     for worker in workers:
       check_serializable(worker)
-  return Plan(program.name, os.urandom(32), workers, [n.name for n in nodes])
+  return Plan(program.name, os.urandom(32), workers, [n.name for n in nodes], program)
 
 
 def _check_handle(program: Program, node: Node, path: str, handle: handles.Handle) -> None:
@@ -64,7 +65,7 @@ def check_serializable(node: Node) -> None:
   try:
     cloudpickle.dumps(node.arguments())
   except Exception as e:
-    path, error = _find_unpicklable(node.arguments(), "") or ("", e)
+    path, error = _find_unpicklable(node.arguments(), "", set()) or ("", e)
     raise errors.SerializationError(
       f"node {node.name} cannot be sent to its worker: {path.lstrip('.') or 'its arguments'} "
       f"cannot be pickled ({type(error).__name__}: {error}). Build it inside the node "
@@ -73,18 +74,24 @@ def check_serializable(node: Node) -> None:
     ) from e
 
 
-def _find_unpicklable(value: Any, path: str, depth: int = 0) -> tuple[str, Exception] | None:
-  """The deepest part of `value` that fails to pickle, with its path."""
+def _find_unpicklable(value: Any, path: str, seen: set[int]) -> tuple[str, Exception] | None:
+  """The deepest part of `value` that fails to pickle, with its path.
+
+  `seen` holds the objects on the way down, so back references are not
+  followed again.
+  """
+  if id(value) in seen:
+    return None
   try:
     cloudpickle.dumps(value)
     return None
   except Exception as e:  # noqa: BLE001
     error = e
-  if depth < 20:
-    for child_path, child in _parts(value, path):
-      found = _find_unpicklable(child, child_path, depth + 1)
-      if found is not None:
-        return found
+  seen.add(id(value))
+  for child_path, child in _parts(value, path):
+    found = _find_unpicklable(child, child_path, seen)
+    if found is not None:
+      return found
   return path, error
 
 

@@ -25,4 +25,4 @@ def launch(plan: Plan, grace_period: float = 10.0, test_case: Any = None) -> Con
 
 def _teardown(controller: Controller) -> None:
   controller.stop()
-  controller.raise_failure()
+  controller.raise_failure(again=False)

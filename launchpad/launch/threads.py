@@ -30,7 +30,7 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   the main thread has returned, the process exits with status 1.
   """
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
-  runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret)
+  runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
   workers = _Threads(
     [
       threading.Thread(target=worker.run_node, args=(node, runtime), name=node.name, daemon=True)

@@ -1,0 +1,511 @@
+"""Tests of the threads launcher (`local_mt`, `threads`) and of lp.launch's options."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from concurrent import futures
+
+import pytest
+from absl import flags
+
+import launchpad as lp
+from launchpad import errors
+
+TIMEOUT = 10.0
+SUBPROCESS_TIMEOUT = 15.0
+
+
+class Service:
+  def ping(self):
+    return "pong"
+
+
+class CustomError(ValueError):
+  pass
+
+
+def raise_custom():
+  raise CustomError("custom failure 42")
+
+
+def raise_unpicklable():
+  error = RuntimeError("cannot travel")
+  error.lock = threading.Lock()
+  raise error
+
+
+def watch_stop(out):
+  out.set_result(lp.wait_for_stop(TIMEOUT))
+
+
+def returns_value(x):
+  return x * 2
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_handlers():
+  """The threads launcher installs SIGINT/SIGTERM handlers in the main thread."""
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  yield
+  for sig, handler in previous.items():
+    signal.signal(sig, handler)
+
+
+@pytest.fixture
+def launched():
+  controllers = []
+
+  def _launch(program, launch_type="local_mt", **kwargs):
+    controller = lp.launch(program, launch_type=launch_type, **kwargs)
+    controllers.append(controller)
+    return controller
+
+  yield _launch
+  for controller in controllers:
+    controller.stop(timeout=TIMEOUT)
+
+
+def serving_program(name="served"):
+  program = lp.Program(name)
+  handle = program.add_node(lp.CourierNode(Service), label="service")
+  return program, handle
+
+
+@pytest.mark.parametrize("launch_type", ["local_mt", "threads"])
+def test_wait_times_out_while_running_and_returns_true_after_stop(launched, launch_type):
+  program, handle = serving_program()
+  controller = launched(program, launch_type=launch_type)
+  assert isinstance(controller, lp.Controller)
+  assert handle.dereference().with_timeout(TIMEOUT).ping() == "pong"
+  assert controller.wait(0.1) is False
+  assert not controller.done
+  controller.stop(timeout=TIMEOUT)
+  assert controller.done
+  assert controller.wait(TIMEOUT) is True
+  assert controller.wait(0) is True
+
+
+def test_program_whose_nodes_all_return_ends_by_itself(launched):
+  program = lp.Program("short")
+  program.add_node(lp.PyNode(returns_value, 1), label="a")
+  program.add_node(lp.PyNode(returns_value, 2), label="a")
+  controller = launched(program)
+  assert controller.wait(TIMEOUT) is True
+  assert controller.failures() == []
+
+
+def test_context_manager_stops_the_program(launched):
+  program, handle = serving_program()
+  with launched(program) as controller:
+    assert handle.dereference().with_timeout(TIMEOUT).ping() == "pong"
+    assert not controller.done
+  assert controller.done
+
+
+def test_context_manager_raises_a_node_failure(launched):
+  program = lp.Program("failing")
+  program.add_node(lp.PyNode(raise_custom), label="failer")
+  with pytest.raises(lp.NodeFailedError, match=r"failer\[0\]"):
+    with launched(program) as controller:
+      pass  # __exit__ stops the program and raises the failure
+  assert controller.done
+
+
+def test_context_manager_keeps_the_bodys_exception(launched):
+  program, _ = serving_program()
+  with pytest.raises(KeyError, match="from the body"):
+    with launched(program) as controller:
+      raise KeyError("from the body")
+  assert controller.done
+
+
+def test_node_failure_is_raised_by_wait_and_stops_the_others(launched):
+  saw_stop = futures.Future()
+  program = lp.Program("failing")
+  program.add_node(lp.PyNode(raise_custom), label="failer")
+  program.add_node(lp.PyNode(watch_stop, saw_stop), label="watcher")
+  program.add_node(lp.CourierNode(Service), label="service")
+  controller = launched(program, serialize_py_nodes=False)
+  with pytest.raises(lp.NodeFailedError) as info:
+    controller.wait(TIMEOUT)
+  error = info.value
+  message = str(error)
+  assert error.node == "failer[0]"
+  assert "failer[0]" in message
+  assert "custom failure 42" in message
+  assert "Traceback (most recent call last)" in message
+  assert "raise_custom" in message  # the frame that raised
+  assert "CustomError" in error.remote_traceback
+  assert isinstance(error.__cause__, CustomError)
+  assert str(error.__cause__) == "custom failure 42"
+  assert saw_stop.result(timeout=TIMEOUT) is True
+  assert controller.done
+  assert [r.name for r in controller.failures()] == ["failer[0]"]
+  # Every later wait raises it again.
+  with pytest.raises(lp.NodeFailedError):
+    controller.wait(0)
+
+
+def test_failure_with_an_unpicklable_exception_still_has_the_traceback(launched):
+  program = lp.Program("failing")
+  program.add_node(lp.PyNode(raise_unpicklable), label="failer")
+  controller = launched(program)
+  with pytest.raises(lp.NodeFailedError) as info:
+    controller.wait(TIMEOUT)
+  message = str(info.value)
+  assert "RuntimeError: cannot travel" in message
+  assert "raise_unpicklable" in message
+
+
+def test_stop_returns_even_if_failures_happened(launched):
+  program = lp.Program("failing")
+  program.add_node(lp.PyNode(raise_custom), label="failer")
+  controller = launched(program)
+  controller.stop(timeout=TIMEOUT)  # failures are not raised by stop()
+  assert controller.done
+  with pytest.raises(lp.NodeFailedError):
+    controller.raise_failure()
+
+
+def ignore_stop(release):
+  release.wait(TIMEOUT)
+
+
+def test_stop_timeout_when_a_node_ignores_the_stop(launched):
+  release = threading.Event()
+  program = lp.Program("stubborn")
+  program.add_node(lp.PyNode(ignore_stop, release), label="stubborn")
+  controller = launched(program, serialize_py_nodes=False, grace_period=0.1)
+  try:
+    with pytest.raises(errors.CallTimeoutError, match="stubborn"):
+      controller.stop(timeout=0.5)
+    assert not controller.done
+  finally:
+    release.set()
+  assert controller.wait(TIMEOUT) is True
+
+
+# Choosing the launcher.
+
+
+def test_flag_lp_launch_type_is_honoured(launched):
+  before = signal.getsignal(signal.SIGINT)
+  program, handle = serving_program()
+  try:
+    flags.FLAGS(["prog", "--lp_launch_type=test_mt"])
+    controller = launched(program, launch_type=None)
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert handle.dereference().with_timeout(TIMEOUT).ping() == "pong"
+  # The test launcher leaves signals alone; the threads launcher would not.
+  assert signal.getsignal(signal.SIGINT) is before
+  controller.stop(timeout=TIMEOUT)
+
+  program, _ = serving_program()
+  controller = launched(program, launch_type=None)  # unparsed flag: local_mt
+  assert signal.getsignal(signal.SIGINT) is not before
+  controller.stop(timeout=TIMEOUT)
+
+
+def test_flag_with_an_unknown_launch_type_is_rejected():
+  program, _ = serving_program()
+  try:
+    flags.FLAGS(["prog", "--lp_launch_type=bogus_type"])
+    with pytest.raises(ValueError, match="bogus_type"):
+      lp.launch(program)
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def test_unknown_launch_type_is_rejected_with_the_known_ones():
+  program, _ = serving_program()
+  with pytest.raises(ValueError) as info:
+    lp.launch(program, launch_type="warp_drive")
+  message = str(info.value)
+  assert "warp_drive" in message
+  assert "local_mt" in message and "test_mt" in message
+
+
+@pytest.mark.parametrize("launch_type", ["local_mp", lp.LaunchType.LOCAL_MULTI_PROCESSING])
+def test_process_launch_types_are_not_available_yet(launch_type):
+  program, _ = serving_program()
+  with pytest.raises(NotImplementedError, match="local_mp"):
+    lp.launch(program, launch_type=launch_type)
+
+
+@pytest.mark.parametrize(
+  "launch_type", [lp.LaunchType.LOCAL_MULTI_THREADING, lp.LaunchType.TEST_MULTI_THREADING]
+)
+def test_launch_type_enum_is_accepted(launched, launch_type):
+  program, handle = serving_program()
+  controller = launched(program, launch_type=launch_type)
+  assert handle.dereference().with_timeout(TIMEOUT).ping() == "pong"
+  controller.stop(timeout=TIMEOUT)
+
+
+def test_launchpad_keyword_arguments_are_accepted(launched):
+  program, handle = serving_program()
+  controller = launched(
+    program,
+    launch_type="local_mt",
+    terminal="current_terminal",
+    local_resources={"service": {"env": {"X": "1"}}},
+    serialize_py_nodes=True,
+    test_case=None,
+  )
+  assert handle.dereference().with_timeout(TIMEOUT).ping() == "pong"
+  controller.stop(timeout=TIMEOUT)
+  assert controller.done
+
+
+# Signals and exit status, in a real process.
+
+SERVING_SCRIPT = r"""
+import os
+
+import launchpad as lp
+
+
+def say(*words):
+  # One write per line: lines of different threads do not interleave.
+  os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
+class Service:
+  def ping(self):
+    return "pong"
+
+
+def watcher():
+  lp.register_stop_handler(lambda: say("NODE_STOP_HANDLER"))
+  say("NODE_SAW_STOP", lp.wait_for_stop(60))
+
+
+def main():
+  program = lp.Program("signalled")
+  handle = program.add_node(lp.CourierNode(Service), label="service")
+  program.add_node(lp.PyNode(watcher), label="watcher")
+  controller = lp.launch(program, launch_type="local_mt")
+  lp.register_stop_handler(lambda: say("LAUNCHER_STOP_HANDLER"))
+  assert handle.dereference().with_timeout(30).ping() == "pong"
+  say("READY")
+  say("WAIT_RETURNED", controller.wait(timeout=60))
+
+
+if __name__ == "__main__":
+  main()
+"""
+
+STUBBORN_SCRIPT = r"""
+import os
+import threading
+
+import launchpad as lp
+
+
+def say(*words):
+  # One write per line: lines of different threads do not interleave.
+  os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
+def stubborn():
+  threading.Event().wait(60)
+
+
+def main():
+  program = lp.Program("stubborn")
+  program.add_node(lp.PyNode(stubborn), label="stubborn")
+  controller = lp.launch(program, launch_type="local_mt", grace_period=60)
+  lp.register_stop_handler(lambda: say("STOPPING"))
+  say("READY")
+  say("WAIT_RETURNED", controller.wait(timeout=60))
+
+
+if __name__ == "__main__":
+  main()
+"""
+
+LATE_FAILURE_SCRIPT = r"""
+import os
+import threading
+
+import launchpad as lp
+
+
+def say(*words):
+  os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
+class Service:
+  def ping(self):
+    return "pong"
+
+
+def late_failure():
+  threading.main_thread().join(60)
+  raise RuntimeError("late failure in node")
+
+
+def main():
+  program = lp.Program("late")
+  program.add_node(lp.PyNode(late_failure), label="failer")
+  program.add_node(lp.CourierNode(Service), label="service")
+  lp.launch(program, launch_type="local_mt")
+  say("MAIN_RETURNED")
+
+
+if __name__ == "__main__":
+  main()
+"""
+
+
+LATE_FINISH_SCRIPT = r"""
+import os
+import threading
+
+import launchpad as lp
+
+
+def say(*words):
+  os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
+def late_finish():
+  threading.main_thread().join(60)
+  say("NODE_DONE")
+
+
+def main():
+  program = lp.Program("late")
+  program.add_node(lp.PyNode(late_finish), label="worker")
+  lp.launch(program, launch_type="local_mt")
+  say("MAIN_RETURNED")
+
+
+if __name__ == "__main__":
+  main()
+"""
+
+
+class Script:
+  """A Python script running in a child process, its output read line by line."""
+
+  def __init__(self, tmp_path, source):
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(source))
+    self.process = subprocess.Popen(
+      [sys.executable, "-u", str(path)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    self.lines = queue.Queue()
+    self.stdout, self.stderr = [], []
+    self._readers = [
+      threading.Thread(target=self._read, args=(self.process.stdout, self.stdout, True)),
+      threading.Thread(target=self._read, args=(self.process.stderr, self.stderr, False)),
+    ]
+    for reader in self._readers:
+      reader.start()
+
+  def _read(self, stream, sink, to_queue):
+    for line in stream:
+      sink.append(line)
+      if to_queue:
+        self.lines.put(line.rstrip("\n"))
+    if to_queue:
+      self.lines.put(None)
+
+  def wait_for_line(self, expected):
+    while True:
+      try:
+        line = self.lines.get(timeout=SUBPROCESS_TIMEOUT)
+      except queue.Empty:
+        pytest.fail(f"no {expected!r} line within {SUBPROCESS_TIMEOUT} s: {self.output()}")
+      if line is None:
+        pytest.fail(f"the script exited before printing {expected!r}: {self.output()}")
+      if line == expected:
+        return
+
+  def finish(self):
+    """Waits for the process to exit; returns its status."""
+    try:
+      status = self.process.wait(timeout=SUBPROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"the script did not exit within {SUBPROCESS_TIMEOUT} s: {self.output()}")
+    for reader in self._readers:
+      reader.join(SUBPROCESS_TIMEOUT)
+    return status
+
+  def output(self):
+    return f"\nstdout:\n{''.join(self.stdout)}\nstderr:\n{''.join(self.stderr)}"
+
+  def kill(self):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait(timeout=SUBPROCESS_TIMEOUT)
+
+
+@pytest.fixture
+def script(tmp_path):
+  started = []
+
+  def _start(source):
+    started.append(Script(tmp_path, source))
+    return started[-1]
+
+  yield _start
+  for child in started:
+    child.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_the_program_gracefully(script, signum):
+  child = script(SERVING_SCRIPT)
+  child.wait_for_line("READY")
+  child.process.send_signal(signum)
+  status = child.finish()
+  stdout = "".join(child.stdout)
+  assert status == 0, child.output()
+  assert "LAUNCHER_STOP_HANDLER" in stdout
+  assert "NODE_STOP_HANDLER" in stdout
+  assert "NODE_SAW_STOP True" in stdout
+  assert "WAIT_RETURNED True" in stdout
+  assert stdout.count("LAUNCHER_STOP_HANDLER") == 1
+
+
+def test_second_sigint_exits_at_once(script):
+  child = script(STUBBORN_SCRIPT)
+  child.wait_for_line("READY")
+  child.process.send_signal(signal.SIGINT)
+  child.wait_for_line("STOPPING")
+  child.process.send_signal(signal.SIGINT)
+  status = child.finish()
+  assert status == 128 + signal.SIGINT, child.output()
+  assert "WAIT_RETURNED" not in "".join(child.stdout)
+
+
+def test_node_failing_after_main_returned_exits_with_status_1(script):
+  child = script(LATE_FAILURE_SCRIPT)
+  status = child.finish()
+  stderr = "".join(child.stderr)
+  assert "MAIN_RETURNED" in "".join(child.stdout)
+  assert status == 1, child.output()
+  assert "failer[0]" in stderr
+  assert "Traceback (most recent call last)" in stderr
+  assert "late_failure" in stderr
+  assert "RuntimeError: late failure in node" in stderr
+
+
+def test_program_ending_after_main_returned_lets_the_process_exit(script):
+  child = script(LATE_FINISH_SCRIPT)
+  status = child.finish()
+  stdout = "".join(child.stdout)
+  assert "MAIN_RETURNED" in stdout
+  assert "NODE_DONE" in stdout
+  assert status == 0, child.output()
