@@ -29,23 +29,28 @@ _RUN_SECONDS = 1.0
 _CLEANUP_SECONDS = 0.2
 
 
+def say(text: str) -> None:
+  """Prints one line in a single write, so lines of concurrent nodes stay whole."""
+  print(text + "\n", end="", flush=True)
+
+
 def poll_until_stop() -> None:
   while not lp.wait_for_stop(0.25):
-    print("poll_until_stop: not stopping yet, working a bit more", flush=True)
-  print("poll_until_stop: stopping cleanly", flush=True)
+    say("poll_until_stop: not stopping yet, working a bit more")
+  say("poll_until_stop: stopping cleanly")
   time.sleep(_CLEANUP_SECONDS)
 
 
 def block_until_stop() -> None:
   lp.wait_for_stop()
-  print("block_until_stop: stopping cleanly", flush=True)
+  say("block_until_stop: stopping cleanly")
   time.sleep(_CLEANUP_SECONDS)
 
 
 def wait_on_stop_event() -> None:
   stop_event = lp.stop_event()
   stop_event.wait()
-  print("wait_on_stop_event: stopping cleanly", flush=True)
+  say("wait_on_stop_event: stopping cleanly")
   time.sleep(_CLEANUP_SECONDS)
 
 
@@ -54,18 +59,18 @@ def use_stop_handler() -> None:
 
   def on_stop() -> None:
     # May run in another thread than this node's: keep it short.
-    print("use_stop_handler: the stop handler was called", flush=True)
+    say("use_stop_handler: the stop handler was called")
     done.set()
 
   lp.register_stop_handler(on_stop)
   done.wait()
-  print("use_stop_handler: stopping cleanly", flush=True)
+  say("use_stop_handler: stopping cleanly")
   time.sleep(_CLEANUP_SECONDS)
 
 
 def stop_program(run_seconds: float) -> None:
   time.sleep(run_seconds)
-  print("stop_program: stopping the program", flush=True)
+  say("stop_program: stopping the program")
   lp.stop()
 
 
@@ -84,7 +89,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("Too many command-line arguments.")
   controller = lp.launch(make_program())
   controller.wait()  # raises lp.NodeFailedError if a node failed
-  print("Program finished.", flush=True)
+  print("Program finished.")
 
 
 if __name__ == "__main__":

@@ -233,15 +233,19 @@ class _Channel:
         ) from None
       try:
         return _open(address, self._secret, remaining), address
-      except (TimeoutError, ConnectionRefusedError, ConnectionResetError, EOFError) as e:
+      except (OSError, EOFError) as e:
+        if isinstance(e, errors.AuthenticationError):
+          raise
         self._resolver.forget()
-        expired = deadline is not None and time.monotonic() + delay >= deadline
-        if expired or (deadline is None and not self._resolver.waits):
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if (remaining is not None and remaining <= 0) or (
+          deadline is None and not self._resolver.waits
+        ):
           raise errors.CallTimeoutError(
             f"call {self.label}.{method}: cannot connect to node {self.label} at "
-            f"{address} ({type(e).__name__}); is the node running?"
+            f"{address} ({type(e).__name__}: {e}); is the node running?"
           ) from None
-        time.sleep(delay)  # the server is restarting or not listening yet
+        time.sleep(delay if remaining is None else min(delay, remaining))  # not listening yet
         delay = min(delay * 2, 0.5)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mmap
 import os
 import select
 import socket
@@ -33,6 +34,7 @@ AUTH_REFUSED = b"\x00"
 
 # kind, flags, number of out-of-band buffers, call id, pickle length.
 HEADER = struct.Struct("<BBHIQ")
+MAX_BUFFERS = 0xFFFF
 REQUEST, REPLY, ERROR = 1, 2, 3
 # A request flagged CONCURRENT may run beside other requests of its connection;
 # without it the server runs it in the connection's own thread.
@@ -40,6 +42,7 @@ CONCURRENT = 1
 
 _CHUNK = 256 * 1024
 _IOV_MAX = 512
+_MAP_THRESHOLD = 1 << 20
 
 # How long a reader polls a socket before it sleeps in the kernel. On virtual
 # machines waking a sleeping thread costs 50-150 us, several times a whole
@@ -53,39 +56,50 @@ class Frame(NamedTuple):
   kind: int
   flags: int
   call_id: int
-  payload: bytes | bytearray
-  buffers: list[bytearray]
+  payload: bytes | bytearray | mmap.mmap
+  buffers: list[bytearray | mmap.mmap]
 
 
-def proof(secret: bytes, nonce: bytes) -> bytes:
-  return hmac.new(secret, nonce, hashlib.sha256).digest()
+def proof(secret: bytes, nonce: bytes, role: bytes) -> bytes:
+  """HMAC of a peer's nonce; `role` keeps a client's proof from serving as a server's."""
+  return hmac.new(secret, role + nonce, hashlib.sha256).digest()
 
 
 def server_handshake(sock: socket.socket, secret: bytes) -> bool:
-  """Checks that the client knows `secret`; True if it may send frames."""
+  """Checks that the client knows `secret`, and proves that this server does.
+
+  True if the client may send frames. The caller sets a timeout on `sock`.
+  """
   nonce = os.urandom(NONCE_SIZE)
   sock.sendall(MAGIC + nonce)
-  answer = _recv_exactly(sock, PROOF_SIZE)
-  if not hmac.compare_digest(answer, proof(secret, nonce)):
+  answer = _recv_exactly(sock, PROOF_SIZE + NONCE_SIZE)
+  if not hmac.compare_digest(answer[:PROOF_SIZE], proof(secret, nonce, b"client")):
     sock.sendall(AUTH_REFUSED)
     return False
-  sock.sendall(AUTH_OK)
+  sock.sendall(AUTH_OK + proof(secret, answer[PROOF_SIZE:], b"server"))
   return True
 
 
 def client_handshake(sock: socket.socket, secret: bytes, address: str) -> None:
-  """Proves to the server that this client knows `secret`."""
+  """Proves to the server that this client knows `secret`, and checks that the
+  server does too: replies are unpickled, so they must come from the program."""
   greeting = _recv_exactly(sock, len(MAGIC) + NONCE_SIZE)
   if greeting[: len(MAGIC)] != MAGIC:
     raise errors.ConnectionLostError(
       f"{address} is not a launchpad courier server (bad greeting); check the address."
     )
-  sock.sendall(proof(secret, greeting[len(MAGIC) :]))
+  nonce = os.urandom(NONCE_SIZE)
+  sock.sendall(proof(secret, greeting[len(MAGIC) :], b"client") + nonce)
   if _recv_exactly(sock, 1) != AUTH_OK:
     raise errors.AuthenticationError(
       f"the server at {address} refused this client's secret: the client "
       "belongs to another program or launch. Dereference handles inside the "
       "program they came from."
+    )
+  if not hmac.compare_digest(_recv_exactly(sock, PROOF_SIZE), proof(secret, nonce, b"server")):
+    raise errors.AuthenticationError(
+      f"the server at {address} does not know the program secret: another process "
+      "took the address of the node. Nothing it sent was unpickled."
     )
 
 
@@ -118,13 +132,14 @@ def send_frame(
 
 def _send_vectored(sock: socket.socket, parts: list[memoryview]) -> None:
   parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
-  while parts:
-    sent = sock.sendmsg(parts[:_IOV_MAX])
-    while parts and sent >= parts[0].nbytes:
-      sent -= parts[0].nbytes
-      parts.pop(0)
+  first = 0
+  while first < len(parts):
+    sent = sock.sendmsg(parts[first : first + _IOV_MAX])
+    while first < len(parts) and sent >= parts[first].nbytes:
+      sent -= parts[first].nbytes
+      first += 1
     if sent:
-      parts[0] = parts[0][sent:]
+      parts[first] = parts[first][sent:]
 
 
 class FrameReader:
@@ -163,9 +178,13 @@ class FrameReader:
     self._start += n
     return data
 
-  def _take_owned(self, n: int) -> bytearray:
-    """Reads `n` bytes into new memory, mostly straight from the kernel."""
-    out = bytearray(n)
+  def _take_owned(self, n: int) -> bytearray | mmap.mmap:
+    """Reads `n` bytes into new memory, mostly straight from the kernel.
+
+    Large buffers are anonymous maps: fresh pages come zeroed from the kernel,
+    which saves the pass over memory that bytearray(n) spends zero-filling.
+    """
+    out = mmap.mmap(-1, n) if n >= _MAP_THRESHOLD else bytearray(n)
     have = min(n, self._end - self._start)
     out[:have] = self._view[self._start : self._start + have]
     self._start += have
@@ -218,7 +237,7 @@ def socket_address(address: str) -> tuple[socket.AddressFamily, str | tuple[str,
     path = address[len(UNIX_PREFIX) :]
     return socket.AF_UNIX, "\0" + path[1:] if path.startswith("@") else path
   host, _, port = address.rpartition(":")
-  if not host or not port.isdigit():
+  if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
     raise ValueError(f"bad courier address {address!r}: expected 'host:port' or 'unix:PATH'.")
   host = host.strip("[]")
   return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))

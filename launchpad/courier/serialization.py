@@ -16,28 +16,41 @@ from typing import Any
 import cloudpickle
 
 from launchpad import errors
+from launchpad.courier import protocol
 
 PROTOCOL = 5
 
 
-def dumps(obj: Any, what: str = "value") -> tuple[bytes, list[memoryview]]:
-  """Returns the pickle of `obj` and the raw buffers it refers to out of band."""
+def dumps(
+  obj: Any, what: str = "value", out_of_band: bool = True
+) -> tuple[bytes, list[memoryview]]:
+  """Returns the pickle of `obj` and the raw buffers it refers to out of band.
+
+  Args:
+    obj: what to pickle.
+    what: how to name `obj` in an error.
+    out_of_band: False to keep every buffer inside the pickle, for values that
+      are stored or forwarded as one byte string (exceptions, reports).
+  """
   buffers: list[pickle.PickleBuffer] = []
+  callback = buffers.append if out_of_band else None
   try:
-    data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
+    data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
   except Exception:  # noqa: BLE001 - any failure of the fast path gets a second try
     buffers.clear()
     try:
-      data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffers.append)
+      data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
     except Exception as e:
       raise errors.SerializationError(
         f"cannot serialize the {what}: {type(e).__name__}: {e}. Pass only "
         "picklable values (numpy arrays, builtins, dataclasses, module-level "
         "classes) through RPC calls."
       ) from e
+  if len(buffers) > protocol.MAX_BUFFERS:  # more than a frame can list: send them in band
+    return dumps(obj, what, out_of_band=False)
   return data, [b.raw() for b in buffers]
 
 
-def loads(data: bytes | memoryview, buffers: list[bytearray]) -> Any:
+def loads(data: bytes | memoryview, buffers: list[Any]) -> Any:
   """Inverse of `dumps`: the unpickled object adopts `buffers` without copies."""
   return pickle.loads(data, buffers=buffers)

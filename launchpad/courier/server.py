@@ -26,6 +26,8 @@ from launchpad.courier import protocol, serialization
 log = logging.getLogger(__name__)
 
 HANDOFF_SECONDS = 0.005
+# A peer gets this long to prove it knows the secret.
+HANDSHAKE_SECONDS = 10.0
 
 
 def public_methods(obj: Any) -> dict[str, Callable[..., Any]]:
@@ -49,7 +51,7 @@ def encode_error(error: BaseException, node: str) -> bytes:
   """A reply describing `error`, rebuilt as the same type by the client."""
   text = "".join(traceback.format_exception(error))
   try:
-    pickled = serialization.dumps(error, "exception")[0]
+    pickled = serialization.dumps(error, "exception", out_of_band=False)[0]
   except Exception:  # noqa: BLE001 - the client falls back to RemoteError
     pickled = None
   qualname = f"{type(error).__module__}.{type(error).__qualname__}"
@@ -148,10 +150,12 @@ class Server:
     try:
       if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+      sock.settimeout(HANDSHAKE_SECONDS)
       if not protocol.server_handshake(sock, self._secret):
         log.warning("%s: refused a connection that did not know the program secret", self._label)
         sock.close()
         return
+      sock.settimeout(None)
     except (EOFError, OSError):
       sock.close()
       return
@@ -178,11 +182,13 @@ class Server:
         self._watchdog.wake()
         self._handle(conn, frame)
         with conn.lock:
-          conn.busy_since = None
           if conn.generation != generation:
             return  # the watchdog gave the connection to another thread
+          conn.busy_since = None
     except (EOFError, OSError):
       pass  # the peer went away, or the server stopped
+    except Exception:
+      log.exception("%s: closing a connection after an unexpected error", self._label)
     with self._lock:
       self._connections.discard(conn)
     conn.sock.close()

@@ -42,7 +42,7 @@ def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
 def failure_event(name: str, error: BaseException) -> control_pb2.NodeEvent:
   """A FAILED event carrying the exception, pickled when it can be."""
   try:
-    pickled = serialization.dumps(error, "exception")[0]
+    pickled = serialization.dumps(error, "exception", out_of_band=False)[0]
   except errors.SerializationError:
     pickled = b""
   return control_pb2.NodeEvent(

@@ -210,10 +210,13 @@ def test_client_handshake_rejects_a_server_that_is_not_courier():
 
 def test_proofs_differ_by_secret_and_nonce():
   nonce = os.urandom(protocol.NONCE_SIZE)
-  assert len(protocol.proof(b"a", nonce)) == protocol.PROOF_SIZE
-  assert protocol.proof(b"a", nonce) == protocol.proof(b"a", nonce)
-  assert protocol.proof(b"a", nonce) != protocol.proof(b"b", nonce)
-  assert protocol.proof(b"a", nonce) != protocol.proof(b"a", os.urandom(protocol.NONCE_SIZE))
+  proof = protocol.proof
+  assert len(proof(b"a", nonce, b"client")) == protocol.PROOF_SIZE
+  assert proof(b"a", nonce, b"client") == proof(b"a", nonce, b"client")
+  assert proof(b"a", nonce, b"client") != proof(b"b", nonce, b"client")
+  assert proof(b"a", nonce, b"client") != proof(b"a", os.urandom(protocol.NONCE_SIZE), b"client")
+  # A client's proof cannot be replayed as a server's.
+  assert proof(b"a", nonce, b"client") != proof(b"a", nonce, b"server")
 
 
 # --- addresses --------------------------------------------------------------------

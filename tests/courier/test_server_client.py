@@ -421,7 +421,8 @@ def test_wrong_proof_is_refused_and_connection_closed(child_server, transport):
     greeting = _recv_exactly(sock, len(protocol.MAGIC) + protocol.NONCE_SIZE)
     assert greeting.startswith(protocol.MAGIC)
     nonce = greeting[len(protocol.MAGIC) :]
-    sock.sendall(protocol.proof(b"not the secret", nonce))
+    client_nonce = os.urandom(protocol.NONCE_SIZE)
+    sock.sendall(protocol.proof(b"not the secret", nonce, b"client") + client_nonce)
     assert _recv_exactly(sock, 1) == protocol.AUTH_REFUSED
     assert _recv_until_closed(sock) == b""
 
@@ -429,8 +430,13 @@ def test_wrong_proof_is_refused_and_connection_closed(child_server, transport):
 def test_right_proof_is_accepted_and_frames_are_served(child_server, transport):
   with _connect_raw(pick(child_server, transport)) as sock:
     greeting = _recv_exactly(sock, len(protocol.MAGIC) + protocol.NONCE_SIZE)
-    sock.sendall(protocol.proof(child_server.secret, greeting[len(protocol.MAGIC) :]))
+    client_nonce = os.urandom(protocol.NONCE_SIZE)
+    server_nonce = greeting[len(protocol.MAGIC) :]
+    sock.sendall(protocol.proof(child_server.secret, server_nonce, b"client") + client_nonce)
     assert _recv_exactly(sock, 1) == protocol.AUTH_OK
+    # The server proves it knows the secret too.
+    server_proof = _recv_exactly(sock, protocol.PROOF_SIZE)
+    assert server_proof == protocol.proof(child_server.secret, client_nonce, b"server")
     payload, buffers = serialization.dumps(("add", (20, 22), {}))
     protocol.send_frame(sock, protocol.REQUEST, 0, 77, payload, buffers)
     frame = protocol.FrameReader(sock).read(deadline=time.monotonic() + TIMEOUT)
@@ -452,7 +458,7 @@ def test_frames_before_the_handshake_are_never_unpickled(child_server, transport
   marker = tmp_path / f"unpickled-{transport}"
   payload = pickle.dumps(("echo", (_CreatesFile(str(marker)),), {}), protocol=5)
   frame = protocol.HEADER.pack(protocol.REQUEST, 0, 0, 1, len(payload)) + payload
-  assert len(frame) > protocol.PROOF_SIZE
+  assert len(frame) > protocol.PROOF_SIZE + protocol.NONCE_SIZE
   with _connect_raw(pick(child_server, transport)) as sock:
     sock.sendall(frame + frame)  # skips the handshake entirely
     data = _recv_until_closed(sock)
@@ -465,6 +471,34 @@ def test_frames_before_the_handshake_are_never_unpickled(child_server, transport
   # The payload is a working exploit: loading it does create the marker.
   pickle.loads(payload)[1][0].close()
   assert marker.exists()
+
+
+def test_client_refuses_a_server_that_does_not_know_the_secret(tmp_path):
+  """A process that took a node's address cannot make the client unpickle."""
+  marker = tmp_path / "unpickled-by-client"
+  payload = pickle.dumps(_CreatesFile(str(marker)), protocol=5)
+  listener = socket.create_server(("127.0.0.1", 0))
+
+  def impostor():
+    conn, _ = listener.accept()
+    with conn:
+      conn.sendall(protocol.MAGIC + os.urandom(protocol.NONCE_SIZE))
+      _recv_exactly(conn, protocol.PROOF_SIZE + protocol.NONCE_SIZE)
+      # Claims success, fakes the proof, then sends a reply to call 1.
+      conn.sendall(protocol.AUTH_OK + os.urandom(protocol.PROOF_SIZE))
+      protocol.send_frame(conn, protocol.REPLY, 0, 1, payload, [])
+      _recv_until_closed(conn)
+
+  thread = threading.Thread(target=impostor, daemon=True)
+  thread.start()
+  address = f"127.0.0.1:{listener.getsockname()[1]}"
+  client = Client(address, secret=b"the secret", label="victim[0]", timeout=TIMEOUT)
+  with pytest.raises(errors.AuthenticationError, match="does not know the program secret"):
+    client.echo(1)
+  client.close()
+  thread.join(TIMEOUT)
+  listener.close()
+  assert not marker.exists()
 
 
 def test_client_with_wrong_secret_raises_authentication_error(child_server, transport):
