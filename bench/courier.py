@@ -94,7 +94,7 @@ def run_script(python: str, script: pathlib.Path, pattern: str, timeout: float) 
   """
   try:
     out = subprocess.run(
-        [python, str(script)], capture_output=True, text=True, timeout=timeout
+      [python, str(script)], capture_output=True, text=True, timeout=timeout
     ).stdout
   except subprocess.TimeoutExpired as e:
     out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -113,14 +113,18 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--anchors", type=pathlib.Path, default=ROOT.parent / "shared" / "anchors")
   anchor_dir = pathlib.Path(os.environ.get("ANCHOR_DIR", "/tmp/anchor-venvs"))
   parser.add_argument("--peer-python", default=str(anchor_dir / "lpref" / "bin" / "python"))
   args = parser.parse_args()
 
-  have_peer = pathlib.Path(args.peer_python).exists() and (args.anchors / "lp_courier_rtt.py").exists()
+  have_peer = (
+    pathlib.Path(args.peer_python).exists() and (args.anchors / "lp_courier_rtt.py").exists()
+  )
   if not have_peer:
     print(f"peer skipped: no {args.peer_python} or anchors in {args.anchors}", flush=True)
   ours, peer, floors = [], [], []
@@ -129,10 +133,14 @@ def main() -> None:
     ours.append(measure_ours())
     if have_peer:
       peer.append(
-          run_script(args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 120)
+        run_script(
+          args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 120
+        )
       )
     if (args.anchors / "floors.py").exists():
-      floors.append(run_script(sys.executable, args.anchors / "floors.py", r"^FLOOR (\S+) (\S+)", 300))
+      floors.append(
+        run_script(sys.executable, args.anchors / "floors.py", r"^FLOOR (\S+) (\S+)", 300)
+      )
     print(f"run {run + 1}/{args.runs} done", flush=True)
 
   ours_m, peer_m, floors_m = median_of(ours), median_of(peer), median_of(floors)
@@ -144,21 +152,40 @@ def main() -> None:
   if peer_m:
     print("\nratios (target in brackets)")
     for path in ("unix", "tcp"):
-      _ratio(f"{path} sync rtt / courier sync rtt [<= 0.25]",
-             ours_m[f"{path}_sync_rtt_us"], peer_m.get("courier_sync_rtt"))
-      _ratio(f"{path} futures / courier futures [>= 4]",
-             ours_m[f"{path}_futures_calls_s"], peer_m.get("courier_futures"))
-      _ratio(f"{path} numpy 16MiB echo / courier bytes 16MiB [>= 2]",
-             ours_m[f"{path}_numpy_echo_16MiB_GBs"], peer_m.get("courier_bytes_echo_16MiB"))
-      _ratio(f"{path} bytes 16MiB echo / courier bytes 16MiB",
-             ours_m[f"{path}_bytes_echo_16MiB_GBs"], peer_m.get("courier_bytes_echo_16MiB"))
+      _ratio(
+        f"{path} sync rtt / courier sync rtt [<= 0.25]",
+        ours_m[f"{path}_sync_rtt_us"],
+        peer_m.get("courier_sync_rtt"),
+      )
+      _ratio(
+        f"{path} futures / courier futures [>= 4]",
+        ours_m[f"{path}_futures_calls_s"],
+        peer_m.get("courier_futures"),
+      )
+      _ratio(
+        f"{path} numpy 16MiB echo / courier bytes 16MiB [>= 2]",
+        ours_m[f"{path}_numpy_echo_16MiB_GBs"],
+        peer_m.get("courier_bytes_echo_16MiB"),
+      )
+      _ratio(
+        f"{path} bytes 16MiB echo / courier bytes 16MiB",
+        ours_m[f"{path}_bytes_echo_16MiB_GBs"],
+        peer_m.get("courier_bytes_echo_16MiB"),
+      )
   if floors_m:
     for path in ("unix", "tcp"):
-      _ratio(f"{path} numpy 16MiB echo / memcpy [>= 0.3]",
-             ours_m[f"{path}_numpy_echo_16MiB_GBs"], floors_m.get("memcpy"))
-    _ratio("unix sync rtt / bare unix socket rtt", ours_m["unix_sync_rtt_us"], floors_m.get("uds_rtt"))
+      _ratio(
+        f"{path} numpy 16MiB echo / memcpy [>= 0.3]",
+        ours_m[f"{path}_numpy_echo_16MiB_GBs"],
+        floors_m.get("memcpy"),
+      )
+    _ratio(
+      "unix sync rtt / bare unix socket rtt", ours_m["unix_sync_rtt_us"], floors_m.get("uds_rtt")
+    )
     _ratio("tcp sync rtt / bare tcp socket rtt", ours_m["tcp_sync_rtt_us"], floors_m.get("tcp_rtt"))
-    _ratio("grpc unary rtt / unix sync rtt", floors_m.get("grpc_unary_rtt"), ours_m["unix_sync_rtt_us"])
+    _ratio(
+      "grpc unary rtt / unix sync rtt", floors_m.get("grpc_unary_rtt"), ours_m["unix_sync_rtt_us"]
+    )
 
 
 def _ratio(label: str, a: float | None, b: float | None) -> None:
