@@ -134,7 +134,7 @@ def main() -> None:
     if have_peer:
       peer.append(
         run_script(
-          args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 120
+          args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 45
         )
       )
     if (args.anchors / "floors.py").exists():

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
-from launchpad.launch import worker
+from launchpad.launch import signals, worker
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 
@@ -41,7 +40,7 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   for thread in workers.threads:
     thread.start()
   if handle_signals and threading.current_thread() is threading.main_thread():
-    _install_signal_handlers(controller, coordinator)
+    signals.install(controller, coordinator)
   threading.Thread(
     target=_supervise, args=(controller, handle_signals), name=f"{plan.program}-supervisor"
   ).start()
@@ -68,19 +67,3 @@ class _Threads:
   def kill(self, names: list[str]) -> None:
     # Threads cannot be killed; they are daemons and end with the process.
     log.warning("threads of nodes %s keep running until the process exits", ", ".join(names))
-
-
-def _install_signal_handlers(controller: Controller, coordinator: Coordinator) -> None:
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-  def handler(signum, frame):
-    if controller.done:  # the program is over: behave as before it was launched
-      signal.signal(signum, previous[signum])
-      signal.raise_signal(signum)
-    elif coordinator.stop_reason is not None:
-      os._exit(128 + signum)
-    else:
-      coordinator.request_stop(f"{signal.Signals(signum).name} received; again to exit at once")
-
-  for sig in previous:
-    signal.signal(sig, handler)

@@ -1,0 +1,102 @@
+"""Node output: every line of every node, prefixed, on the terminal and in files.
+
+Each node process writes its stdout and stderr into one socket; a single
+thread reads all of them and writes whole lines only, so lines of different
+nodes never cut into each other however many nodes run.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import selectors
+import socket
+import sys
+import threading
+from typing import IO
+
+_COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96]
+
+
+class OutputMux:
+  """Collects node output; `terminal=None` keeps it in the log files only."""
+
+  def __init__(self, log_dir: pathlib.Path, terminal: IO[str] | None = sys.stdout):
+    self._log_dir = log_dir
+    self._terminal = terminal
+    self._colour = terminal is not None and terminal.isatty() and "NO_COLOR" not in os.environ
+    self._selector = selectors.DefaultSelector()
+    self._lock = threading.Lock()
+    self._wake_r, self._wake_w = socket.socketpair()
+    self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+    self._thread = threading.Thread(target=self._run, name="node-output", daemon=True)
+    self._thread.start()
+    self._streams = 0
+    self._drained = threading.Condition()
+
+  def attach(self, name: str, colour_index: int) -> socket.socket:
+    """A socket for node `name` to write into; give its other end to the node."""
+    ours, theirs = socket.socketpair()
+    prefix = f"{name} | " if not self._colour else (
+      f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{name}\x1b[0m | "
+    )
+    log = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed at end of stream
+    with self._drained:
+      self._streams += 1
+    self._selector.register(ours, selectors.EVENT_READ, _Stream(name, prefix, log))
+    self._wake_w.send(b"x")
+    return theirs
+
+  def wait_drained(self, timeout: float) -> bool:
+    """Waits until every attached stream has ended (its node exited)."""
+    with self._drained:
+      return self._drained.wait_for(lambda: self._streams == 0, timeout)
+
+  def _run(self) -> None:
+    while True:
+      for key, _ in self._selector.select():
+        if key.data is None:
+          self._wake_r.recv(4096)
+          continue
+        stream: _Stream = key.data
+        data = key.fileobj.recv(65536)
+        if data:
+          self._emit(stream, stream.feed(data))
+          continue
+        self._emit(stream, stream.flush())
+        self._selector.unregister(key.fileobj)
+        key.fileobj.close()
+        stream.log.close()
+        with self._drained:
+          self._streams -= 1
+          self._drained.notify_all()
+
+  def _emit(self, stream: _Stream, lines: list[bytes]) -> None:
+    if not lines:
+      return
+    stream.log.write(b"".join(lines))
+    stream.log.flush()
+    if self._terminal is None:
+      return
+    text = "".join(stream.prefix + line.decode(errors="replace") for line in lines)
+    with self._lock:
+      self._terminal.write(text)
+      self._terminal.flush()
+
+
+class _Stream:
+  def __init__(self, name: str, prefix: str, log):
+    self.name = name
+    self.prefix = prefix
+    self.log = log
+    self._partial = b""
+
+  def feed(self, data: bytes) -> list[bytes]:
+    """Whole lines so far; a trailing partial line waits for its end."""
+    lines = (self._partial + data).split(b"\n")
+    self._partial = lines.pop()
+    return [line + b"\n" for line in lines]
+
+  def flush(self) -> list[bytes]:
+    rest, self._partial = self._partial, b""
+    return [rest + b"\n"] if rest else []
