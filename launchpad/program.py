@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from launchpad import errors, handles
 from launchpad.nodes.base import Node
+from launchpad.restarts import RestartPolicy
 
 _LABEL = re.compile(r"^[\w.\-]+$")
 
@@ -30,13 +31,25 @@ class Program:
     """Label -> the nodes added under it, in order."""
     return {label: list(nodes) for label, nodes in self._groups.items()}
 
-  def add_node(self, node: Node, label: str | None = None) -> handles.Handle:
+  def add_node(
+    self,
+    node: Node,
+    label: str | None = None,
+    *,
+    restart: str = "never",
+    max_restarts: int = 3,
+    restart_backoff: float = 1.0,
+  ) -> handles.Handle:
     """Adds `node` and returns its handle.
 
     Args:
       node: the node to add.
       label: the node's group; defaults to the enclosing `group()`, else to
         the name of the node's function or class.
+      restart: 'never' (a failure stops the program) or 'on-failure' (the
+        node is started again, keeping its address).
+      max_restarts: with 'on-failure', restarts before a failure stops the program.
+      restart_backoff: seconds before the first restart; doubles each time.
     """
     if not isinstance(node, Node):
       raise TypeError(f"program {self.name}: add_node takes a node (lp.PyNode, ...), got {node!r}.")
@@ -47,8 +60,11 @@ class Program:
       )
     label = label if label is not None else self._current_group or _default_label(node)
     _check_label(label, "node label")
+    policy = RestartPolicy(restart, max_restarts, restart_backoff)
     node.bind(self, label, len(self._groups.get(label, ())))
     self._groups.setdefault(label, []).append(node)
+    for worker in node.workers():
+      worker.restart_policy = policy
     return node.create_handle()
 
   @contextlib.contextmanager

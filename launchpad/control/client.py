@@ -30,10 +30,12 @@ def host_id() -> str:
 class ControlClient:
   """Calls the coordinator at `address` with the program's token."""
 
-  def __init__(self, address: str, secret: bytes):
+  def __init__(self, address: str, secret: bytes | None = None, token: str | None = None):
+    """Give the program `secret`, or the control `token` derived from it."""
     self.address = address
     self._channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
-    self._metadata = ((auth.METADATA_KEY, auth.control_token(secret)),)
+    token = token if token is not None else auth.control_token(secret)
+    self._metadata = ((auth.METADATA_KEY, token),)
 
   def close(self) -> None:
     self._channel.close()
@@ -77,6 +79,11 @@ class ControlClient:
         raise errors.ProgramStoppedError(f"the program stopped before node {node} started serving.")
       if deadline is not None and time.monotonic() >= deadline:
         raise TimeoutError(f"node {node} did not register within {timeout} s")
+
+  def previous_addresses(self, node: str) -> list[str]:
+    """The addresses `node` had before it was restarted (empty at first start)."""
+    request = control_pb2.ResolveRequest(node=node, timeout=0.0)
+    return list(self._call("Resolve", request, control_pb2.ResolveReply).previous_addresses)
 
   def _call(self, method: str, request, reply_type, wait: float = 0.0):
     rpc = self._channel.unary_unary(

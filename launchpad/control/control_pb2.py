@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x11launchpad.control\"\x07\n\x05\x45mpty\"<\n\x08\x45ndpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\"@\n\x0fRegisterRequest\x12-\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\"/\n\x0eResolveRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"^\n\x0cResolveReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12-\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\"\xcb\x01\n\tNodeEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.launchpad.control.NodeEvent.Kind\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\x0c\"-\n\x04Kind\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x46INISHED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\"\n\x0fWaitStopRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"-\n\tStopState\x12\x10\n\x08stopping\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"~\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"n\n\x0bStatusReply\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\x05nodes\x18\x04 \x03(\x0b\x32\x1d.launchpad.control.NodeStatus2\xbc\x03\n\x0b\x43oordinator\x12H\n\x08Register\x12\".launchpad.control.RegisterRequest\x1a\x18.launchpad.control.Empty\x12M\n\x07Resolve\x12!.launchpad.control.ResolveRequest\x1a\x1f.launchpad.control.ResolveReply\x12@\n\x06Report\x12\x1c.launchpad.control.NodeEvent\x1a\x18.launchpad.control.Empty\x12@\n\x04Stop\x12\x1e.launchpad.control.StopRequest\x1a\x18.launchpad.control.Empty\x12L\n\x08WaitStop\x12\".launchpad.control.WaitStopRequest\x1a\x1c.launchpad.control.StopState\x12\x42\n\x06Status\x12\x18.launchpad.control.Empty\x1a\x1e.launchpad.control.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x11launchpad.control\"\x07\n\x05\x45mpty\"<\n\x08\x45ndpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\"@\n\x0fRegisterRequest\x12-\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\"/\n\x0eResolveRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"z\n\x0cResolveReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12-\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\x12\x1a\n\x12previous_addresses\x18\x04 \x03(\t\"\xcb\x01\n\tNodeEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.launchpad.control.NodeEvent.Kind\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\x0c\"-\n\x04Kind\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x46INISHED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\"\n\x0fWaitStopRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"-\n\tStopState\x12\x10\n\x08stopping\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"~\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"n\n\x0bStatusReply\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\x05nodes\x18\x04 \x03(\x0b\x32\x1d.launchpad.control.NodeStatus2\xbc\x03\n\x0b\x43oordinator\x12H\n\x08Register\x12\".launchpad.control.RegisterRequest\x1a\x18.launchpad.control.Empty\x12M\n\x07Resolve\x12!.launchpad.control.ResolveRequest\x1a\x1f.launchpad.control.ResolveReply\x12@\n\x06Report\x12\x1c.launchpad.control.NodeEvent\x1a\x18.launchpad.control.Empty\x12@\n\x04Stop\x12\x1e.launchpad.control.StopRequest\x1a\x18.launchpad.control.Empty\x12L\n\x08WaitStop\x12\".launchpad.control.WaitStopRequest\x1a\x1c.launchpad.control.StopState\x12\x42\n\x06Status\x12\x18.launchpad.control.Empty\x1a\x1e.launchpad.control.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -31,21 +31,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOLVEREQUEST']._serialized_start=173
   _globals['_RESOLVEREQUEST']._serialized_end=220
   _globals['_RESOLVEREPLY']._serialized_start=222
-  _globals['_RESOLVEREPLY']._serialized_end=316
-  _globals['_NODEEVENT']._serialized_start=319
-  _globals['_NODEEVENT']._serialized_end=522
-  _globals['_NODEEVENT_KIND']._serialized_start=477
-  _globals['_NODEEVENT_KIND']._serialized_end=522
-  _globals['_STOPREQUEST']._serialized_start=524
-  _globals['_STOPREQUEST']._serialized_end=553
-  _globals['_WAITSTOPREQUEST']._serialized_start=555
-  _globals['_WAITSTOPREQUEST']._serialized_end=589
-  _globals['_STOPSTATE']._serialized_start=591
-  _globals['_STOPSTATE']._serialized_end=636
-  _globals['_NODESTATUS']._serialized_start=638
-  _globals['_NODESTATUS']._serialized_end=764
-  _globals['_STATUSREPLY']._serialized_start=766
-  _globals['_STATUSREPLY']._serialized_end=876
-  _globals['_COORDINATOR']._serialized_start=879
-  _globals['_COORDINATOR']._serialized_end=1323
+  _globals['_RESOLVEREPLY']._serialized_end=344
+  _globals['_NODEEVENT']._serialized_start=347
+  _globals['_NODEEVENT']._serialized_end=550
+  _globals['_NODEEVENT_KIND']._serialized_start=505
+  _globals['_NODEEVENT_KIND']._serialized_end=550
+  _globals['_STOPREQUEST']._serialized_start=552
+  _globals['_STOPREQUEST']._serialized_end=581
+  _globals['_WAITSTOPREQUEST']._serialized_start=583
+  _globals['_WAITSTOPREQUEST']._serialized_end=617
+  _globals['_STOPSTATE']._serialized_start=619
+  _globals['_STOPSTATE']._serialized_end=664
+  _globals['_NODESTATUS']._serialized_start=666
+  _globals['_NODESTATUS']._serialized_end=792
+  _globals['_STATUSREPLY']._serialized_start=794
+  _globals['_STATUSREPLY']._serialized_end=904
+  _globals['_COORDINATOR']._serialized_start=907
+  _globals['_COORDINATOR']._serialized_end=1351
 # @@protoc_insertion_point(module_scope)

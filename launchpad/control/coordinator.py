@@ -43,6 +43,7 @@ class NodeRecord:
   pid: int = 0
   host: str = ""
   addresses: tuple[str, ...] = ()
+  previous_addresses: tuple[str, ...] = ()  # before its last restart
   host_id: str = ""
   restarts: int = 0
   description: str = ""
@@ -106,6 +107,10 @@ class Coordinator:
     """Why the program is stopping, or None while it runs."""
     return self._stop_reason
 
+  def set_failure_policy(self, on_failure: Callable[[NodeRecord], bool]) -> None:
+    """Replaces the default policy: `on_failure` returns True if it handled a failure."""
+    self._on_failure = on_failure
+
   def request_stop(self, reason: str) -> None:
     """Asks every node to stop; the first reason given is kept."""
     with self._changed:
@@ -132,6 +137,7 @@ class Coordinator:
       record = self.nodes[name]
       record.restarts += 1
       record.state = PENDING
+      record.previous_addresses = record.addresses or record.previous_addresses
       record.addresses = ()
       self._changed.notify_all()
 
@@ -174,7 +180,10 @@ class Coordinator:
       )
       endpoint = control_pb2.Endpoint(node=name, addresses=record.addresses, host_id=record.host_id)
       return control_pb2.ResolveReply(
-        found=bool(record.addresses), stopping=self._stop_reason is not None, endpoint=endpoint
+        found=bool(record.addresses),
+        stopping=self._stop_reason is not None,
+        endpoint=endpoint,
+        previous_addresses=record.previous_addresses,
       )
 
   def wait_stop(self, timeout: float) -> control_pb2.StopState:

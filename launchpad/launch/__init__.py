@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 from launchpad import flags
 from launchpad.launch import plan as plan_lib
-from launchpad.launch import test, threads
+from launchpad.launch import processes, test, threads
 from launchpad.launch.controller import Controller
 from launchpad.program import Program
 
@@ -16,8 +17,11 @@ _ALIASES = {
   "threads": "threads",
   "test_mt": "test",
   "test": "test",
+  "local_mp": "multiprocess",
+  "multiprocess": "multiprocess",
+  "test_mp": "multiprocess",
 }
-_LATER = {"local_mp", "multiprocess", "test_mp", "ssh", "ray"}
+_LATER = {"ssh", "ray"}
 
 
 def launch(
@@ -25,28 +29,36 @@ def launch(
   launch_type: str | flags.LaunchType | None = None,
   *,
   test_case: Any = None,
-  grace_period: float = 10.0,
+  grace_period: float | None = None,
   serialize_py_nodes: bool | None = None,
   local_resources: dict[str, Any] | None = None,
   terminal: str | None = None,
+  log_dir: str | pathlib.Path | None = None,
 ) -> Controller:
   """Runs `program` and returns its controller without waiting for it.
 
   Args:
     program: the program to run.
-    launch_type: 'threads' ('local_mt') or 'test' ('test_mt'); defaults to
-      the `--lp_launch_type` flag, else threads.
-    test_case: a unittest.TestCase whose cleanup stops the program (test).
-    grace_period: seconds nodes get to end after a stop before being forced.
+    launch_type: 'threads' ('local_mt'), 'test' ('test_mt'), or
+      'multiprocess' ('local_mp'; 'test_mp' is the same without signal
+      handling); defaults to the `--lp_launch_type` flag, else threads.
+    test_case: a unittest.TestCase whose cleanup stops the program.
+    grace_period: seconds nodes get to end after a stop before being forced
+      (default 10).
     serialize_py_nodes: check that every node can be pickled, as it must
-      be to run in another process (default True; threads-only programs may
-      pass False to share unpicklable objects).
-    local_resources: per-group settings of process launchers; accepted here
-      so that programs written for them run unchanged.
-    terminal: accepted for compatibility with Launchpad; output always goes
-      to this process's terminal.
+      be to run in another process (default True; programs run in threads
+      may pass False to share unpicklable objects).
+    local_resources: multiprocess: group label -> lp.PythonProcess(env=...,
+      args=..., interpreter=...).
+    terminal: multiprocess: 'current_terminal' (default: every node's lines,
+      prefixed, here and in files), 'output_to_files' (files only) or
+      'tmux_session' (files, and a tmux window per node).
+    log_dir: multiprocess: the run directory for node logs (default
+      ~/.launchpad/runs/<program>-<time>/).
   """
-  del local_resources, terminal  # meaningful to process launchers only
+  grace_period = defaults.get("grace_period", 10.0) if grace_period is None else grace_period
+  terminal = terminal or defaults.get("terminal")
+  log_dir = log_dir or defaults.get("log_dir")
   kind = launch_type.value if isinstance(launch_type, flags.LaunchType) else launch_type
   kind = kind or flags.default_launch_type()
   name = _ALIASES.get(kind)
@@ -57,7 +69,28 @@ def launch(
     raise ValueError(f"unknown launch type {kind!r}; use one of: {known}.")
   if not isinstance(program, Program):
     raise TypeError(f"lp.launch takes a lp.Program, got {program!r}.")
-  plan = plan_lib.make_plan(program, serialize=serialize_py_nodes is not False)
-  if name == "test":
-    return test.launch(plan, grace_period, test_case)
-  return threads.launch(plan, grace_period)
+  if name == "multiprocess":
+    plan = plan_lib.make_plan(program, serialize=True)
+    controller = processes.launch(
+      plan,
+      grace_period,
+      local_resources,
+      pathlib.Path(log_dir) if log_dir else None,
+      terminal=terminal or "current_terminal",
+      handle_signals=kind != "test_mp" and test_case is None,
+    )
+  else:
+    plan = plan_lib.make_plan(program, serialize=serialize_py_nodes is not False)
+    if name == "test":
+      return test.launch(plan, grace_period, test_case)
+    controller = threads.launch(plan, grace_period)
+  if test_case is not None:
+    test.add_cleanup(test_case, controller)
+  launched.append(controller)
+  return controller
+
+
+# Every controller launched in this process, for `lp launch` to wait on.
+launched: list[Controller] = []
+# Options that `lp launch` sets for every lp.launch call of the target.
+defaults: dict[str, Any] = {}

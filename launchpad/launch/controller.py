@@ -9,6 +9,7 @@ themselves, then are killed.
 from __future__ import annotations
 
 import logging
+import pathlib
 import pickle
 import threading
 from typing import Protocol
@@ -41,8 +42,11 @@ class Controller:
     runtime: ProgramRuntime,
     workers: Workers,
     grace_period: float,
+    run_dir: pathlib.Path | None = None,
   ):
     self.program = plan.program
+    self.run_dir = run_dir  # where process launchers keep node logs
+    self.stopped_by: int | None = None  # the signal that stopped the program, if one did
     self._coordinator = coordinator
     self._runtime = runtime
     self._workers = workers

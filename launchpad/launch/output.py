@@ -37,15 +37,20 @@ class OutputMux:
   def attach(self, name: str, colour_index: int) -> socket.socket:
     """A socket for node `name` to write into; give its other end to the node."""
     ours, theirs = socket.socketpair()
-    prefix = f"{name} | " if not self._colour else (
-      f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{name}\x1b[0m | "
+    prefix = (
+      f"{name} | "
+      if not self._colour
+      else (f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{name}\x1b[0m | ")
     )
-    log = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed at end of stream
+    log = open(self.log_path(name), "ab")
     with self._drained:
       self._streams += 1
     self._selector.register(ours, selectors.EVENT_READ, _Stream(name, prefix, log))
     self._wake_w.send(b"x")
     return theirs
+
+  def log_path(self, name: str) -> pathlib.Path:
+    return self._log_dir / f"{name}.log"
 
   def wait_drained(self, timeout: float) -> bool:
     """Waits until every attached stream has ended (its node exited)."""

@@ -17,6 +17,7 @@ import cloudpickle
 from launchpad import errors, handles
 from launchpad.nodes.base import Node
 from launchpad.program import Program
+from launchpad.restarts import RestartPolicy
 
 
 @dataclasses.dataclass
@@ -27,10 +28,14 @@ class Plan:
   node_names: list[str]
   source: Program | None = None  # the definition, in the launching process
 
+  @property
+  def restart_policies(self) -> dict[str, RestartPolicy]:
+    return {worker.name: worker.restart_policy for worker in self.workers}
+
 
 def make_plan(program: Program, serialize: bool = True) -> Plan:
   """Validates `program`; with `serialize`, also that every node pickles."""
-  workers = program.get_all_nodes()
+  workers = [worker for node in program.get_all_nodes() for worker in node.workers()]
   if not workers:
     raise errors.ProgramError(f"program {program.name} has no nodes; add some with add_node().")
   nodes = [n for worker in workers for n in (worker, *worker.inner_nodes())]

@@ -1,9 +1,9 @@
 """The entry point of a node's process: set up the process, then run the node.
 
-Used two ways: as the target that the launcher's fork server runs in a
-freshly forked child (fast: launchpad is already imported there), and as
-`python -m launchpad.launch.process_main` for nodes that need their own
-interpreter, reading the same payload from standard input.
+Used two ways: in a child freshly forked by the launcher's fork server
+(`zygote.py`; fast: launchpad is already imported there), and in a fresh
+interpreter for nodes that need one,
+reading the same payload from standard input.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from launchpad.launch import worker
 from launchpad.nodes.base import Node
 
 _PR_SET_PDEATHSIG = 1
+# How a launcher starts a node in a fresh interpreter; the payload comes on stdin.
+COMMAND = "from launchpad.launch import process_main; process_main.main()"
 
 
 @dataclasses.dataclass
@@ -34,9 +36,9 @@ class WorkerSpec:
   env: dict[str, str]
 
 
-def run(payload: bytes, output_fd: int | None, parent_pid: int) -> None:
+def run(payload: bytes, output_fd: int | None) -> None:
   """Runs the node described by `payload` in this process and exits."""
-  _detach(parent_pid)
+  _detach()
   if output_fd is not None:
     _redirect_output(output_fd)
   spec: WorkerSpec = cloudpickle.loads(payload)
@@ -51,9 +53,10 @@ def run(payload: bytes, output_fd: int | None, parent_pid: int) -> None:
   os._exit(0)  # node threads the user left behind must not keep the process
 
 
-def _detach(parent_pid: int) -> None:
+def _detach() -> None:
   """Own session (a Ctrl-C in the terminal reaches the launcher only, which
   stops the program gracefully), and death with the parent, even by SIGKILL."""
+  parent_pid = os.getppid()
   try:
     os.setsid()
   except OSError:
@@ -72,15 +75,11 @@ def _redirect_output(fd: int) -> None:
   os.dup2(fd, 1)
   os.dup2(fd, 2)
   os.close(fd)
-  sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
-  sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+  sys.stdout = open(1, "w", buffering=1, closefd=False)
+  sys.stderr = open(2, "w", buffering=1, closefd=False)
 
 
 def main() -> None:
-  """`python -m launchpad.launch.process_main`: the payload comes on stdin."""
+  """Runs a node whose payload comes on stdin (see COMMAND)."""
   payload = sys.stdin.buffer.read()
-  run(payload, None, os.getppid())
-
-
-if __name__ == "__main__":
-  main()
+  run(payload, None)

@@ -12,26 +12,26 @@ the coordinator disappears.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-import multiprocessing.connection
 import os
 import pathlib
+import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 import psutil
 
-from launchpad import runs
+from launchpad import errors, restarts, runs
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
-from launchpad.launch import process_main, restarts, signals
+from launchpad.launch import process_main, signals, tmux, zygote
 from launchpad.launch.controller import Controller
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
@@ -40,22 +40,30 @@ from launchpad.resources import PythonProcess
 
 log = logging.getLogger(__name__)
 
-_fork_server: Any = None
-_fork_server_lock = threading.Lock()
-
 
 def launch(
   plan: Plan,
   grace_period: float = 10.0,
   local_resources: dict[str, Any] | None = None,
   log_dir: pathlib.Path | None = None,
-  terminal: Any = sys.stdout,
+  terminal: str = "current_terminal",
   handle_signals: bool = True,
 ) -> Controller:
-  """Starts one process per node of `plan` and returns once all are started."""
+  """Starts one process per node of `plan` and returns once all are started.
+
+  Args:
+    terminal: 'current_terminal' (node lines prefixed on stdout, and in log
+      files), 'output_to_files', or 'tmux_session' (a tmux window per node).
+  """
   resources = _group_resources(local_resources or {})
+  if terminal not in ("current_terminal", "output_to_files", "tmux_session"):
+    raise ValueError(
+      f"terminal={terminal!r}: use 'current_terminal', 'output_to_files' or 'tmux_session'."
+    )
+  if terminal == "tmux_session" and not shutil.which("tmux"):
+    raise errors.LaunchpadError("terminal='tmux_session' needs tmux; install it or pick another.")
   run = runs.create(plan.program, log_dir)
-  output = OutputMux(run.path, terminal)
+  output = OutputMux(run.path, sys.stdout if terminal == "current_terminal" else None)
   processes = _Processes(plan, resources, output)
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   restarter = restarts.Restarter(coordinator, plan.restart_policies, processes.respawn)
@@ -66,6 +74,8 @@ def launch(
   runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source)
   controller = Controller(plan, coordinator, runtime, processes, grace_period, run_dir=run.path)
   processes.start_all()
+  if terminal == "tmux_session":
+    tmux.open_windows(run, list(processes.pids()))
   if handle_signals and threading.current_thread() is threading.main_thread():
     signals.install(controller, coordinator, on_second=processes.kill_all)
   threading.Thread(
@@ -77,6 +87,7 @@ def launch(
 def _supervise(controller: Controller, output: OutputMux, run: runs.Run) -> None:
   controller.supervise()
   output.wait_drained(5.0)
+  tmux.close(run)
   run.finish()
 
 
@@ -90,69 +101,95 @@ def _group_resources(local_resources: dict[str, Any]) -> dict[str, PythonProcess
   return dict(local_resources)
 
 
-def _fork_context():
-  """The fork server, started once per launcher process with launchpad loaded."""
-  global _fork_server
-  with _fork_server_lock:
-    if _fork_server is None:
-      context = mp.get_context("forkserver")
-      context.set_forkserver_preload(["launchpad", "launchpad.launch.process_main"])
-      _fork_server = context
-    return _fork_server
+class _ForkServer:
+  """The launcher's end of a fork server (`zygote.py`)."""
 
+  def __init__(self, on_exit: Callable[[int, int], None]):
+    ours, theirs = socket.socketpair()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    self._process = subprocess.Popen(
+      [sys.executable, "-c", zygote.COMMAND, str(theirs.fileno())],
+      pass_fds=[theirs.fileno()],
+      env=env,
+      start_new_session=True,
+    )
+    theirs.close()
+    self._sock = ours
+    self._on_exit = on_exit
+    self._started: queue.SimpleQueue = queue.SimpleQueue()
+    self._lock = threading.Lock()
+    threading.Thread(target=self._read, name="fork-server", daemon=True).start()
 
-def _forked_main(payload: bytes, output: socket.socket) -> None:
-  process_main.run(payload, output.detach())
+  def start(self, payload: bytes, output: socket.socket) -> int:
+    """Forks a node process running `payload`; returns its pid."""
+    with self._lock:
+      zygote.send_message(self._sock, ("start", payload), [output.fileno()])
+      reply = self._started.get(timeout=60.0)
+    if isinstance(reply, BaseException):
+      raise reply
+    return reply
+
+  def close(self) -> None:
+    """Ends the fork server; it kills whatever children it still has."""
+    try:
+      self._sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+      pass
+    try:
+      self._process.wait(10.0)
+    except subprocess.TimeoutExpired:
+      self._process.kill()
+
+  def _read(self) -> None:
+    try:
+      while True:
+        message, _ = zygote.receive_message(self._sock)
+        if message[0] == "started":
+          self._started.put(message[1])
+        else:
+          self._on_exit(message[1], message[2])
+    except (EOFError, OSError):
+      self._started.put(errors.LaunchpadError("the fork server of node processes died"))
 
 
 class _Child:
-  """One node process, forked or spawned."""
+  """One node process."""
 
-  def __init__(self, name: str, process: Any):
+  def __init__(self, name: str, pid: int):
     self.name = name
-    self.process = process
-    self.pid: int = process.pid
+    self.pid = pid
     self.killed = False
-    self.sentinel = process.sentinel if hasattr(process, "sentinel") else os.pidfd_open(process.pid)
-
-  def exitcode(self) -> int | None:
-    if isinstance(self.process, subprocess.Popen):
-      return self.process.poll()
-    self.process.join(0)
-    return self.process.exitcode
+    self.returncode: int | None = None
 
   def kill(self) -> None:
     """SIGKILL to the node's whole session: its own children die with it."""
     self.killed = True
-    try:
-      os.killpg(self.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+    for kill in (os.killpg, os.kill):
       try:
-        os.kill(self.pid, signal.SIGKILL)
-      except ProcessLookupError:
-        pass
+        kill(self.pid, signal.SIGKILL)
+        return
+      except OSError:
+        continue
 
 
 class _Processes:
-  """The node processes of one program, and the thread that watches them exit."""
+  """The node processes of one program; reports those that end unannounced."""
 
   def __init__(self, plan: Plan, resources: dict[str, PythonProcess], output: OutputMux):
     self._plan = plan
     self._resources = resources
     self._output = output
-    self._nodes: dict[str, Node] = {}
-    for worker in plan.workers:
-      for node in worker.process_nodes():
-        self._nodes[node.name] = node
+    self._nodes: dict[str, Node] = {worker.name: worker for worker in plan.workers}
     self._children: dict[str, _Child] = {}
-    self._lock = threading.Lock()
-    self._wake_r, self._wake_w = socket.socketpair()
+    self._by_pid: dict[int, _Child] = {}
+    self._changed = threading.Condition()
+    self._fork_server: _ForkServer | None = None
     self.coordinator: Coordinator | None = None
 
   def start_all(self) -> None:
+    self._fork_server = _ForkServer(self._exited_pid)
     for index, name in enumerate(self._nodes):
       self._start(name, index)
-    threading.Thread(target=self._watch, name=f"{self._plan.program}-processes", daemon=True).start()
 
   def respawn(self, name: str) -> None:
     self._start(name, list(self._nodes).index(name))
@@ -165,41 +202,50 @@ class _Processes:
     )
     payload = cloudpickle.dumps(spec)
     output = self._output.attach(name, index)
-    if resource.interpreter or resource.args:
-      process = subprocess.Popen(
-        [resource.interpreter or sys.executable, "-m", "launchpad.launch.process_main", *resource.args],
-        stdin=subprocess.PIPE,
-        stdout=output.fileno(),
-        stderr=output.fileno(),
-        env={**os.environ, **resource.env},
-      )
-      process.stdin.write(payload)
-      process.stdin.close()
-    else:
-      process = _fork_context().Process(
-        target=_forked_main, args=(payload, output), name=name, daemon=False
-      )
-      process.start()
-    output.close()
-    with self._lock:
-      self._children[name] = _Child(name, process)
-    self._wake_w.send(b"x")
+    with self._changed:  # exit reports wait until the child is known
+      if resource.interpreter or resource.args:
+        pid = self._spawn(resource, payload, output)
+      else:
+        pid = self._fork_server.start(payload, output)
+      output.close()
+      child = _Child(name, pid)
+      self._children[name] = self._by_pid[pid] = child
+
+  def _spawn(self, resource: PythonProcess, payload: bytes, output: socket.socket) -> int:
+    process = subprocess.Popen(
+      [
+        resource.interpreter or sys.executable,
+        "-m",
+        "launchpad.launch.process_main",
+        *resource.args,
+      ],
+      stdin=subprocess.PIPE,
+      stdout=output.fileno(),
+      stderr=output.fileno(),
+      env={**os.environ, **resource.env},
+    )
+    process.stdin.write(payload)
+    process.stdin.close()
+    threading.Thread(
+      target=lambda: self._exited_pid(process.pid, process.wait()), daemon=True
+    ).start()
+    return process.pid
 
   def pids(self) -> dict[str, int]:
-    with self._lock:
+    with self._changed:
       return {name: child.pid for name, child in self._children.items()}
 
   def join(self, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with self._lock:
-      children = list(self._children.values())
-    for child in children:
-      while child.exitcode() is None and time.monotonic() < deadline:
-        multiprocessing.connection.wait([child.sentinel], max(0.0, deadline - time.monotonic()))
-    return all(child.exitcode() is not None for child in children)
+    with self._changed:
+      ended = self._changed.wait_for(
+        lambda: all(c.returncode is not None for c in self._children.values()), timeout
+      )
+    if ended and self._fork_server is not None:
+      self._fork_server.close()
+    return ended
 
   def kill(self, names: list[str]) -> None:
-    with self._lock:
+    with self._changed:
       children = [self._children[n] for n in names if n in self._children]
     for child in children:
       child.kill()
@@ -207,23 +253,13 @@ class _Processes:
   def kill_all(self) -> None:
     self.kill(list(self.pids()))
 
-  def _watch(self) -> None:
-    """Reports nodes whose process ended without saying how their node ended."""
-    watched: dict[Any, _Child] = {}
-    while True:
-      with self._lock:
-        for child in self._children.values():
-          if child.sentinel not in watched and child.exitcode() is None:
-            watched[child.sentinel] = child
-      ready = multiprocessing.connection.wait([self._wake_r, *watched])
-      for item in ready:
-        if item is self._wake_r:
-          self._wake_r.recv(4096)
-          continue
-        child = watched.pop(item)
-        self._exited(child, child.exitcode())
-
-  def _exited(self, child: _Child, code: int | None) -> None:
+  def _exited_pid(self, pid: int, returncode: int) -> None:
+    with self._changed:
+      child = self._by_pid.pop(pid, None)
+      if child is None:
+        return
+      child.returncode = returncode
+      self._changed.notify_all()
     record = self.coordinator.nodes[child.name]
     if record.state in (FINISHED, FAILED) or child.killed:
       return
@@ -233,7 +269,7 @@ class _Processes:
         kind=control_pb2.NodeEvent.FAILED,
         pid=child.pid,
         host=socket.gethostname(),
-        description=exit_reason(code),
+        description=exit_reason(returncode),
         traceback=_log_tail(self._output.log_path(child.name)),
       )
     )

@@ -31,6 +31,7 @@ def install(
       on_second()
       os._exit(FORCED_EXIT + signum)
     else:
+      controller.stopped_by = signum
       coordinator.request_stop(f"{signal.Signals(signum).name} received; again to end at once")
 
   for sig in previous:

@@ -19,8 +19,13 @@ def launch(plan: Plan, grace_period: float = 10.0, test_case: Any = None) -> Con
   node's failure) at the test's cleanup."""
   controller = threads.launch(plan, grace_period, handle_signals=False)
   if test_case is not None:
-    test_case.addCleanup(_teardown, controller)
+    add_cleanup(test_case, controller)
   return controller
+
+
+def add_cleanup(test_case: Any, controller: Controller) -> None:
+  """Stops the program at the test's cleanup, raising a node's failure there."""
+  test_case.addCleanup(_teardown, controller)
 
 
 def _teardown(controller: Controller) -> None:

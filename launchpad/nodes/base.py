@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from launchpad import errors, handles
+from launchpad.restarts import RestartPolicy
 
 if TYPE_CHECKING:
   from launchpad.context import ProgramRuntime
@@ -22,6 +23,7 @@ class Node:
     self.label: str | None = None
     self.index: int | None = None
     self.program: Program | None = None
+    self.restart_policy = RestartPolicy()
     self._name: str | None = None
 
   @property
@@ -47,6 +49,11 @@ class Node:
   def inner_nodes(self) -> list[Node]:
     """Nodes run inside this one (colocation); empty for plain nodes."""
     return []
+
+  def workers(self) -> list[Node]:
+    """The nodes that launchers run as separate workers for this one: itself,
+    except for colocations whose nodes each get a process."""
+    return [self]
 
   def arguments(self) -> Any:
     """Everything this node carries to its worker, for validation and pickling."""

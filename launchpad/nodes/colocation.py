@@ -13,12 +13,8 @@ if TYPE_CHECKING:
   from launchpad.context import ProgramRuntime
 
 
-class MultiThreadingColocation(Node):
-  """Runs `nodes` in threads of one worker: one process, shared memory.
-
-  Take handles of the inner nodes with `node.create_handle()` before
-  colocating them; the inner nodes are named `label[index].k`.
-  """
+class _Colocation(Node):
+  """Nodes that launchers place together."""
 
   def __init__(self, nodes: Sequence[Node]):
     super().__init__()
@@ -39,11 +35,30 @@ class MultiThreadingColocation(Node):
     for k, node in enumerate(self.nodes):
       node.bind(program, label, index, f"{self.name}.{k}")
 
-  def inner_nodes(self) -> list[Node]:
-    return [n for node in self.nodes for n in (node, *node.inner_nodes())]
-
   def arguments(self) -> Any:
     return [node.arguments() for node in self.nodes]
+
+
+class MultiProcessingColocation(_Colocation):
+  """Nodes placed together, each in a process of its own (a thread under the
+  threads launcher). The inner nodes are named `label[index].k`."""
+
+  def inner_nodes(self) -> list[Node]:
+    return [n for node in self.nodes for n in node.inner_nodes()]
+
+  def workers(self) -> list[Node]:
+    return [w for node in self.nodes for w in node.workers()]
+
+
+class MultiThreadingColocation(_Colocation):
+  """Runs `nodes` in threads of one worker: one process, shared memory.
+
+  Take handles of the inner nodes with `node.create_handle()` before
+  colocating them; the inner nodes are named `label[index].k`.
+  """
+
+  def inner_nodes(self) -> list[Node]:
+    return [n for node in self.nodes for n in (node, *node.inner_nodes())]
 
   def run(self, runtime: ProgramRuntime) -> None:
     from launchpad.launch import worker  # the worker runs nodes; nodes do not import it at load
