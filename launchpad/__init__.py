@@ -27,10 +27,11 @@ from launchpad.handles import Deferred, Handle
 from launchpad.launch import launch
 from launchpad.launch.controller import Controller
 from launchpad.nodes.base import Node
-from launchpad.nodes.colocation import MultiThreadingColocation
+from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreadingColocation
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
+from launchpad.resources import PythonProcess
 
 __all__ = [
   "CallTimeoutError",
@@ -43,6 +44,7 @@ __all__ = [
   "Handle",
   "LaunchType",
   "LaunchpadError",
+  "MultiProcessingColocation",
   "MultiThreadingColocation",
   "Node",
   "NodeFailedError",
@@ -51,6 +53,7 @@ __all__ = [
   "ProgramStoppedError",
   "PyClassNode",
   "PyNode",
+  "PythonProcess",
   "RemoteError",
   "SerializationError",
   "batched_handler",
