@@ -231,10 +231,10 @@ def test_unknown_launch_type_is_rejected_with_the_known_ones():
   assert "local_mt" in message and "test_mt" in message
 
 
-@pytest.mark.parametrize("launch_type", ["local_mp", lp.LaunchType.LOCAL_MULTI_PROCESSING])
-def test_process_launch_types_are_not_available_yet(launch_type):
+@pytest.mark.parametrize("launch_type", ["ssh", "ray"])
+def test_remote_launch_types_are_not_available_yet(launch_type):
   program, _ = serving_program()
-  with pytest.raises(NotImplementedError, match="local_mp"):
+  with pytest.raises(NotImplementedError, match=launch_type):
     lp.launch(program, launch_type=launch_type)
 
 
