@@ -21,6 +21,7 @@ import pathlib
 import runpy
 import sys
 import time
+import traceback
 from typing import Any
 
 import cloudpickle
@@ -115,20 +116,21 @@ def _launch(args: argparse.Namespace) -> int:
   options = {"grace_period": args.grace_period, "log_dir": args.log_dir}
   options["terminal"] = args.terminal
   launch_lib.defaults.update(options)
+  script_status = 0
   try:
     path, _, function = args.target.partition(":")
     if function:
       program = _program_from(path, function, target_args)
       launch_lib.launch(program, launch_type=mode)
     else:
-      _run_main(path, target_args, mode)
-  except errors.ProgramError as e:
+      script_status = _run_main(path, target_args, mode)
+  except (errors.ProgramError, errors.SerializationError, _BadTarget) as e:
     print(f"lp launch: {e}", file=sys.stderr)
     return 2
-  except _BadTarget as e:
-    print(f"lp launch: {e}", file=sys.stderr)
-    return 2
-  return _wait_all(launch_lib.launched)
+  if script_status:  # the target gave up: its programs must not run on
+    for controller in launch_lib.launched:
+      controller.stop()
+  return _wait_all(launch_lib.launched) or script_status
 
 
 class _BadTarget(Exception):
@@ -166,7 +168,8 @@ def _load(path: str) -> Any:
   return module
 
 
-def _run_main(path: str, target_args: list[str], mode: str) -> None:
+def _run_main(path: str, target_args: list[str], mode: str) -> int:
+  """Runs the file as __main__; returns its exit status."""
   if not os.path.exists(path):
     raise _BadTarget(f"no such file: {path}")
   if not any(a.startswith("--lp_launch_type") for a in target_args):
@@ -176,11 +179,19 @@ def _run_main(path: str, target_args: list[str], mode: str) -> None:
   try:
     runpy.run_path(path, run_name="__main__")
   except SystemExit as e:
-    if e.code not in (None, 0):
-      raise _BadTarget(f"{path} exited with status {e.code}") from None
+    if e.code in (None, 0):
+      return 0
+    if not isinstance(e.code, int):
+      print(e.code, file=sys.stderr)
+    return e.code if isinstance(e.code, int) else 1
+  except Exception:  # noqa: BLE001 - the target's own error: show it, then stop its programs
+    traceback.print_exc()
+    return 1
+  return 0
 
 
 def _wait_all(controllers: list) -> int:
+  """Waits for every launched program; the exit status they add up to."""
   status = 0
   for controller in controllers:
     try:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+from launchpad import restarts
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
 from launchpad.launch import signals, worker
@@ -30,15 +31,12 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   """
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
-  workers = _Threads(
-    [
-      threading.Thread(target=worker.run_node, args=(node, runtime), name=node.name, daemon=True)
-      for node in plan.workers
-    ]
-  )
+  workers = _Threads(plan, runtime)
+  restarter = restarts.Restarter(coordinator, plan.restart_policies, workers.start)
+  coordinator.set_failure_policy(restarter.on_failure)
   controller = Controller(plan, coordinator, runtime, workers, grace_period)
-  for thread in workers.threads:
-    thread.start()
+  for node in plan.workers:
+    workers.start(node.name)
   if handle_signals and threading.current_thread() is threading.main_thread():
     signals.install(controller, coordinator)
   threading.Thread(
@@ -55,8 +53,18 @@ def _supervise(controller: Controller, exit_on_failure: bool) -> None:
 
 
 class _Threads:
-  def __init__(self, threads: list[threading.Thread]):
-    self.threads = threads
+  def __init__(self, plan: Plan, runtime: ProgramRuntime):
+    self._nodes = {node.name: node for node in plan.workers}
+    self._runtime = runtime
+    self.threads: list[threading.Thread] = []
+
+  def start(self, name: str) -> None:
+    """Runs node `name` in a new thread (again, after a restart)."""
+    thread = threading.Thread(
+      target=worker.run_node, args=(self._nodes[name], self._runtime), name=name, daemon=True
+    )
+    self.threads.append(thread)
+    thread.start()
 
   def join(self, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
