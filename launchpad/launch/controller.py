@@ -9,9 +9,12 @@ themselves, then are killed.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import pickle
+import sys
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from launchpad import errors
@@ -64,8 +67,27 @@ class Controller:
     assert self._coordinator.address is not None
     return self._coordinator.address
 
+  def start_supervisor(
+    self, exit_on_failure: bool, cleanup: Callable[[], None] = lambda: None
+  ) -> None:
+    """Runs `supervise` in a thread that keeps the process alive until the
+    program is over, then `cleanup()`.
+
+    With `exit_on_failure`, a failure found when the main thread has already
+    returned ends the process with status 1: nobody is left to raise it to.
+    """
+
+    def run():
+      self.supervise()
+      cleanup()
+      if exit_on_failure and self.failures() and not threading.main_thread().is_alive():
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=run, name=f"{self.program}-supervisor").start()
+
   def supervise(self) -> None:
-    """Runs the stop policy until the program is over; a launcher runs it in a thread."""
+    """Runs the stop policy until the program is over."""
     coordinator = self._coordinator
     coordinator.wait_until(lambda: coordinator.stop_reason is not None, None)
     if not coordinator.wait_until(coordinator.all_ended, self._grace_period):

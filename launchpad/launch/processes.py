@@ -78,16 +78,14 @@ def launch(
     tmux.open_windows(run, list(processes.pids()))
   if handle_signals and threading.current_thread() is threading.main_thread():
     signals.install(controller, coordinator, on_second=processes.kill_all)
-  threading.Thread(
-    target=_supervise, args=(controller, output, run), name=f"{plan.program}-supervisor"
-  ).start()
+  controller.start_supervisor(handle_signals, lambda: _close_run(output, run, terminal))
   return controller
 
 
-def _supervise(controller: Controller, output: OutputMux, run: runs.Run) -> None:
-  controller.supervise()
+def _close_run(output: OutputMux, run: runs.Run, terminal: str) -> None:
   output.wait_drained(5.0)
-  tmux.close(run)
+  if terminal == "tmux_session":
+    tmux.close(run)
   run.finish()
 
 

@@ -7,8 +7,6 @@ program that works here works in processes and on other hosts.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import threading
 import time
 
@@ -39,17 +37,8 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
     workers.start(node.name)
   if handle_signals and threading.current_thread() is threading.main_thread():
     signals.install(controller, coordinator)
-  threading.Thread(
-    target=_supervise, args=(controller, handle_signals), name=f"{plan.program}-supervisor"
-  ).start()
+  controller.start_supervisor(exit_on_failure=handle_signals)
   return controller
-
-
-def _supervise(controller: Controller, exit_on_failure: bool) -> None:
-  controller.supervise()
-  if exit_on_failure and controller.failures() and not threading.main_thread().is_alive():
-    sys.stderr.flush()
-    os._exit(1)
 
 
 class _Threads:
