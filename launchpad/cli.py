@@ -57,10 +57,13 @@ Arguments after `--` reach the target's absl flags.
 examples:
   lp launch --mode=multiprocess examples/consumer_producers.py -- --num_producers=4
   lp launch examples/consumer_producers.py:make_program
-  lp launch --mode=threads --log-dir=/tmp/run examples/hello_world.py
+  lp launch --mode=threads examples/hello_world.py
+  lp launch --log-dir=/tmp/run examples/hello_world.py
 
-Every node's output is printed prefixed with its name (label[index]) and
-kept in the run directory (--log-dir, default ~/.launchpad/runs/PROGRAM-TIME/).
+In multiprocess mode every node's output is printed prefixed with its name
+(label[index]) and kept in the run directory (--log-dir, default
+~/.launchpad/runs/PROGRAM-TIME/); in threads and test modes nodes share this
+process's output.
 Ctrl-C or SIGTERM stops the program gracefully: stop handlers run and
 lp.wait_for_stop() returns in every node; nodes still running after
 --grace-period seconds are killed. A second Ctrl-C kills them at once.

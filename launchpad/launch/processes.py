@@ -99,16 +99,21 @@ def _group_resources(local_resources: dict[str, Any]) -> dict[str, PythonProcess
   return dict(local_resources)
 
 
+def _child_environment() -> dict[str, str]:
+  """The launcher's environment, with its import path: node processes must
+  import what the launcher imported (the target's own folder included)."""
+  return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
 class _ForkServer:
   """The launcher's end of a fork server (`zygote.py`)."""
 
   def __init__(self, on_exit: Callable[[int, int], None]):
     ours, theirs = socket.socketpair()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     self._process = subprocess.Popen(
       [sys.executable, "-c", zygote.COMMAND, str(theirs.fileno())],
       pass_fds=[theirs.fileno()],
-      env=env,
+      env=_child_environment(),
       start_new_session=True,
     )
     theirs.close()
@@ -180,6 +185,7 @@ class _Processes:
     self._nodes: dict[str, Node] = {worker.name: worker for worker in plan.workers}
     self._children: dict[str, _Child] = {}
     self._by_pid: dict[int, _Child] = {}
+    self._early_exits: dict[int, int] = {}
     self._changed = threading.Condition()
     self._fork_server: _ForkServer | None = None
     self.coordinator: Coordinator | None = None
@@ -200,27 +206,25 @@ class _Processes:
     )
     payload = cloudpickle.dumps(spec)
     output = self._output.attach(name, index)
-    with self._changed:  # exit reports wait until the child is known
-      if resource.interpreter or resource.args:
-        pid = self._spawn(resource, payload, output)
-      else:
-        pid = self._fork_server.start(payload, output)
-      output.close()
-      child = _Child(name, pid)
+    if resource.interpreter or resource.args:
+      pid = self._spawn(resource, payload, output)
+    else:
+      pid = self._fork_server.start(payload, output)
+    output.close()
+    child = _Child(name, pid)
+    with self._changed:
       self._children[name] = self._by_pid[pid] = child
+      returncode = self._early_exits.pop(pid, None)
+    if returncode is not None:
+      self._exited_pid(pid, returncode)
 
   def _spawn(self, resource: PythonProcess, payload: bytes, output: socket.socket) -> int:
     process = subprocess.Popen(
-      [
-        resource.interpreter or sys.executable,
-        "-m",
-        "launchpad.launch.process_main",
-        *resource.args,
-      ],
+      [resource.interpreter or sys.executable, "-c", process_main.COMMAND, *resource.args],
       stdin=subprocess.PIPE,
       stdout=output.fileno(),
       stderr=output.fileno(),
-      env={**os.environ, **resource.env},
+      env={**_child_environment(), **resource.env},
     )
     process.stdin.write(payload)
     process.stdin.close()
@@ -254,7 +258,8 @@ class _Processes:
   def _exited_pid(self, pid: int, returncode: int) -> None:
     with self._changed:
       child = self._by_pid.pop(pid, None)
-      if child is None:
+      if child is None:  # it exited before _start recorded it
+        self._early_exits[pid] = returncode
         return
       child.returncode = returncode
       self._changed.notify_all()

@@ -34,7 +34,7 @@ class CourierNode(PyClassNode):
     server = Server(
       instance, secret=runtime.secret, label=self.name or "courier", host=runtime.host
     )
-    server.start()
+    server.start(previous=runtime.control.previous_addresses(self.name))
     try:
       runtime.control.register(self.name, [a for a in (server.address, server.local_address) if a])
       run = getattr(instance, "run", None)
