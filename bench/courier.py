@@ -133,9 +133,7 @@ def main() -> None:
     ours.append(measure_ours())
     if have_peer:
       peer.append(
-        run_script(
-          args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 45
-        )
+        run_script(args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 45)
       )
     if (args.anchors / "floors.py").exists():
       floors.append(
