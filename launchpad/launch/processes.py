@@ -55,7 +55,7 @@ def launch(
     terminal: 'current_terminal' (node lines prefixed on stdout, and in log
       files), 'output_to_files', or 'tmux_session' (a tmux window per node).
   """
-  resources = _group_resources(local_resources or {})
+  resources = _group_resources(plan, local_resources or {})
   if terminal not in ("current_terminal", "output_to_files", "tmux_session"):
     raise ValueError(
       f"terminal={terminal!r}: use 'current_terminal', 'output_to_files' or 'tmux_session'."
@@ -64,11 +64,10 @@ def launch(
     raise errors.LaunchpadError("terminal='tmux_session' needs tmux; install it or pick another.")
   run = runs.create(plan.program, log_dir)
   output = OutputMux(run.path, sys.stdout if terminal == "current_terminal" else None)
-  processes = _Processes(plan, resources, output)
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
+  processes = _Processes(plan, resources, output, coordinator)
   restarter = restarts.Restarter(coordinator, plan.restart_policies, processes.respawn)
   coordinator.set_failure_policy(restarter.on_failure)
-  processes.coordinator = coordinator
   address = coordinator.start()
   run.write(address, plan.secret)
   runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source)
@@ -89,8 +88,14 @@ def _close_run(output: OutputMux, run: runs.Run, terminal: str) -> None:
   run.finish()
 
 
-def _group_resources(local_resources: dict[str, Any]) -> dict[str, PythonProcess]:
+def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, PythonProcess]:
+  groups = {worker.label for worker in plan.workers}
   for group, resource in local_resources.items():
+    if group not in groups:
+      raise errors.ProgramError(
+        f"local_resources names group {group!r}, which program {plan.program} does not "
+        f"have; its groups are: {', '.join(sorted(groups))}."
+      )
     if not isinstance(resource, PythonProcess):
       raise TypeError(
         f"local_resources[{group!r}] is a {type(resource).__name__}; the multiprocess "
@@ -178,7 +183,13 @@ class _Child:
 class _Processes:
   """The node processes of one program; reports those that end unannounced."""
 
-  def __init__(self, plan: Plan, resources: dict[str, PythonProcess], output: OutputMux):
+  def __init__(
+    self,
+    plan: Plan,
+    resources: dict[str, PythonProcess],
+    output: OutputMux,
+    coordinator: Coordinator,
+  ):
     self._plan = plan
     self._resources = resources
     self._output = output
@@ -188,7 +199,7 @@ class _Processes:
     self._early_exits: dict[int, int] = {}
     self._changed = threading.Condition()
     self._fork_server: _ForkServer | None = None
-    self.coordinator: Coordinator | None = None
+    self.coordinator = coordinator
 
   def start_all(self) -> None:
     self._fork_server = _ForkServer(self._exited_pid)

@@ -649,3 +649,13 @@ def test_unpicklable_node_argument_is_rejected_naming_the_node_and_path():
   message = str(info.value)
   assert "node holder[0]" in message
   assert "['args'][0]" in message
+
+
+def test_local_resources_for_a_group_the_program_lacks_is_an_error(tmp_path, monkeypatch):
+  monkeypatch.setenv("LAUNCHPAD_HOME", str(tmp_path))
+  program = lp.Program("typo")
+  program.add_node(lp.PyNode(print, "never runs"), label="learner")
+  with pytest.raises(lp.ProgramError, match="'lerner'.*groups are: learner"):
+    lp.launch(
+      program, launch_type="local_mp", local_resources={"lerner": lp.PythonProcess(env={"A": "1"})}
+    )
