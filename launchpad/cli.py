@@ -116,9 +116,9 @@ def _launch(args: argparse.Namespace) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   target_args = args.target_args[1:] if args.target_args[:1] == ["--"] else args.target_args
   mode = MODES[args.mode]
-  options = {"grace_period": args.grace_period, "log_dir": args.log_dir}
-  options["terminal"] = args.terminal
-  launch_lib.defaults.update(options)
+  launch_lib.defaults.update(
+    grace_period=args.grace_period, log_dir=args.log_dir, terminal=args.terminal
+  )
   script_status = 0
   try:
     path, _, function = args.target.partition(":")
@@ -137,7 +137,7 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 class _BadTarget(Exception):
-  pass
+  """The target cannot be loaded, or does not give a program."""
 
 
 def _program_from(path: str, function: str, target_args: list[str]) -> Program:
