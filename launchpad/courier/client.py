@@ -199,7 +199,7 @@ class _Channel:
     with self._lock:
       conn = self._pipelined
       if conn is None or conn.closed:
-        conn = self._pipelined = _PipelinedConnection(*self._connect(deadline, method), self)
+        conn = self._pipelined = _PipelinedConnection(self, deadline, method)
     return conn.submit(method, args, kwargs, deadline, timeout)
 
   def close(self) -> None:
@@ -289,17 +289,26 @@ class _SyncConnection:
 
 
 class _PipelinedConnection:
-  """A connection shared by a client's futures; a reader thread completes them."""
+  """A connection shared by a client's futures.
 
-  def __init__(self, sock: socket.socket, address: str, channel: _Channel):
-    self.sock = sock
-    self.address = address
+  Its thread connects, then completes futures as replies arrive. Calls
+  submitted before the connection is up wait in a backlog, so submitting a
+  future never blocks on the server starting.
+  """
+
+  def __init__(self, channel: _Channel, deadline: float | None, method: str):
+    self.sock: socket.socket | None = None
+    self.address = "(connecting)"
     self.closed = False
     self._channel = channel
     self._pending: dict[int, tuple[Future, str]] = {}
+    self._backlog: list[tuple[int, bytes, list[memoryview]]] = []
+    self._error: BaseException | None = None  # why connecting failed
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
-    threading.Thread(target=self._read_loop, name=f"{channel.label}-futures", daemon=True).start()
+    threading.Thread(
+      target=self._run, args=(deadline, method), name=f"{channel.label}-futures", daemon=True
+    ).start()
 
   def submit(
     self, method: str, args: tuple, kwargs: dict, deadline: float | None, timeout: float | None
@@ -308,17 +317,20 @@ class _PipelinedConnection:
     future: Future = Future()
     payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
     with self._write_lock:
+      if self._error is not None:
+        _complete(future, error=self._error)
+        return future
       call_id = next(self._ids) & 0xFFFFFFFF
       self._pending[call_id] = (future, method)
-      try:
-        protocol.send_frame(
-          self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
-        )
-      except OSError as e:
-        self._pending.pop(call_id, None)
-        self.close()
-        future.set_exception(self._channel._lost(method, self.address, e))
-        return future
+      if self.sock is None:
+        self._backlog.append((call_id, payload, buffers))
+      else:
+        try:
+          protocol.send_frame(
+            self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
+          )
+        except OSError:
+          self.close()  # the reader fails every pending future, this one included
     if deadline is not None:
       _deadlines.add(deadline, self, call_id, timeout)
     return future
@@ -336,10 +348,39 @@ class _PipelinedConnection:
 
   def close(self) -> None:
     self.closed = True
+    if self.sock is not None:
+      try:
+        self.sock.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
+
+  def _run(self, deadline: float | None, method: str) -> None:
     try:
-      self.sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-      pass
+      sock, address = self._channel._connect(deadline, method)
+    except Exception as e:  # noqa: BLE001 - every waiting future gets the reason
+      self._fail_pending(e)
+      return
+    with self._write_lock:
+      self.sock, self.address = sock, address
+      backlog, self._backlog = self._backlog, []
+      try:
+        for call_id, payload, buffers in backlog:
+          protocol.send_frame(
+            sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
+          )
+      except OSError:
+        pass  # the reader sees the broken connection and fails the futures
+    if self.closed:
+      self.close()
+    self._read_loop()
+
+  def _fail_pending(self, error: BaseException) -> None:
+    self.closed = True
+    with self._write_lock:
+      self._error = error
+      pending, self._pending, self._backlog = self._pending, {}, []
+    for future, _ in pending.values():
+      _complete(future, error=error)
 
   def _read_loop(self) -> None:
     reader = protocol.FrameReader(self.sock)

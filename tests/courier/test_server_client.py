@@ -569,3 +569,19 @@ def test_chain_of_futures_waiting_for_each_other_does_not_deadlock(local_server)
   assert first.result(TIMEOUT) is True
   assert second.result(TIMEOUT) is True
   assert third.result(TIMEOUT) is None
+
+
+def test_futures_submitted_before_the_server_starts_return_at_once_and_complete_later():
+  port = free_port()
+  secret = os.urandom(32)
+  client = Client(f"127.0.0.1:{port}", secret=secret, label="late[0]", timeout=TIMEOUT)
+  future = client.futures.echo("early")  # returns although nothing listens yet
+  assert not future.done()
+  server = Server(Service(), secret=secret, label="late[0]", port=port)
+  server.start()
+  try:
+    assert future.result(TIMEOUT) == "early"
+    assert client.futures.echo("later").result(TIMEOUT) == "later"
+  finally:
+    client.close()
+    server.stop()
