@@ -655,7 +655,7 @@ def test_local_resources_for_a_group_the_program_lacks_is_an_error(tmp_path, mon
   monkeypatch.setenv("LAUNCHPAD_HOME", str(tmp_path))
   program = lp.Program("typo")
   program.add_node(lp.PyNode(print, "never runs"), label="learner")
-  with pytest.raises(lp.ProgramError, match="'lerner'.*groups are: learner"):
+  with pytest.raises(lp.ProgramError, match=r"'lerner'.*groups are: learner"):
     lp.launch(
       program, launch_type="local_mp", local_resources={"lerner": lp.PythonProcess(env={"A": "1"})}
     )
