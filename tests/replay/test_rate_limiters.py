@@ -255,6 +255,8 @@ def test_close_wakes_every_blocked_caller():
     full.sample(timeout=None)
   with pytest.raises(TableClosedError):
     empty.insert(5, 1.0, DATA, timeout=None)
+  with pytest.raises(TableClosedError):
+    full.insert(1, 2.0, DATA, timeout=None)  # even one that would only update a priority
   assert full.info()["closed"] and full.info()["rate_limiter"]["insert_stats"]["cancelled"] == 2
   assert len(full.snapshot()["items"]) == 1
   empty.close()  # idempotent

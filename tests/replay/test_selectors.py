@@ -116,6 +116,29 @@ def test_prioritized_never_samples_zero_priority_next_to_tiny_weights():
   assert all(k == 1000 or k % 3 == 0 for k in keys)
 
 
+class FixedDraws:
+  """Stands in for the selector's random generators: every draw is `u`."""
+
+  def __init__(self, u: float):
+    self.u = u
+
+  def random(self, size=None):
+    return self.u if size is None else np.full(size, self.u)
+
+
+def test_tree_walk_survives_rounding_past_a_subtree_sum():
+  """Found by search: the largest draw below 1 rounds past the sums on the way down, onto
+  a subtree of weight zero; the walk must still end on an item that has weight."""
+  weights = [0.10000001000000001, 0.0, 0.3333333666666667, 0.0, 2.9999997]
+  selector = Prioritized(1.0, initial_capacity=8)
+  for key, weight in enumerate(weights):
+    selector.insert(key, weight)
+  selector._rng = selector._np_rng = FixedDraws(1 - 2**-53)
+  key, probability = selector.sample()
+  assert weights[key] > 0 and probability == pytest.approx(weights[key] / sum(weights))
+  assert all(weights[k] > 0 for k, _ in selector.sample_many(4))
+
+
 # The sum tree against a brute-force reference.
 
 

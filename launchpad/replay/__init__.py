@@ -1,0 +1,32 @@
+"""Experience replay, Reverb's way: tables of prioritised items over shared chunks.
+
+This package holds the in-process core that a replay server builds on:
+
+  selectors      which item to sample or evict (Uniform, Prioritized, Fifo,
+                 Lifo, MaxHeap, MinHeap)
+  rate_limiters  when inserts and samples may proceed (MinSize,
+                 SampleToInsertRatio, Queue, Stack, RateLimiter)
+  chunk_store    ChunkStore: reference-counted step data, stored once
+  table          Table: items, priorities, blocking with timeouts, snapshots
+  errors         RateLimiterTimeoutError, TableClosedError
+
+The names follow Reverb (`reverb.Table`, `reverb.selectors`,
+`reverb.rate_limiters`) so that Reverb users recognise them.
+"""
+
+from launchpad.replay import rate_limiters, selectors
+from launchpad.replay.chunk_store import ChunkStore, new_key
+from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
+from launchpad.replay.table import SampledItem, Table
+
+__all__ = [
+  "ChunkStore",
+  "RateLimiterTimeoutError",
+  "ReplayError",
+  "SampledItem",
+  "Table",
+  "TableClosedError",
+  "new_key",
+  "rate_limiters",
+  "selectors",
+]

@@ -1,0 +1,772 @@
+"""Table: a thread-safe, rate-limited collection of prioritised items.
+
+Reverb's `Table`, in process. Each item has a uint64 key, a priority, a count
+of the times it was sampled, and data given as references to chunks in a
+shared `ChunkStore` (see chunk_store.py). A table has
+
+  a sampler   a selector (selectors.py) that picks the item `sample` returns;
+  a remover   a selector that picks the item evicted when an insert takes the
+              table past `max_size`;
+  a rate limiter (rate_limiters.py) deciding whether an insert or a sample
+              may proceed now. Blocked callers wait on a condition, up to
+              their timeout, then get RateLimiterTimeoutError; `close()`
+              wakes them all with TableClosedError.
+
+Items sampled `max_times_sampled` times are removed. Every operation takes
+the table's one lock; data is resolved to arrays outside it, from read-only
+chunks that cannot change, so a large sample does not hold up writers.
+
+`snapshot()` captures everything a checkpoint needs (items in insertion
+order with their priorities and times sampled, the chunks they reference,
+the limiter's counters, the order heaps break ties in) as plain Python and
+numpy values that pickle; `restore()` and `Table.from_snapshot()` bring it
+back. Invalid arguments raise ValueError before anything changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from launchpad.replay import chunk_store as chunk_store_lib
+from launchpad.replay import rate_limiters, selectors
+from launchpad.replay.chunk_store import ChunkRef, ChunkStore, ColumnSpec, check_key
+from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
+
+Timeout = float | datetime.timedelta | None
+"""Seconds (or a timedelta) to wait; None waits as long as it takes; 0 does not wait."""
+
+Signature = Mapping[str, tuple[Any, Sequence[int | None]]]
+"""column -> (dtype, shape) of the column's resolved array; None in a shape matches any size."""
+
+SNAPSHOT_FORMAT = "launchpad.replay.Table"
+SNAPSHOT_VERSION = 1
+
+
+class SampledItem(NamedTuple):
+  """One sampled item, as `Table.sample` returns it (unpacks as a tuple too)."""
+
+  key: int
+  data: dict[str, np.ndarray]
+  """column -> array; read-only views of the chunks where no copy was needed."""
+  probability: float
+  """The probability the sampler had of choosing this item."""
+  table_size: int
+  """The number of items in the table when it was sampled."""
+  priority: float
+  times_sampled: int
+  """Including this sample."""
+
+
+class _Item:
+  __slots__ = ("chunks", "inserted_seq", "key", "priority", "refs", "times_sampled", "updated_seq")
+
+  def __init__(self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq):
+    self.key: int = key
+    self.priority: float = priority
+    self.times_sampled: int = times_sampled
+    self.refs: dict[str, tuple[ChunkRef, ...]] = refs
+    self.chunks: dict[int, np.ndarray] = chunks  # one reference held in the store for each
+    self.inserted_seq: int = inserted_seq
+    self.updated_seq: int = updated_seq
+
+
+class _CallStats:
+  """How the rate limiter treated one kind of call (inserts or samples)."""
+
+  __slots__ = ("cancelled", "completed", "limited", "pending", "timeouts", "wait_seconds")
+
+  def __init__(self):
+    self.completed = 0  # calls the limiter let through
+    self.limited = 0  # calls that had to wait
+    self.pending = 0  # calls waiting now
+    self.timeouts = 0
+    self.cancelled = 0  # woken by close()
+    self.wait_seconds = 0.0  # total time spent waiting, by finished waits
+
+  def info(self) -> dict[str, Any]:
+    return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _seconds(timeout: Timeout) -> float | None:
+  if timeout is None:
+    return None
+  seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else float(timeout)
+  if math.isnan(seconds) or seconds < 0:
+    raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+  return None if math.isinf(seconds) else seconds
+
+
+def _normalize_signature(signature: Signature | None) -> dict[str, ColumnSpec] | None:
+  if signature is None:
+    return None
+  if not isinstance(signature, Mapping) or not signature:
+    raise ValueError(
+      f"signature must be a non-empty mapping column -> (dtype, shape), got {signature!r}"
+    )
+  result: dict[str, ColumnSpec] = {}
+  for column, spec in signature.items():
+    if not isinstance(column, str):
+      raise ValueError(f"signature: column names must be strings, got {column!r}")
+    try:
+      dtype, shape = spec
+      dtype = np.dtype(dtype)
+      dims = tuple(shape)
+    except (TypeError, ValueError):
+      raise ValueError(
+        f"signature column {column!r}: expected (dtype, shape), got {spec!r}"
+      ) from None
+    for dim in dims:
+      if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 0):
+        raise ValueError(
+          f"signature column {column!r}: dimensions must be ints >= 0 or None, got {shape!r}"
+        )
+    result[column] = ColumnSpec(dtype, dims)
+  return result
+
+
+def _plain_signature(
+  signature: Mapping[str, ColumnSpec] | None,
+) -> dict[str, tuple[Any, list]] | None:
+  if signature is None:
+    return None
+  return {
+    column: (spec.dtype.str if spec.dtype.fields is None else spec.dtype.descr, list(spec.shape))
+    for column, spec in signature.items()
+  }
+
+
+def _format_shape(shape: Sequence[int | None]) -> str:
+  return (
+    "("
+    + ", ".join("None" if d is None else str(d) for d in shape)
+    + ("," if len(shape) == 1 else "")
+    + ")"
+  )
+
+
+def _shape_matches(actual: Sequence[int], expected: Sequence[int | None]) -> bool:
+  return len(actual) == len(expected) and all(
+    e is None or a == e for a, e in zip(actual, expected, strict=True)
+  )
+
+
+def _chunk_keys(refs: Mapping[str, Sequence[ChunkRef]]) -> list[int]:
+  """The distinct chunks an item references, in order of first use."""
+  return list(dict.fromkeys(key for entries in refs.values() for key, _ in entries))
+
+
+class Table:
+  """Items with priorities, a sampler, a remover and a rate limiter. Thread-safe.
+
+  Args:
+    name: the table's name (in errors, info and checkpoints).
+    sampler: the selector `sample` draws with (selectors.py).
+    remover: the selector that picks the item to evict when an insert takes
+      the table past `max_size`. A separate, empty object from `sampler`.
+    max_size: the most items the table holds (>= 1).
+    rate_limiter: decides when inserts and samples may proceed; it belongs to
+      this table alone.
+    max_times_sampled: an item is removed once sampled this many times; < 1
+      means never.
+    signature: optional column -> (dtype, shape) every item's data must
+      resolve to. The shape includes the step axis of a column built from
+      slices (e.g. (None, 4) for any number of 4-vectors) and not that of a
+      squeezed single step.
+    chunk_store: where item data lives; tables of one server share one. By
+      default the table has a store of its own.
+  """
+
+  def __init__(
+    self,
+    name: str,
+    sampler: selectors.ItemSelector,
+    remover: selectors.ItemSelector,
+    max_size: int,
+    rate_limiter: rate_limiters.RateLimiter,
+    max_times_sampled: int = 0,
+    signature: Signature | None = None,
+    chunk_store: ChunkStore | None = None,
+  ):
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"table name must be a non-empty string, got {name!r}")
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+      raise ValueError(f"table {name!r}: max_size must be a positive integer, got {max_size!r}")
+    if isinstance(max_times_sampled, bool) or not isinstance(max_times_sampled, int):
+      raise ValueError(
+        f"table {name!r}: max_times_sampled must be an integer, got {max_times_sampled!r}"
+      )
+    for role, selector in (("sampler", sampler), ("remover", remover)):
+      if not isinstance(selector, selectors.ItemSelector):
+        raise TypeError(f"table {name!r}: {role} must be an ItemSelector, got {selector!r}")
+      if len(selector):
+        raise ValueError(f"table {name!r}: the {role} must be empty, it holds {len(selector)} keys")
+    if sampler is remover:
+      raise ValueError(f"table {name!r}: sampler and remover must be two selector objects, not one")
+    if not isinstance(rate_limiter, rate_limiters.RateLimiter):
+      raise TypeError(f"table {name!r}: rate_limiter must be a RateLimiter, got {rate_limiter!r}")
+    if chunk_store is not None and not isinstance(chunk_store, ChunkStore):
+      raise TypeError(f"table {name!r}: chunk_store must be a ChunkStore, got {chunk_store!r}")
+    self._signature = _normalize_signature(signature)
+    rate_limiter._register(name)  # last: a failed construction leaves the limiter free
+
+    self._name = name
+    self._sampler = sampler
+    self._remover = remover
+    self._max_size = max_size
+    self._max_times_sampled = max_times_sampled
+    self._limiter = rate_limiter
+    self._store = chunk_store if chunk_store is not None else ChunkStore()
+
+    self._lock = threading.Lock()
+    self._can_insert = threading.Condition(self._lock)
+    self._can_sample = threading.Condition(self._lock)
+    self._items: dict[int, _Item] = {}  # in insertion order (dicts keep it)
+    self._seq = 0  # orders inserts and updates, for snapshots
+    self._closed = False
+    self._stats = dict.fromkeys(
+      ("inserts", "updates", "samples", "deletes", "evictions", "expired", "resets"), 0
+    )
+    self._call_stats = {"insert": _CallStats(), "sample": _CallStats()}
+
+  @classmethod
+  def queue(cls, name: str, max_size: int, chunk_store: ChunkStore | None = None) -> Table:
+    """A table that behaves as a bounded FIFO queue (Reverb's `Table.queue`).
+
+    Each item is sampled once, oldest first; samples wait while it is empty,
+    inserts wait while it is full.
+    """
+    return cls(
+      name=name,
+      sampler=selectors.Fifo(),
+      remover=selectors.Fifo(),
+      max_size=max_size,
+      rate_limiter=rate_limiters.Queue(max_size),
+      max_times_sampled=1,
+      chunk_store=chunk_store,
+    )
+
+  @classmethod
+  def stack(cls, name: str, max_size: int, chunk_store: ChunkStore | None = None) -> Table:
+    """A table that behaves as a bounded LIFO stack (Reverb's `Table.stack`)."""
+    return cls(
+      name=name,
+      sampler=selectors.Lifo(),
+      remover=selectors.Lifo(),
+      max_size=max_size,
+      rate_limiter=rate_limiters.Stack(max_size),
+      max_times_sampled=1,
+      chunk_store=chunk_store,
+    )
+
+  # Properties.
+
+  @property
+  def name(self) -> str:
+    return self._name
+
+  @property
+  def max_size(self) -> int:
+    return self._max_size
+
+  @property
+  def max_times_sampled(self) -> int:
+    return self._max_times_sampled
+
+  @property
+  def chunk_store(self) -> ChunkStore:
+    return self._store
+
+  @property
+  def signature(self) -> dict[str, ColumnSpec] | None:
+    return None if self._signature is None else dict(self._signature)
+
+  @property
+  def closed(self) -> bool:
+    return self._closed
+
+  def __len__(self) -> int:
+    with self._lock:
+      return len(self._items)
+
+  def __repr__(self) -> str:
+    return f"Table(name={self._name!r}, size={len(self)}, max_size={self._max_size})"
+
+  def can_insert(self, num_inserts: int = 1) -> bool:
+    """Whether `num_inserts` inserts could proceed now without waiting."""
+    with self._lock:
+      return not self._closed and self._limiter.can_insert(num_inserts)
+
+  def can_sample(self, num_samples: int = 1) -> bool:
+    """Whether `num_samples` samples could proceed now without waiting."""
+    with self._lock:
+      return not self._closed and self._limiter.can_sample(num_samples)
+
+  # Operations.
+
+  def insert(
+    self, key: int, priority: float, data_refs: chunk_store_lib.DataRefs, timeout: Timeout = None
+  ) -> None:
+    """Inserts an item, waiting up to `timeout` for the rate limiter.
+
+    As in Reverb, inserting a key that is already in the table (or that
+    arrives while this call waits) only updates that item's priority.
+
+    Args:
+      key: the item's uint64 key.
+      priority: finite and >= 0.
+      data_refs: column -> [(chunk_key, slice or index), ...] into the chunk store
+        (see chunk_store.py); the item takes a reference to each chunk.
+      timeout: see `Timeout`.
+
+    Raises:
+      ValueError: bad key, priority, data references or signature mismatch
+        (nothing changes).
+      RateLimiterTimeoutError: the limiter did not allow the insert in time.
+      TableClosedError: the table is closed, or was closed while waiting.
+    """
+    key = self._checked(check_key, key, "item key")
+    priority = self._checked(selectors.check_priority, priority)
+    refs, specs = self._checked(self._store.normalize, data_refs)
+    self._check_signature(specs)
+    seconds = _seconds(timeout)
+    chunk_keys = _chunk_keys(refs)
+    with self._lock:
+      if self._closed:
+        raise TableClosedError(self._name, "insert")
+      item = self._items.get(key)
+      if item is None:
+        self._await("insert", self._can_insert, self._limiter.can_insert, seconds)
+        item = self._items.get(key)  # it may have arrived while we waited
+      if item is not None:
+        self._set_priorities([item], [priority])
+        self._notify()
+        return
+      try:
+        chunks = self._store.acquire(chunk_keys)
+      except KeyError as e:
+        raise ValueError(
+          f"table {self._name!r}: {e.args[0]} (released while the insert waited)"
+        ) from None
+      seq = self._next_seq()
+      item = _Item(key, priority, 0, refs, chunks, seq, seq)
+      self._items[key] = item
+      self._sampler.insert(key, priority)
+      self._remover.insert(key, priority)
+      self._limiter.record_insert()
+      self._stats["inserts"] += 1
+      if len(self._items) > self._max_size:
+        victim, _ = self._remover.sample()
+        self._remove(self._items[victim], "evictions")
+      self._notify()
+
+  def sample(self, num_samples: int = 1, timeout: Timeout = None) -> list[SampledItem]:
+    """Samples up to `num_samples` items (with replacement), as Reverb's flexible batches.
+
+    The first sample waits up to `timeout` for the rate limiter; the others
+    are taken only if the limiter allows them at once, so the list holds at
+    least one item and at most `num_samples`. Each sample counts towards the
+    item's `times_sampled` (and may remove it, see `max_times_sampled`).
+
+    Raises:
+      ValueError: `num_samples` is not a positive integer.
+      RateLimiterTimeoutError: the limiter allowed no sample in time.
+      TableClosedError: the table is closed, or was closed while waiting.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(
+        f"table {self._name!r}: num_samples must be a positive integer, got {num_samples!r}"
+      )
+    seconds = _seconds(timeout)
+    picked: list[tuple] = []
+    with self._lock:
+      self._await("sample", self._can_sample, self._limiter.can_sample, seconds)
+      items, limiter = self._items, self._limiter
+      if self._max_times_sampled < 1:
+        # Nothing leaves the table while sampling: draw the whole batch at once.
+        count = limiter.samples_allowed(num_samples)
+        draws = self._sampler.sample_many(count) if count > 1 else [self._sampler.sample()]
+        size = len(items)
+        for key, probability in draws:
+          item = items[key]
+          item.times_sampled += 1
+          picked.append((item, probability, size, item.priority, item.times_sampled))
+        limiter.record_sample(len(draws))
+      else:
+        for i in range(num_samples):
+          if i and not limiter.can_sample():
+            break
+          key, probability = self._sampler.sample()
+          item = items[key]
+          item.times_sampled += 1
+          picked.append((item, probability, len(items), item.priority, item.times_sampled))
+          limiter.record_sample()
+          if item.times_sampled >= self._max_times_sampled:
+            self._remove(item, "expired")
+      self._stats["samples"] += len(picked)
+      self._notify()
+    # Outside the lock: chunks are immutable and the item kept its arrays.
+    return [
+      SampledItem(
+        item.key, chunk_store_lib.resolve(item.refs, item.chunks), p, size, priority, times
+      )
+      for item, p, size, priority, times in picked
+    ]
+
+  def mutate_priorities(
+    self, updates: Mapping[int, float] | None = None, deletes: Iterable[int] = ()
+  ) -> None:
+    """Updates priorities and deletes items; keys not in the table are ignored.
+
+    Deletes happen first, as in Reverb. All priorities and keys are checked
+    before anything changes: one bad value and nothing is applied.
+
+    Raises:
+      ValueError: a key or priority is invalid.
+    """
+    checked: dict[int, float] = {}
+    for key, priority in (updates or {}).items():
+      key = self._checked(check_key, key, "item key")
+      checked[key] = self._checked(selectors.check_priority, priority, context=f"item {key}")
+    delete_keys = [self._checked(check_key, key, "item key") for key in deletes]
+    with self._lock:
+      removed = 0
+      for key in delete_keys:
+        item = self._items.get(key)
+        if item is not None:
+          self._remove(item, "deletes")
+          removed += 1
+      present = [(self._items[k], p) for k, p in checked.items() if k in self._items]
+      if present:
+        self._set_priorities([item for item, _ in present], [p for _, p in present])
+      if removed:
+        self._notify()
+
+  def reset(self) -> None:
+    """Removes every item and zeroes the rate limiter's counters (waiting inserts may proceed)."""
+    with self._lock:
+      released = [key for item in self._items.values() for key in item.chunks]
+      self._items = {}
+      self._sampler.clear()
+      self._remover.clear()
+      self._store.release(released)
+      self._limiter.reset()
+      self._stats["resets"] += 1
+      self._notify()
+
+  def close(self) -> None:
+    """Refuses further inserts and samples and wakes every waiting caller with TableClosedError.
+
+    For a server that stops. Everything else (info, snapshot, mutations)
+    still works, so a last checkpoint can be taken. Idempotent.
+    """
+    with self._lock:
+      self._closed = True
+      self._can_insert.notify_all()
+      self._can_sample.notify_all()
+
+  def info(self) -> dict[str, Any]:
+    """The table's configuration, size, lifetime counters and rate limiter state.
+
+    num_* count items over the table's life (reset() does not zero them);
+    rate_limiter holds the limiter's configuration and counters (which
+    reset() zeroes) and, in insert_stats and sample_stats, how the limiter
+    treated calls: completed, limited (had to wait), pending (waiting now),
+    timeouts, cancelled (by close) and wait_seconds.
+    """
+    with self._lock:
+      limiter = self._limiter.info()
+      limiter["insert_stats"] = self._call_stats["insert"].info()
+      limiter["sample_stats"] = self._call_stats["sample"].info()
+      return {
+        "name": self._name,
+        "size": len(self._items),
+        "max_size": self._max_size,
+        "max_times_sampled": self._max_times_sampled,
+        "closed": self._closed,
+        "sampler": self._sampler.options(),
+        "remover": self._remover.options(),
+        "signature": _plain_signature(self._signature),
+        **{f"num_{name}": count for name, count in self._stats.items()},
+        "rate_limiter": limiter,
+      }
+
+  # Checkpoints.
+
+  def snapshot(self) -> dict[str, Any]:
+    """The table's whole state, consistent at one instant, as plain picklable values.
+
+    Keys: format, version, name, max_size, max_times_sampled, sampler and
+    remover (their options), signature, rate_limiter (configuration and
+    counters), stats, next_seq, items (in insertion order: key, priority,
+    times_sampled, data refs, inserted_seq, updated_seq) and chunks
+    (chunk_key -> array, every chunk the items reference, shared not copied:
+    they are read-only). A server-wide checkpoint can merge the chunks of
+    several tables by key, since equal keys hold equal data.
+    """
+    with self._lock:
+      items = []
+      chunks: dict[int, np.ndarray] = {}
+      for item in self._items.values():
+        items.append(
+          {
+            "key": item.key,
+            "priority": item.priority,
+            "times_sampled": item.times_sampled,
+            "data": {column: list(entries) for column, entries in item.refs.items()},
+            "inserted_seq": item.inserted_seq,
+            "updated_seq": item.updated_seq,
+          }
+        )
+        chunks.update(item.chunks)
+      return {
+        "format": SNAPSHOT_FORMAT,
+        "version": SNAPSHOT_VERSION,
+        "name": self._name,
+        "max_size": self._max_size,
+        "max_times_sampled": self._max_times_sampled,
+        "sampler": self._sampler.options(),
+        "remover": self._remover.options(),
+        "signature": _plain_signature(self._signature),
+        "rate_limiter": self._limiter.snapshot(),
+        "stats": dict(self._stats),
+        "next_seq": self._seq,
+        "items": items,
+        "chunks": chunks,
+      }
+
+  def restore(self, snapshot: Mapping[str, Any]) -> None:
+    """Replaces this table's contents and limiter counters with a snapshot's.
+
+    This table keeps its own configuration (selectors, limiter settings,
+    max_size, signature); the snapshot's items must fit it. Chunks missing
+    from the store are added to it. The snapshot is checked completely
+    before anything changes. Restoring reproduces the FIFO/LIFO order and the
+    heaps' tie-breaking exactly; a Prioritized tree is rebuilt with the same
+    probabilities (its internal layout, hence a seeded draw sequence, may
+    differ).
+
+    Raises:
+      ValueError: the snapshot is malformed or does not fit this table.
+    """
+    prepared, chunks, counters, stats, next_seq = self._check_snapshot(snapshot)
+    with self._lock:
+      self._store_all(chunks)
+      old = [key for item in self._items.values() for key in item.chunks]
+      self._items = {}
+      self._sampler.clear()
+      self._remover.clear()
+      self._store.release(old)
+      for key, priority, times_sampled, refs, inserted_seq, updated_seq in prepared:
+        arrays = self._store.acquire(_chunk_keys(refs))
+        self._items[key] = _Item(
+          key, priority, times_sampled, refs, arrays, inserted_seq, updated_seq
+        )
+      self._store.release(chunks)  # the references _store_all took; the items hold their own
+      for selector in (self._sampler, self._remover):
+        order = list(self._items.values())
+        if selector.restore_order == "updated":
+          order.sort(key=lambda item: item.updated_seq)
+        selector.insert_many([item.key for item in order], [item.priority for item in order])
+      self._limiter.restore_counters(counters)
+      self._stats.update(stats)
+      self._seq = next_seq
+      self._notify()
+
+  @classmethod
+  def from_snapshot(
+    cls, snapshot: Mapping[str, Any], chunk_store: ChunkStore | None = None
+  ) -> Table:
+    """A new table configured and filled as the snapshot says (for loading a checkpoint)."""
+    if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
+      raise ValueError("not a launchpad.replay.Table snapshot")
+    table = cls(
+      name=snapshot["name"],
+      sampler=selectors.from_options(snapshot["sampler"]),
+      remover=selectors.from_options(snapshot["remover"]),
+      max_size=snapshot["max_size"],
+      rate_limiter=rate_limiters.RateLimiter.from_snapshot(snapshot["rate_limiter"]),
+      max_times_sampled=snapshot["max_times_sampled"],
+      signature=snapshot["signature"],
+      chunk_store=chunk_store,
+    )
+    table.restore(snapshot)
+    return table
+
+  # Internals (the caller holds self._lock where noted).
+
+  def _checked(self, check: Callable[..., Any], *args: Any, context: str = "") -> Any:
+    """Runs a check, prefixing its ValueError with the table's name."""
+    try:
+      return check(*args)
+    except ValueError as e:
+      where = f"table {self._name!r}" + (f", {context}" if context else "")
+      raise ValueError(f"{where}: {e}") from None
+
+  def _check_signature(self, specs: Mapping[str, ColumnSpec]) -> None:
+    signature = self._signature
+    if signature is None:
+      return
+    for column in specs:
+      if column not in signature:
+        raise ValueError(
+          f"table {self._name!r}: column {column!r} is not in the table's signature "
+          f"(columns: {', '.join(map(repr, signature))})"
+        )
+    for column, expected in signature.items():
+      actual = specs.get(column)
+      if actual is None:
+        raise ValueError(
+          f"table {self._name!r}: the item has no column {column!r}, which the signature "
+          f"requires (dtype {expected.dtype}, shape {_format_shape(expected.shape)})"
+        )
+      if actual.dtype != expected.dtype or not _shape_matches(actual.shape, expected.shape):
+        raise ValueError(
+          f"table {self._name!r}: column {column!r} does not match the signature: expected "
+          f"dtype {expected.dtype} and shape {_format_shape(expected.shape)}, got dtype "
+          f"{actual.dtype} and shape {_format_shape(actual.shape)}"
+        )
+
+  def _await(
+    self,
+    operation: str,
+    condition: threading.Condition,
+    allowed: Callable[[], bool],
+    seconds: float | None,
+  ) -> None:
+    """Waits (lock held) until `allowed()`; raises on timeout or close."""
+    stats = self._call_stats[operation]
+    if self._closed:
+      raise TableClosedError(self._name, operation)
+    if allowed():
+      stats.completed += 1
+      return
+    stats.limited += 1
+    stats.pending += 1
+    start = time.monotonic()
+    deadline = None if seconds is None else start + seconds
+    try:
+      while True:
+        if self._closed:
+          stats.cancelled += 1
+          raise TableClosedError(self._name, operation)
+        if allowed():
+          stats.completed += 1
+          return
+        if deadline is None:
+          condition.wait()
+        else:
+          remaining = deadline - time.monotonic()
+          if remaining <= 0:
+            stats.timeouts += 1
+            raise RateLimiterTimeoutError(
+              self._name, operation, seconds or 0.0, self._limiter.describe()
+            )
+          condition.wait(remaining)
+    finally:
+      stats.pending -= 1
+      stats.wait_seconds += time.monotonic() - start
+
+  def _notify(self) -> None:
+    """Wakes the waiters that may now proceed (lock held)."""
+    if self._call_stats["insert"].pending and self._limiter.can_insert():
+      self._can_insert.notify_all()
+    if self._call_stats["sample"].pending and self._limiter.can_sample():
+      self._can_sample.notify_all()
+
+  def _next_seq(self) -> int:
+    self._seq += 1
+    return self._seq
+
+  def _set_priorities(self, items: list[_Item], priorities: list[float]) -> None:
+    """(lock held) Priorities already checked; items are in the table."""
+    keys = [item.key for item in items]
+    self._sampler.update_many(keys, priorities)
+    self._remover.update_many(keys, priorities)
+    for item, priority in zip(items, priorities, strict=True):
+      item.priority = priority
+      item.updated_seq = self._next_seq()
+    self._stats["updates"] += len(items)
+
+  def _remove(self, item: _Item, reason: str) -> None:
+    """(lock held) Removes an item and drops its chunk references."""
+    del self._items[item.key]
+    self._sampler.delete(item.key)
+    self._remover.delete(item.key)
+    self._store.release(item.chunks)
+    self._limiter.record_delete()
+    self._stats[reason] += 1
+
+  def _store_all(self, chunks: Mapping[int, np.ndarray]) -> None:
+    """(lock held) Puts chunks in the store, each with one reference; all or none."""
+    done: list[int] = []
+    try:
+      for key, array in chunks.items():
+        self._store.put(key, array, copy=False)
+        done.append(key)
+    except ValueError as e:
+      self._store.release(done)
+      raise ValueError(f"table {self._name!r}: cannot restore: {e}") from None
+
+  def _check_snapshot(self, snapshot: Any) -> tuple:
+    """Validates a snapshot against this table; returns what `restore` needs."""
+    name = self._name
+
+    def bad(message: str) -> ValueError:
+      return ValueError(f"table {name!r}: cannot restore: {message}")
+
+    if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
+      raise bad("not a launchpad.replay.Table snapshot")
+    if snapshot.get("version") != SNAPSHOT_VERSION:
+      raise bad(f"snapshot version {snapshot.get('version')!r}, this code reads {SNAPSHOT_VERSION}")
+    try:
+      raw_items = list(snapshot["items"])
+      raw_chunks = dict(snapshot["chunks"])
+      limiter = rate_limiters.RateLimiter.from_snapshot(snapshot["rate_limiter"])
+      stats = {k: int(v) for k, v in dict(snapshot.get("stats", {})).items() if k in self._stats}
+      next_seq = int(snapshot.get("next_seq", 0))
+    except (KeyError, TypeError, ValueError) as e:
+      raise bad(f"malformed snapshot ({type(e).__name__}: {e})") from None
+    if len(raw_items) > self._max_size:
+      raise bad(f"{len(raw_items)} items do not fit max_size {self._max_size}")
+    chunks: dict[int, np.ndarray] = {}
+    for key, array in raw_chunks.items():
+      key = check_key(key, "chunk key")
+      array = np.asarray(array)
+      if array.ndim < 1 or array.shape[0] < 1:
+        raise bad(f"chunk {key} has shape {array.shape}: chunks need at least one step")
+      chunks[key] = array
+    prepared = []
+    seen: set[int] = set()
+    used: set[int] = set()
+    for entry in raw_items:
+      try:
+        key = check_key(entry["key"], "item key")
+        priority = selectors.check_priority(entry["priority"])
+        times_sampled = entry["times_sampled"]
+        inserted_seq, updated_seq = int(entry["inserted_seq"]), int(entry["updated_seq"])
+        if (
+          isinstance(times_sampled, bool) or not isinstance(times_sampled, int) or times_sampled < 0
+        ):
+          raise ValueError(f"times_sampled must be an integer >= 0, got {times_sampled!r}")
+        refs, specs = chunk_store_lib.normalize_refs(entry["data"], chunks.get)
+      except (KeyError, TypeError, ValueError) as e:
+        raise bad(
+          f"item {entry.get('key') if isinstance(entry, Mapping) else entry!r}: {e}"
+        ) from None
+      if key in seen:
+        raise bad(f"item {key} appears twice")
+      seen.add(key)
+      self._check_signature(specs)
+      used.update(_chunk_keys(refs))
+      prepared.append((key, priority, times_sampled, refs, inserted_seq, updated_seq))
+    prepared.sort(key=lambda entry: entry[4])  # insertion order
+    next_seq = max([next_seq, *(max(entry[4], entry[5]) for entry in prepared)])
+    needed = {key: chunks[key] for key in used}  # chunks no item references are not restored
+    return prepared, needed, limiter.snapshot(), stats, next_seq
