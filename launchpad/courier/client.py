@@ -291,9 +291,9 @@ class _SyncConnection:
 class _PipelinedConnection:
   """A connection shared by a client's futures.
 
-  Its thread connects, then completes futures as replies arrive. Calls
-  submitted before the connection is up wait in a backlog, so submitting a
-  future never blocks on the server starting.
+  A thread connects it; then a reader thread completes futures as replies
+  arrive. Calls submitted before the connection is up wait in a backlog, so
+  submitting a future never blocks on the server starting.
   """
 
   def __init__(self, channel: _Channel, deadline: float | None, method: str):
@@ -307,7 +307,7 @@ class _PipelinedConnection:
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
     threading.Thread(
-      target=self._run, args=(deadline, method), name=f"{channel.label}-futures", daemon=True
+      target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
     ).start()
 
   def submit(
@@ -354,7 +354,7 @@ class _PipelinedConnection:
       except OSError:
         pass
 
-  def _run(self, deadline: float | None, method: str) -> None:
+  def _connect(self, deadline: float | None, method: str) -> None:
     try:
       sock, address = self._channel._connect(deadline, method)
     except Exception as e:  # noqa: BLE001 - every waiting future gets the reason
@@ -362,6 +362,11 @@ class _PipelinedConnection:
       return
     with self._write_lock:
       self.sock, self.address = sock, address
+      # Replies must be read while the backlog is sent: a server whose
+      # replies nobody reads stops reading requests.
+      threading.Thread(
+        target=self._read_loop, name=f"{self._channel.label}-futures", daemon=True
+      ).start()
       backlog, self._backlog = self._backlog, []
       try:
         for call_id, payload, buffers in backlog:
@@ -372,7 +377,6 @@ class _PipelinedConnection:
         pass  # the reader sees the broken connection and fails the futures
     if self.closed:
       self.close()
-    self._read_loop()
 
   def _fail_pending(self, error: BaseException) -> None:
     self.closed = True
