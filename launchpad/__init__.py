@@ -30,6 +30,7 @@ from launchpad.nodes.base import Node
 from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreadingColocation
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
+from launchpad.nodes.replay import ReplayNode
 from launchpad.program import Program, make_program
 from launchpad.resources import PythonProcess
 
@@ -55,6 +56,7 @@ __all__ = [
   "PyNode",
   "PythonProcess",
   "RemoteError",
+  "ReplayNode",
   "SerializationError",
   "batched_handler",
   "launch",

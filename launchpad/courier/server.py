@@ -90,6 +90,8 @@ class Server:
     self._lock = threading.Lock()
     self._stopped = False
     self._watchdog = _Watchdog(self)
+    self._busy = 0  # requests being handled, replies included
+    self._idle = threading.Condition()
     self.address: str | None = None
     self.local_address: str | None = None
 
@@ -209,7 +211,24 @@ class Server:
       target=self._read_loop, args=(conn, conn.generation), name=f"{self._label}-conn", daemon=True
     ).start()
 
+  def drain(self, timeout: float) -> bool:
+    """Waits up to `timeout` seconds until no request is being handled (its
+    reply sent); True if none is. For a graceful stop: drain, then stop."""
+    with self._idle:
+      return self._idle.wait_for(lambda: not self._busy, timeout)
+
   def _handle(self, conn: _Connection, frame: protocol.Frame) -> None:
+    with self._idle:
+      self._busy += 1
+    try:
+      self._reply(conn, frame)
+    finally:
+      with self._idle:
+        self._busy -= 1
+        if not self._busy:
+          self._idle.notify_all()
+
+  def _reply(self, conn: _Connection, frame: protocol.Frame) -> None:
     try:
       method, args, kwargs = serialization.loads(frame.payload, frame.buffers)
       result = self._lookup(method)(*args, **kwargs)

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
   from launchpad.context import ProgramRuntime
 
 
+# How long a stopping node waits for calls in progress to reply.
+STOP_DRAIN_SECONDS = 2.0
+
+
 class CourierNode(PyClassNode):
   """Serves the public methods (and `__call__`) of `cls(*args, **kwargs)`.
 
@@ -43,6 +47,9 @@ class CourierNode(PyClassNode):
       else:
         runtime.stop_event.wait()
     finally:
+      # Calls that the stop woke (or that were about to end) send their
+      # replies before the connections close.
+      server.drain(STOP_DRAIN_SECONDS)
       server.stop()
 
 

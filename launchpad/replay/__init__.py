@@ -9,6 +9,8 @@ This package holds the in-process core that a replay server builds on:
   chunk_store    ChunkStore: reference-counted step data, stored once
   table          Table: items, priorities, blocking with timeouts, snapshots
   errors         RateLimiterTimeoutError, TableClosedError
+  server         Server: tables on one ChunkStore, served over courier
+  client         Client: insert, sample, mutate_priorities, reset, server_info
 
 The names follow Reverb (`reverb.Table`, `reverb.selectors`,
 `reverb.rate_limiters`) so that Reverb users recognise them.
@@ -16,14 +18,18 @@ The names follow Reverb (`reverb.Table`, `reverb.selectors`,
 
 from launchpad.replay import rate_limiters, selectors
 from launchpad.replay.chunk_store import ChunkStore, new_key
+from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
+from launchpad.replay.server import Server
 from launchpad.replay.table import SampledItem, Table
 
 __all__ = [
   "ChunkStore",
+  "Client",
   "RateLimiterTimeoutError",
   "ReplayError",
   "SampledItem",
+  "Server",
   "Table",
   "TableClosedError",
   "new_key",

@@ -601,7 +601,7 @@ def test_a_large_backlog_of_futures_drains_without_stalling():
   server.start(previous=[address])
   assert server.local_address == address
   try:
-    done, not_done = concurrent.futures.wait(futures, timeout=12)
+    _, not_done = concurrent.futures.wait(futures, timeout=12)
     assert not not_done, f"{len(not_done)} of 5000 futures still pending"
     assert [f.result()[0] for f in futures] == list(range(5000))
   finally:

@@ -1,0 +1,253 @@
+"""The replay client: Reverb's `reverb.Client`, over courier.
+
+    server = replay.Server([replay.Table.queue("q", 100)])
+    client = replay.Client(server.address, secret=server.secret)
+    client.insert({"obs": obs, "action": 3}, priorities={"q": 1.0})
+    [sample] = client.sample("q")           # sample.data["obs"], sample.info.key
+
+Data: an item is a dict column -> array (or scalar), or any nesting of dicts,
+lists and tuples: it is flattened to columns named by their path joined with
+"/" ({"obs": {"pos": x}, "r": [a, b]} -> "obs/pos", "r/0", "r/1"; a bare
+array is the column "data"). Samples carry the flat columns.
+
+Speed: numpy arrays travel out of band. `insert_batch` stacks the items of
+one structure into one array per column: one RPC and one chunk per column
+for the whole batch. `sample_batch` returns the items stacked per column.
+
+Timeouts: every call that may block on a rate limiter takes `timeout`
+(seconds or a timedelta; None waits as long as it takes), defaulting to the
+client's. The RPC itself is given that timeout plus RPC_MARGIN_SECONDS, so
+a limiter timeout arrives as RateLimiterTimeoutError, not as a courier
+CallTimeoutError. Errors: unknown tables, bad priorities and data that do
+not match a table's signature raise ValueError and change nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from launchpad.courier import client as courier_client
+from launchpad.replay.table import _seconds
+
+# Added to a call's own timeout to bound the RPC round trip around it.
+RPC_MARGIN_SECONDS = 30.0
+
+Timeout = float | datetime.timedelta | None
+
+
+class SampleInfo(NamedTuple):
+  """What the table knew of a sampled item (arrays, one entry per item, in a batch)."""
+
+  key: Any
+  probability: Any
+  table_size: Any
+  priority: Any
+  times_sampled: Any
+  """Including this sample."""
+
+
+class ReplaySample(NamedTuple):
+  """One sampled item (`sample`), or a batch of them stacked (`sample_batch`)."""
+
+  info: SampleInfo
+  data: dict[str, np.ndarray]
+
+
+def flatten(data: Any) -> dict[str, np.ndarray]:
+  """An item's columns: nested dicts, lists and tuples flattened to "/"-joined paths."""
+  columns: dict[str, np.ndarray] = {}
+
+  def visit(value: Any, path: str) -> None:
+    if isinstance(value, Mapping):
+      if not value:
+        raise ValueError(f"item data: empty mapping at {path or 'the top'}")
+      for key, child in value.items():
+        if not isinstance(key, str):
+          raise ValueError(f"item data: keys must be strings, got {key!r} at {path or 'the top'}")
+        visit(child, f"{path}/{key}" if path else key)
+    elif isinstance(value, list | tuple):
+      if not value:
+        raise ValueError(f"item data: empty sequence at {path or 'the top'}")
+      for i, child in enumerate(value):
+        visit(child, f"{path}/{i}" if path else str(i))
+    else:
+      array = np.asarray(value)
+      if array.dtype.hasobject:
+        raise ValueError(
+          f"item data: column {path or 'data'!r} has dtype object ({value!r}); use numeric, "
+          "bool or string arrays"
+        )
+      columns[path or "data"] = array
+
+  visit(data, "")
+  return columns
+
+
+def _signature(columns: Mapping[str, np.ndarray]) -> tuple:
+  return tuple((c, a.dtype.str, a.shape) for c, a in columns.items())
+
+
+def _group(
+  items: Sequence[dict[str, np.ndarray]], priorities: Sequence[dict[str, float]]
+) -> list[tuple[dict[str, np.ndarray], list[dict[str, float]]]]:
+  """Runs of consecutive items of one structure, each stacked into one array per column."""
+  groups = []
+  start = 0
+  for end in range(1, len(items) + 1):
+    if end == len(items) or _signature(items[end]) != _signature(items[start]):
+      run = items[start:end]
+      if len(run) == 1:
+        stacked = {c: a[np.newaxis] for c, a in run[0].items()}
+      else:
+        stacked = {c: np.stack([item[c] for item in run]) for c in run[0]}
+      groups.append((stacked, list(priorities[start:end])))
+      start = end
+  return groups
+
+
+def _priorities(priorities: Any) -> dict[str, float]:
+  if not isinstance(priorities, Mapping) or not priorities:
+    raise ValueError(f"priorities must be a non-empty dict table -> priority, got {priorities!r}")
+  return dict(priorities)
+
+
+class Client:
+  """A client of a replay server (replay.Server or a ReplayNode).
+
+  Args:
+    address_or_client: the server's 'host:port', or a courier Client of it
+      (what a ReplayNode's handle gives is already a replay Client).
+    secret: the server's secret (`server.secret`); needed with an address.
+    timeout: the default timeout of every call (see the module docstring).
+  """
+
+  def __init__(
+    self,
+    address_or_client: str | courier_client.Client,
+    secret: bytes | None = None,
+    timeout: Timeout = None,
+  ):
+    if isinstance(address_or_client, courier_client.Client):
+      self._courier = address_or_client
+    elif isinstance(address_or_client, str):
+      if secret is None:
+        raise ValueError("a replay Client given an address needs the server's secret")
+      self._courier = courier_client.Client(address_or_client, secret=secret, label="replay")
+    else:
+      raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
+    self._timeout = _seconds(timeout)
+
+  def insert(self, data: Any, priorities: Mapping[str, float], timeout: Timeout = None) -> int:
+    """Inserts one item into every table of `priorities` (table -> priority); returns its key.
+
+    The data is stored once on the server, however many tables get the item.
+    Raises RateLimiterTimeoutError if a table's limiter does not allow the
+    insert within `timeout`.
+    """
+    return self.insert_batch([data], _priorities(priorities), timeout)[0]
+
+  def insert_batch(
+    self,
+    items: Sequence[Any],
+    priorities: Mapping[str, float] | Sequence[Mapping[str, float]],
+    timeout: Timeout = None,
+  ) -> list[int]:
+    """Inserts many items in one RPC; returns their keys, in order.
+
+    Args:
+      items: the items' data.
+      priorities: table -> priority for every item, or one such dict per item.
+      timeout: for the whole batch.
+    """
+    items = [flatten(item) for item in items]
+    if not items:
+      return []
+    if isinstance(priorities, Mapping):
+      per_item = [_priorities(priorities)] * len(items)
+    else:
+      per_item = [_priorities(p) for p in priorities]
+      if len(per_item) != len(items):
+        raise ValueError(f"{len(items)} items but {len(per_item)} priority dicts")
+    limit = self._limit(timeout)
+    return self._call(limit).insert(_group(items, per_item), limit)
+
+  def sample(self, table: str, num_samples: int = 1, timeout: Timeout = None) -> list[ReplaySample]:
+    """Samples `num_samples` items in one RPC (as many as the limiter allows within `timeout`).
+
+    Raises RateLimiterTimeoutError when not one sample was allowed in time,
+    TableClosedError when the server stops.
+    """
+    limit = self._limit(timeout)
+    reply = self._call(limit).sample(table, num_samples, limit, False)
+    info = reply["info"]
+    return [
+      ReplaySample(
+        SampleInfo(
+          int(info["key"][i]),
+          float(info["probability"][i]),
+          int(info["table_size"][i]),
+          float(info["priority"][i]),
+          int(info["times_sampled"][i]),
+        ),
+        data,
+      )
+      for i, data in enumerate(reply["data"])
+    ]
+
+  def sample_batch(self, table: str, batch_size: int, timeout: Timeout = None) -> ReplaySample:
+    """Samples up to `batch_size` items in one RPC, stacked: data column -> (n, ...) array.
+
+    The info fields are arrays of n entries. The items must have the same
+    columns, dtypes and shapes (ValueError otherwise).
+    """
+    limit = self._limit(timeout)
+    reply = self._call(limit).sample(table, batch_size, limit, True)
+    return ReplaySample(SampleInfo(**reply["info"]), reply["data"])
+
+  def mutate_priorities(
+    self,
+    table: str,
+    updates: Mapping[int, float] | None = None,
+    deletes: Iterable[int] | None = None,
+  ) -> None:
+    """Sets priorities of items (key -> priority) and deletes items; unknown keys are ignored.
+
+    Everything is checked first: a bad key or priority raises ValueError and
+    changes nothing.
+    """
+    updates = {_key(k): float(p) for k, p in (updates or {}).items()}
+    deletes = [_key(k) for k in (deletes or ())]
+    self._call(self._timeout).mutate_priorities(table, updates, deletes)
+
+  def reset(self, table: str) -> None:
+    """Removes every item of `table` and zeroes its rate limiter's counters."""
+    self._call(self._timeout).reset(table)
+
+  def server_info(self, timeout: Timeout = None) -> dict[str, dict[str, Any]]:
+    """Table name -> info: size, max_size, counters and rate limiter state (Table.info())."""
+    return self._call(self._limit(timeout)).server_info()
+
+  def chunk_store_info(self, timeout: Timeout = None) -> dict[str, int]:
+    """The server's shared chunk store: num_chunks, nbytes, num_references."""
+    return self._call(self._limit(timeout)).chunk_store_info()
+
+  def close(self) -> None:
+    """Closes the connections (later calls open new ones)."""
+    self._courier.close()
+
+  def _limit(self, timeout: Timeout) -> float | None:
+    return self._timeout if timeout is None else _seconds(timeout)
+
+  def _call(self, limit: float | None) -> courier_client.Client:
+    return self._courier.with_timeout(None if limit is None else limit + RPC_MARGIN_SECONDS)
+
+  def __repr__(self) -> str:
+    return f"<replay.Client of {self._courier!r}>"
+
+
+def _key(key: Any) -> Any:
+  return int(key) if isinstance(key, np.integer) else key

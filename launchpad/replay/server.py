@@ -1,0 +1,330 @@
+"""The replay server: tables sharing one ChunkStore, served over courier.
+
+`Server(tables, port)` is Reverb's `reverb.Server`: it serves the tables to
+`replay.Client`s (client.py) without any program around it. `ReplayNode`
+(launchpad/nodes/replay.py) serves the same service as a node of a program.
+
+What travels: an insert sends, per batch of items of one structure, one
+stacked array per column (numpy arrays go out of band, so one buffer per
+column whatever the batch size). The server stores each stacked column once
+as one chunk, and every item of the batch, in every table it goes to,
+references its row of that chunk: data is stored once however many tables
+get an item. A chunk is freed with the last item that references it, so
+a batch's chunk lives as long as the longest-lived item of the batch.
+
+Input is checked completely (tables exist, priorities valid, data matches
+every target table's signature) before anything changes, so bad input
+raises ValueError and leaves every table as it was. Rate limiting is per
+table, as in Reverb: an item sent to several tables goes into each in turn,
+and a RateLimiterTimeoutError or TableClosedError from one table leaves the
+inserts that already happened in place (the error's notes say how many).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from launchpad.courier import server as courier_server
+from launchpad.replay import selectors
+from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, new_key
+from launchpad.replay.client import Client
+from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
+from launchpad.replay.table import Table, _seconds
+
+log = logging.getLogger(__name__)
+
+# How long stop() waits for calls woken by closing the tables to send their replies.
+DRAIN_SECONDS = 5.0
+
+
+def build_tables(tables: Sequence[Table | Mapping[str, Any]]) -> tuple[ChunkStore, list[Table]]:
+  """The tables a server serves, all on one ChunkStore, and that store.
+
+  Tables that already share one ChunkStore (as a single table always does)
+  are served as they are: the caller's objects then change. Otherwise
+  (the usual case: each Table made its own store) each table is rebuilt from
+  its snapshot on a new shared store, so the objects given are left alone
+  and not served. Snapshots (Table.snapshot()) are accepted too: that is how
+  a ReplayNode ships its tables to its worker.
+
+  Raises:
+    ValueError: no tables, two tables with one name, or a bad snapshot.
+    TypeError: an entry is neither a Table nor a snapshot.
+  """
+  tables = list(tables)
+  if not tables:
+    raise ValueError("a replay server needs at least one table")
+  for table in tables:
+    if not isinstance(table, Table | Mapping):
+      raise TypeError(f"expected replay Tables (or their snapshots), got {table!r}")
+  names = [t.name if isinstance(t, Table) else t.get("name") for t in tables]
+  duplicates = sorted({str(n) for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"table names must be unique; repeated: {', '.join(duplicates)}")
+  stores = {id(t.chunk_store) for t in tables if isinstance(t, Table)}
+  if all(isinstance(t, Table) for t in tables) and len(stores) == 1:
+    return tables[0].chunk_store, tables
+  store = ChunkStore()
+  built = [
+    Table.from_snapshot(t.snapshot() if isinstance(t, Table) else t, chunk_store=store)
+    for t in tables
+  ]
+  return store, built
+
+
+class ReplayService:
+  """The object a replay server serves: its public methods are the RPC API.
+
+  Clients call it through `replay.Client`, which packs arguments as these
+  methods expect; call those, not these. Every method is thread safe.
+  """
+
+  def __init__(self, tables: Sequence[Table | Mapping[str, Any]]):
+    self._store, built = build_tables(tables)
+    self._tables: dict[str, Table] = {t.name: t for t in built}
+
+  # RPC methods.
+
+  def insert(
+    self,
+    groups: Sequence[tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, float]]]],
+    timeout: float | None = None,
+  ) -> list[int]:
+    """Inserts items; returns their keys (one key per item, the same in every table).
+
+    Args:
+      groups: (columns, priorities) pairs: `columns` maps each column to the
+        items' arrays stacked along a new first axis; `priorities[i]` maps
+        table names to item i's priority in that table.
+      timeout: seconds to wait for the rate limiters, for the whole call.
+    """
+    deadline = _deadline(timeout)
+    prepared = [self._prepare(columns, priorities) for columns, priorities in groups]
+    chunk_keys: list[int] = []
+    try:
+      for columns, _ in prepared:
+        for column, array in columns.items():
+          key = new_key()
+          self._store.put(key, array, copy=False)
+          chunk_keys.append(key)
+          columns[column] = key  # the column now names its chunk
+      keys: list[int] = []
+      total = sum(len(p) for _, p in prepared)
+      for columns, priorities in prepared:
+        for row, targets in enumerate(priorities):
+          item_key = new_key()
+          refs = {column: [(chunk, row)] for column, chunk in columns.items()}
+          try:
+            for table, priority in targets.items():
+              table.insert(item_key, priority, refs, timeout=_remaining(deadline))
+          except ReplayError as e:
+            e.add_note(
+              f"{len(keys)} of the call's {total} items were inserted before this one; "
+              "an item is inserted table by table"
+            )
+            raise
+          keys.append(item_key)
+      return keys
+    finally:
+      if chunk_keys:
+        self._store.release(chunk_keys)  # the items hold their own references
+
+  def sample(
+    self, table: str, num_samples: int = 1, timeout: float | None = None, stack: bool = False
+  ) -> dict[str, Any]:
+    """Samples `num_samples` items, waiting up to `timeout` in all.
+
+    Returns as many items as the rate limiter allowed within the timeout (at
+    least one: with none it raises RateLimiterTimeoutError, or
+    TableClosedError), since items already sampled have counted as sampled.
+
+    Returns:
+      a dict: "info" (key, probability, table_size, priority, times_sampled:
+      one array each, one entry per item) and "data": with `stack`, column ->
+      the items' arrays stacked; otherwise a list of one column dict per item.
+    """
+    target = self._table(table)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    deadline = _deadline(timeout)
+    items = target.sample(num_samples, timeout=_remaining(deadline))
+    while len(items) < num_samples:
+      try:
+        items += target.sample(num_samples - len(items), timeout=_remaining(deadline))
+      except (RateLimiterTimeoutError, TableClosedError):
+        break  # the items already drawn have been counted as sampled: return them
+    info = {
+      "key": np.array([i.key for i in items], dtype=np.uint64),
+      "probability": np.array([i.probability for i in items], dtype=np.float64),
+      "table_size": np.array([i.table_size for i in items], dtype=np.int64),
+      "priority": np.array([i.priority for i in items], dtype=np.float64),
+      "times_sampled": np.array([i.times_sampled for i in items], dtype=np.int64),
+    }
+    if not stack:
+      return {"info": info, "data": [i.data for i in items]}
+    columns = items[0].data.keys()
+    for item in items:
+      specs = {c: (a.dtype, a.shape) for c, a in item.data.items()}
+      first = {c: (a.dtype, a.shape) for c, a in items[0].data.items()}
+      if specs != first:
+        raise ValueError(
+          f"table {table!r}: the sampled items do not all have the same columns, dtypes and "
+          f"shapes ({first} and {specs}), so they cannot be stacked; use sample()"
+        )
+    data = {c: np.stack([i.data[c] for i in items]) for c in columns}
+    return {"info": info, "data": data}
+
+  def mutate_priorities(
+    self,
+    table: str,
+    updates: Mapping[int, float] | None = None,
+    deletes: Sequence[int] | None = None,
+  ) -> None:
+    """Updates priorities and deletes items of one table (keys not in it are ignored)."""
+    self._table(table).mutate_priorities(updates or {}, deletes or ())
+
+  def reset(self, table: str) -> None:
+    """Removes every item of a table and zeroes its rate limiter's counters."""
+    self._table(table).reset()
+
+  def server_info(self) -> dict[str, dict[str, Any]]:
+    """Table name -> Table.info() (size, max_size, counters, rate limiter state)."""
+    return {name: table.info() for name, table in self._tables.items()}
+
+  def chunk_store_info(self) -> dict[str, int]:
+    """The shared store's num_chunks, nbytes and num_references."""
+    return self._store.info()
+
+  # Not served (private).
+
+  def _close(self) -> None:
+    """Closes every table: blocked and later inserts and samples get TableClosedError."""
+    for table in self._tables.values():
+      table.close()
+
+  def _table(self, name: Any) -> Table:
+    table = self._tables.get(name) if isinstance(name, str) else None
+    if table is None:
+      raise ValueError(
+        f"no table named {name!r} on this replay server; tables: "
+        f"{', '.join(map(repr, self._tables))}"
+      )
+    return table
+
+  def _prepare(
+    self, columns: Any, priorities: Any
+  ) -> tuple[dict[str, np.ndarray], list[dict[Table, float]]]:
+    """Checks one group of items completely; returns its arrays and targets."""
+    if not isinstance(columns, Mapping) or not columns:
+      raise ValueError(f"item data must be a non-empty mapping column -> array, got {columns!r}")
+    if not isinstance(priorities, Sequence) or not priorities:
+      raise ValueError(f"expected a list of per-item priorities, got {priorities!r}")
+    count = len(priorities)
+    arrays: dict[str, np.ndarray] = {}
+    specs: dict[str, ColumnSpec] = {}
+    for column, value in columns.items():
+      if not isinstance(column, str):
+        raise ValueError(f"column names must be strings, got {column!r}")
+      array = np.asarray(value)
+      if array.ndim < 1 or array.shape[0] != count:
+        raise ValueError(
+          f"column {column!r}: expected {count} stacked items, got shape {array.shape}"
+        )
+      if array.dtype.hasobject:
+        raise ValueError(
+          f"column {column!r}: dtype {array.dtype} cannot be stored; use numeric, bool or "
+          "string arrays"
+        )
+      arrays[column] = array
+      specs[column] = ColumnSpec(array.dtype, array.shape[1:])
+    targets: list[dict[Table, float]] = []
+    for per_item in priorities:
+      if not isinstance(per_item, Mapping) or not per_item:
+        raise ValueError(
+          f"priorities must be a non-empty mapping table -> priority, got {per_item!r}"
+        )
+      item_targets: dict[Table, float] = {}
+      for name, priority in per_item.items():
+        table = self._table(name)
+        try:
+          item_targets[table] = selectors.check_priority(priority)
+        except ValueError as e:
+          raise ValueError(f"table {name!r}: {e}") from None
+        table._check_signature(specs)
+      targets.append(item_targets)
+    return arrays, targets
+
+
+def _deadline(timeout: Any) -> float | None:
+  seconds = _seconds(timeout)
+  return None if seconds is None else time.monotonic() + seconds
+
+
+def _remaining(deadline: float | None) -> float | None:
+  return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class Server:
+  """Serves replay tables to `replay.Client`s, without a program (Reverb's `reverb.Server`).
+
+  Args:
+    tables: the tables to serve (Table objects, names unique); see
+      `build_tables` for how they come to share one ChunkStore.
+    port: the port to bind; 0 lets the system choose.
+    host: the interface to bind; loopback unless other hosts must connect.
+    secret: the bytes clients must know to connect; None generates one
+      (`server.secret`), which clients are then given.
+  """
+
+  def __init__(
+    self,
+    tables: Sequence[Table],
+    port: int = 0,
+    host: str = "127.0.0.1",
+    secret: bytes | None = None,
+  ):
+    self.secret: bytes = os.urandom(32) if secret is None else secret
+    self._service = ReplayService(tables)
+    self._courier = courier_server.Server(
+      self._service, secret=self.secret, label="replay", host=host, port=port
+    )
+    self.address: str = self._courier.start()
+    self._stopped = False
+
+  @property
+  def tables(self) -> dict[str, Table]:
+    """The served tables by name (in-process access, e.g. for checkpoints)."""
+    return dict(self._service._tables)
+
+  @property
+  def chunk_store(self) -> ChunkStore:
+    return self._service._store
+
+  def localhost_client(self, timeout: float | None = None) -> Client:
+    """A `replay.Client` of this server from this host (Reverb's `Server.localhost_client`)."""
+    return Client(self.address, secret=self.secret, timeout=timeout)
+
+  def stop(self) -> None:
+    """Closes every table (blocked callers get TableClosedError), then stops serving. Idempotent."""
+    if self._stopped:
+      return
+    self._stopped = True
+    self._service._close()
+    if not self._courier.drain(DRAIN_SECONDS):
+      log.warning("replay server: calls still running %g s after closing the tables", DRAIN_SECONDS)
+    self._courier.stop()
+
+  def __enter__(self) -> Server:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.stop()
+
+  def __repr__(self) -> str:
+    return f"<replay.Server at {self.address}, tables {list(self._service._tables)}>"
