@@ -16,8 +16,9 @@ from launchpad.nodes.base import Node
 
 log = logging.getLogger(__name__)
 
-# Raised by calls cut short because the program is stopping: not a failure.
-_STOP_ERRORS = (errors.ProgramStoppedError, errors.ConnectionLostError, errors.CallTimeoutError)
+# Once the program is stopping, launchpad's own errors (calls cut short,
+# servers and replay tables closed) are the stop's doing, not failures.
+_STOP_ERRORS = errors.LaunchpadError
 
 
 def run_node(node: Node, runtime: context.ProgramRuntime) -> None:

@@ -183,3 +183,35 @@ def test_bad_tables_are_refused_when_the_node_is_made():
   handle = program.add_node(node)
   assert handle.node_name == "replay[0]"
   assert isinstance(handle, ReplayHandle)
+
+
+def waiting_learner(replay_client: replay.Client) -> None:
+  """Blocks sampling a table nothing is inserted into, until the program stops."""
+  replay_client.sample("experience", timeout=TIMEOUT)
+
+
+def stopper(replay_client: replay.Client) -> None:
+  """Stops the program once the learner is seen waiting."""
+  for _ in range(int(TIMEOUT / 0.005)):  # polls the server's own count of waiting samplers
+    stats = replay_client.server_info()["experience"]["rate_limiter"]["sample_stats"]
+    if stats["pending"] == 1:
+      break
+    threading.Event().wait(0.005)
+  lp.stop()
+
+
+@pytest.mark.parametrize("launch_type", ["test_mt", "local_mp"])
+def test_a_learner_blocked_in_sample_when_the_program_stops_is_not_a_failure(
+  launch_type, tmp_path, monkeypatch
+):
+  monkeypatch.setenv("LAUNCHPAD_HOME", str(tmp_path))
+  program = lp.Program("stop_while_sampling")
+  replay_handle = program.add_node(lp.ReplayNode(make_tables))
+  program.add_node(lp.PyNode(waiting_learner, replay_handle), label="learner")
+  program.add_node(lp.PyNode(stopper, replay_handle), label="stopper")
+  controller = lp.launch(program, launch_type=launch_type, terminal="output_to_files")
+  try:
+    assert controller.wait(TIMEOUT)  # raises NodeFailedError if the learner counted as failed
+  finally:
+    controller.stop()
+  assert controller.failures() == []
