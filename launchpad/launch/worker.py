@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # Once the program is stopping, launchpad's own errors (calls cut short,
 # servers and replay tables closed) are the stop's doing, not failures.
 _STOP_ERRORS = errors.LaunchpadError
+# A node in another process may see the stop's effects (a closed server)
+# before its own process hears of the stop: it gets this long to arrive.
+STOP_NEWS_SECONDS = 2.0
 
 
 def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
@@ -30,7 +33,7 @@ def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
     try:
       node.run(runtime)
     except BaseException as e:  # noqa: BLE001 - every way a node can end is reported
-      if runtime.stop_event.is_set() and isinstance(e, _STOP_ERRORS):
+      if isinstance(e, _STOP_ERRORS) and runtime.stop_event.wait(STOP_NEWS_SECONDS):
         _report(runtime, event(node=node.name, kind=event.FINISHED))
       else:
         _report(runtime, failure_event(node.name, e))
