@@ -15,24 +15,20 @@ it the peer's figures are skipped.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import pathlib
-import re
-import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
+import peers
 
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server
 
 SECRET = os.urandom(32)
 N_CALLS = 3000
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class Echo:
@@ -86,41 +82,8 @@ def _echo(client: Client, value) -> float:
   return 5 * 2 * size / (time.perf_counter() - start) / 1e9
 
 
-def run_script(python: str, script: pathlib.Path, pattern: str, timeout: float) -> dict[str, float]:
-  """Runs an anchor script and parses its 'PREFIX name value unit' lines.
-
-  The peer's courier never returns from a call with a numpy argument, so the
-  script is cut at `timeout` and whatever it printed before is used.
-  """
-  try:
-    out = subprocess.run(
-      [python, str(script)], capture_output=True, text=True, timeout=timeout
-    ).stdout
-  except subprocess.TimeoutExpired as e:
-    out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-  figures = {}
-  for name, value in re.findall(pattern, out, re.M):
-    try:
-      figures[name] = float(value)
-    except ValueError:
-      continue
-  return figures
-
-
-def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-  keys = {k for run in runs for k in run}
-  return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
-
-
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-  )
-  parser.add_argument("--runs", type=int, default=3)
-  parser.add_argument("--anchors", type=pathlib.Path, default=ROOT.parent / "shared" / "anchors")
-  anchor_dir = pathlib.Path(os.environ.get("ANCHOR_DIR", "/tmp/anchor-venvs"))
-  parser.add_argument("--peer-python", default=str(anchor_dir / "lpref" / "bin" / "python"))
-  args = parser.parse_args()
+  args = peers.parser(__doc__).parse_args()
 
   have_peer = (
     pathlib.Path(args.peer_python).exists() and (args.anchors / "lp_courier_rtt.py").exists()
@@ -133,15 +96,17 @@ def main() -> None:
     ours.append(measure_ours())
     if have_peer:
       peer.append(
-        run_script(args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 45)
+        peers.run_script(
+          args.peer_python, args.anchors / "lp_courier_rtt.py", r"^ANCHOR (\S+) (\S+)", 45
+        )
       )
     if (args.anchors / "floors.py").exists():
       floors.append(
-        run_script(sys.executable, args.anchors / "floors.py", r"^FLOOR (\S+) (\S+)", 300)
+        peers.run_script(sys.executable, args.anchors / "floors.py", r"^FLOOR (\S+) (\S+)", 300)
       )
     print(f"run {run + 1}/{args.runs} done", flush=True)
 
-  ours_m, peer_m, floors_m = median_of(ours), median_of(peer), median_of(floors)
+  ours_m, peer_m, floors_m = peers.median_of(ours), peers.median_of(peer), peers.median_of(floors)
   print(f"\nmedians of {args.runs} runs")
   for title, figures in (("ours", ours_m), ("courier (peer)", peer_m), ("floors", floors_m)):
     for name, value in figures.items():

@@ -39,14 +39,12 @@ it the peer's figures are skipped.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 import queue
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,12 +52,13 @@ import threading
 import time
 import uuid
 
+import peers
+
 try:
   import psutil
 except ImportError:  # the /proc fallbacks below do without it
   psutil = None
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIME = shutil.which("time", path="/usr/bin")
 MIN_AVAILABLE_MB = 1500  # a run is stopped if the machine gets this close to running out
 
@@ -359,13 +358,6 @@ def kill_all(pids: list[int]) -> None:
       pass
 
 
-def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-  keys = {k for run in runs for k, v in run.items() if isinstance(v, float)}
-  return {
-    k: statistics.median(r[k] for r in runs if isinstance(r.get(k), float)) for k in sorted(keys)
-  }
-
-
 def fmt(figures: dict[str, float]) -> str:
   return " ".join(
     f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in figures.items()
@@ -373,13 +365,7 @@ def fmt(figures: dict[str, float]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-  )
-  parser.add_argument("--runs", type=int, default=3)
-  parser.add_argument("--anchors", type=pathlib.Path, default=ROOT.parent / "shared" / "anchors")
-  anchor_dir = pathlib.Path(os.environ.get("ANCHOR_DIR", "/tmp/anchor-venvs"))
-  parser.add_argument("--peer-python", default=str(anchor_dir / "lpref" / "bin" / "python"))
+  parser = peers.parser(__doc__)
   parser.add_argument(
     "--big", type=int, default=256, help="producers in the single big run (0: skip)"
   )
@@ -429,7 +415,7 @@ def main() -> None:
         big[side.name] = side.anchor(args.big, timeout=args.big_timeout)
         print(f"  {side.name:4s} n{args.big} {fmt(big[side.name])}", flush=True)
 
-  medians = {key: median_of(runs) for key, runs in results.items()}
+  medians = {key: peers.median_of(runs) for key, runs in results.items()}
   print(f"\nmedians of {args.runs} runs")
   rows = [
     ("n32", "ready_s", "ready, 1+32 (s)"),

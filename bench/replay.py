@@ -25,24 +25,18 @@ Usage: python bench/replay.py [--runs 3] [--batch 256] [--peer-python PATH]
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
-import os
 import pathlib
-import re
-import statistics
-import subprocess
-import tempfile
 import time
 
 import numpy as np
+import peers
 
 from launchpad import replay
 from launchpad.replay import Table
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 60.0
 # label -> (shape, dtype, items per measurement of the one-item calls, of the batched calls)
 ITEMS = {
@@ -128,34 +122,13 @@ def measure_same_process(batch: int) -> dict[str, float]:
 
 
 def run_peer(python: str, script: pathlib.Path, timeout: float) -> dict[str, float]:
-  """Runs the peer's script from an empty directory; parses its ANCHOR lines."""
-  with tempfile.TemporaryDirectory() as cwd:
-    try:
-      out = subprocess.run(
-        [python, str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout
-      ).stdout
-    except subprocess.TimeoutExpired as e:
-      out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-  figures = {}
-  for name, value in re.findall(r"^ANCHOR reverb_(\S+) (\S+) items/s", out, re.M):
-    figures[name] = float(value)
-  return figures
-
-
-def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
-  keys = {k for run in runs for k in run}
-  return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
+  """The peer's items/s, parsed from its ANCHOR lines."""
+  return peers.run_script(python, script, r"^ANCHOR reverb_(\S+) (\S+) items/s", timeout)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-  )
-  parser.add_argument("--runs", type=int, default=3)
+  parser = peers.parser(__doc__)
   parser.add_argument("--batch", type=int, default=256, help="items per batched call")
-  parser.add_argument("--anchors", type=pathlib.Path, default=ROOT.parent / "shared" / "anchors")
-  anchor_dir = pathlib.Path(os.environ.get("ANCHOR_DIR", "/tmp/anchor-venvs"))
-  parser.add_argument("--peer-python", default=str(anchor_dir / "lpref" / "bin" / "python"))
   parser.add_argument(
     "--no-same-process", action="store_true", help="skip the server-in-this-process figures"
   )
@@ -175,7 +148,7 @@ def main() -> None:
       same.append(measure_same_process(args.batch))
     print(f"run {run + 1}/{args.runs} done", flush=True)
 
-  cross_m, same_m, peer_m = median_of(cross), median_of(same), median_of(peer)
+  cross_m, same_m, peer_m = peers.median_of(cross), peers.median_of(same), peers.median_of(peer)
   print(f"\nmedians of {args.runs} runs, items/s (batch {args.batch})")
   header = f"{'call':14s} {'item':6s} {'ours x-process':>15s} {'ours same-proc':>15s}"
   print(f"{header} {'dm-reverb':>11s} {'ratio':>7s} {'target':>7s}")
