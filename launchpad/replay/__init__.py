@@ -11,6 +11,7 @@ This package holds the in-process core that a replay server builds on:
   errors         RateLimiterTimeoutError, TableClosedError
   server         Server: tables on one ChunkStore, served over courier
   client         Client: insert, sample, mutate_priorities, reset, server_info
+  writer         TrajectoryWriter: items from slices of a stream of steps
 
 The names follow Reverb (`reverb.Table`, `reverb.selectors`,
 `reverb.rate_limiters`) so that Reverb users recognise them.
@@ -22,6 +23,7 @@ from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.server import Server
 from launchpad.replay.table import SampledItem, Table
+from launchpad.replay.writer import TrajectoryColumn, TrajectoryWriter
 
 __all__ = [
   "ChunkStore",
@@ -32,6 +34,8 @@ __all__ = [
   "Server",
   "Table",
   "TableClosedError",
+  "TrajectoryColumn",
+  "TrajectoryWriter",
   "new_key",
   "rate_limiters",
   "selectors",

@@ -15,11 +15,11 @@ holds one (however many of its columns use it), and a chunk's memory is
 released when its count reaches zero. So however many items or tables refer
 to a step, it is stored once.
 
-How the trajectory writer (later) is meant to use it:
+How the trajectory writer (writer.py) uses it, through the server:
 
   1. For each column, buffer steps; when a chunk is complete (or an item
-     needs steps not yet chunked), `store.put(new_key(), np.stack(steps),
-     copy=False)`: the writer now holds one reference to the chunk.
+     needs steps not yet chunked), `store.put(key, steps, copy=False)`
+     (steps stacked on a first axis): the writer now holds one reference.
   2. Insert items into tables with data refs slicing those chunks; each item
      takes its own reference (the table calls `acquire`).
   3. When no future item can need a chunk (it fell out of the writer's

@@ -25,13 +25,16 @@ not match a table's signature raise ValueError and change nothing.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from launchpad.courier import client as courier_client
 from launchpad.replay.table import _seconds
+
+if TYPE_CHECKING:
+  from launchpad.replay.writer import TrajectoryWriter
 
 # Added to a call's own timeout to bound the RPC round trip around it.
 RPC_MARGIN_SECONDS = 30.0
@@ -57,9 +60,13 @@ class ReplaySample(NamedTuple):
   data: dict[str, np.ndarray]
 
 
-def flatten(data: Any) -> dict[str, np.ndarray]:
-  """An item's columns: nested dicts, lists and tuples flattened to "/"-joined paths."""
-  columns: dict[str, np.ndarray] = {}
+def flatten(data: Any, leaf: Callable[[Any, str], Any] | None = None) -> dict[str, Any]:
+  """An item's columns: nested dicts, lists and tuples flattened to "/"-joined paths.
+
+  `leaf(value, path)`, if given, turns each leaf into the column's value
+  instead of `np.asarray` (the trajectory writer uses it for its references).
+  """
+  columns: dict[str, Any] = {}
 
   def visit(value: Any, path: str) -> None:
     if isinstance(value, Mapping):
@@ -74,6 +81,8 @@ def flatten(data: Any) -> dict[str, np.ndarray]:
         raise ValueError(f"item data: empty sequence at {path or 'the top'}")
       for i, child in enumerate(value):
         visit(child, f"{path}/{i}" if path else str(i))
+    elif leaf is not None:
+      columns[path or "data"] = leaf(value, path or "data")
     else:
       array = np.asarray(value)
       if array.dtype.hasobject:
@@ -234,6 +243,32 @@ class Client:
   def chunk_store_info(self, timeout: Timeout = None) -> dict[str, int]:
     """The server's shared chunk store: num_chunks, nbytes, num_references."""
     return self._call(self._limit(timeout)).chunk_store_info()
+
+  def trajectory_writer(
+    self, num_keep_alive_refs: int, timeout: Timeout = None, max_chunk_length: int = 256
+  ) -> TrajectoryWriter:
+    """A TrajectoryWriter (writer.py): appends steps, builds items from their history.
+
+    Args:
+      num_keep_alive_refs: how many of the latest steps items may reference.
+      timeout: the default timeout of the writer's flushes (None: the client's).
+      max_chunk_length: steps buffered per column before they are sent.
+    """
+    from launchpad.replay.writer import TrajectoryWriter  # writer.py imports this module
+
+    return TrajectoryWriter(self, num_keep_alive_refs, timeout, max_chunk_length)
+
+  def insert_trajectories(
+    self,
+    writer: int,
+    chunks: Sequence[tuple[int, np.ndarray]],
+    items: Sequence[tuple[int, str, float, Mapping[str, Any]]],
+    releases: Sequence[int],
+    timeout: Timeout = None,
+  ) -> dict[str, Any]:
+    """The TrajectoryWriter's one RPC (see ReplayService.insert_trajectories); use the writer."""
+    limit = self._limit(timeout)
+    return self._call(limit).insert_trajectories(writer, chunks, items, releases, limit)
 
   def close(self) -> None:
     """Closes the connections (later calls open new ones)."""

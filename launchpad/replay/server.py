@@ -11,6 +11,9 @@ as one chunk, and every item of the batch, in every table it goes to,
 references its row of that chunk: data is stored once however many tables
 get an item. A chunk is freed with the last item that references it, so
 a batch's chunk lives as long as the longest-lived item of the batch.
+A TrajectoryWriter (writer.py) instead sends chunks of steps and items
+slicing them (`insert_trajectories`), holding and releasing its own
+references to its chunks.
 
 Input is checked completely (tables exist, priorities valid, data matches
 every target table's signature) before anything changes, so bad input
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,7 +36,7 @@ import numpy as np
 
 from launchpad.courier import server as courier_server
 from launchpad.replay import selectors
-from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, new_key
+from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.table import Table, _seconds
@@ -88,6 +92,9 @@ class ReplayService:
   def __init__(self, tables: Sequence[Table | Mapping[str, Any]]):
     self._store, built = build_tables(tables)
     self._tables: dict[str, Table] = {t.name: t for t in built}
+    # Trajectory writer id -> the chunks it holds a reference to (see insert_trajectories).
+    self._writers: dict[int, set[int]] = {}
+    self._writers_lock = threading.Lock()
 
   # RPC methods.
 
@@ -134,6 +141,74 @@ class ReplayService:
     finally:
       if chunk_keys:
         self._store.release(chunk_keys)  # the items hold their own references
+
+  def insert_trajectories(
+    self,
+    writer: int,
+    chunks: Sequence[tuple[int, np.ndarray]],
+    items: Sequence[tuple[int, str, float, Mapping[str, Any]]],
+    releases: Sequence[int] = (),
+    timeout: float | None = None,
+  ) -> dict[str, Any]:
+    """A TrajectoryWriter's flush (writer.py): stores chunks, inserts items, drops chunks.
+
+    In order: each new chunk is stored and `writer` holds one reference to
+    it; each item (key, table, priority, column -> [(chunk_key, slice or
+    index), ...]) is inserted, taking its own references; then, if every
+    item went in, the writer's references to `releases` are dropped. Chunks
+    are stored once however many items share them.
+
+    Resending is harmless, so a writer may retry a call whose outcome it
+    does not know: a chunk the writer already holds is not stored again, a
+    release of a chunk it does not hold is ignored, and an item key already
+    in its table only updates the priority (Table.insert).
+
+    Returns:
+      {"inserted": n, "rejected": None or n, "error": None or an exception}:
+      the first n items were inserted. The error is returned, not raised, so
+      that the writer learns how far the call got: RateLimiterTimeoutError or
+      TableClosedError stopped it at item n, or item n was rejected
+      ("rejected": n) with a ValueError (unknown table, bad priority or
+      references, signature mismatch). The chunks are stored either way.
+    """
+    deadline = _deadline(timeout)
+    writer = check_key(writer, "writer id")
+    arrays: dict[int, np.ndarray] = {}
+    for chunk_key, value in chunks:
+      chunk_key = check_key(chunk_key, "chunk key")
+      array = np.asarray(value)
+      if array.ndim < 1 or array.shape[0] < 1 or array.dtype.hasobject:
+        raise ValueError(f"chunk {chunk_key}: expected a numeric array of steps, got {value!r}")
+      arrays[chunk_key] = array
+    releases = {check_key(k, "released chunk key") for k in releases}
+    with self._writers_lock:
+      held = self._writers.get(writer, set())
+      for chunk_key, array in arrays.items():
+        if chunk_key not in held:
+          self._store.put(chunk_key, array, copy=False)
+          held.add(chunk_key)
+      if held:
+        self._writers[writer] = held
+    inserted = 0
+    for item in items:
+      try:
+        if not isinstance(item, tuple | list) or len(item) != 4:
+          raise ValueError(f"expected an item (key, table, priority, data refs), got {item!r}")
+        item_key, name, priority, refs = item
+        self._table(name).insert(item_key, priority, refs, timeout=_remaining(deadline))
+      except ValueError as e:
+        return {"inserted": inserted, "rejected": inserted, "error": e}
+      except ReplayError as e:
+        return {"inserted": inserted, "rejected": None, "error": e}
+      inserted += 1
+    with self._writers_lock:
+      held = self._writers.get(writer, set())
+      dropped = [k for k in releases if k in held]
+      held.difference_update(dropped)
+      if not held:
+        self._writers.pop(writer, None)
+      self._store.release(dropped)
+    return {"inserted": inserted, "rejected": None, "error": None}
 
   def sample(
     self, table: str, num_samples: int = 1, timeout: float | None = None, stack: bool = False
