@@ -43,8 +43,22 @@ ITEMS = {
   "small": ((4,), np.float32, 5000, 20000),
   "atari": ((84, 84, 4), np.uint8, 1000, 3000),
 }
-CALLS = ("insert", "sample", "insert_batch", "sample_batch")
-TARGETS = {"insert": 1.0, "sample": 1.0, "insert_batch": 3.0, "sample_batch": 3.0}
+# Our call -> the peer's figure it is compared with (the peer inserts through
+# its trajectory writer and samples with one streaming call).
+CALLS = {
+  "insert": "insert",
+  "writer_insert": "insert",
+  "sample": "sample",
+  "insert_batch": "insert",
+  "sample_batch": "sample",
+}
+TARGETS = {
+  "insert": 1.0,
+  "writer_insert": 1.0,
+  "sample": 1.0,
+  "insert_batch": 3.0,
+  "sample_batch": 3.0,
+}
 
 
 def make_table() -> Table:
@@ -72,6 +86,16 @@ def measure(client: replay.Client, batch: int) -> dict[str, float]:
     for _ in range(n_one):
       client.insert(item, {"t": 1.0})
     figures[f"insert_{label}"] = n_one / (time.perf_counter() - start)
+
+    # The peer's own insert path: a trajectory writer, one item per step.
+    client.reset("t")
+    start = time.perf_counter()
+    with client.trajectory_writer(num_keep_alive_refs=1) as writer:
+      for _ in range(n_batch):
+        writer.append(item)
+        writer.create_item("t", 1.0, {"obs": writer.history["obs"][-1]})
+      writer.flush()
+    figures[f"writer_insert_{label}"] = n_batch / (time.perf_counter() - start)
 
     start = time.perf_counter()
     for _ in range(n_one):
@@ -156,7 +180,7 @@ def main() -> None:
     for label in ITEMS:
       ours = cross_m.get(f"{call}_{label}")
       same_value = same_m.get(f"{call}_{label}")
-      theirs = peer_m.get(f"{call.removesuffix('_batch')}_{label}")
+      theirs = peer_m.get(f"{CALLS[call]}_{label}")
       ratio = f"{ours / theirs:7.2f}" if ours and theirs else f"{'-':>7s}"
       print(
         f"{call:14s} {label:6s} {_num(ours):>15s} {_num(same_value):>15s} {_num(theirs):>11s} "

@@ -30,7 +30,6 @@ from launchpad.nodes.base import Node
 from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreadingColocation
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
-from launchpad.nodes.replay import ReplayNode
 from launchpad.program import Program, make_program
 from launchpad.resources import PythonProcess
 
@@ -67,3 +66,13 @@ __all__ = [
   "unregister_stop_handler",
   "wait_for_stop",
 ]
+
+
+def __getattr__(name: str):
+  # The replay service needs numpy; a program without replay nodes (and each
+  # of its node processes) should not pay its memory for it.
+  if name == "ReplayNode":
+    from launchpad.nodes.replay import ReplayNode
+
+    return ReplayNode
+  raise AttributeError(f"module 'launchpad' has no attribute {name!r}")
