@@ -9,29 +9,52 @@ on the same host use its Unix socket, restarts keep its address); its handle
 dereferences to a `replay.Client` instead of a bare courier client. When the
 program stops, the tables close first, so callers blocked on a rate limiter
 get TableClosedError.
+
+Checkpoints: with `checkpoint_dir`, the node restores its tables from the
+newest complete checkpoint there when it starts (so a node restarted after a
+crash, `restart='on-failure'`, comes back with what was checkpointed), and
+`client.checkpoint()` writes one. With `checkpoint_every` too, a thread of
+the node writes one every that many seconds, and a last one when the
+program stops.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from launchpad import context
 from launchpad.nodes.courier import CourierHandle, CourierNode
+from launchpad.replay.checkpoint import PeriodicCheckpointer
 from launchpad.replay.client import Client
 from launchpad.replay.server import ReplayService, build_tables
 from launchpad.replay.table import Table
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
   from launchpad.context import ProgramRuntime
 
 TablesSpec = Sequence[Table] | Callable[[], Sequence[Table]]
 
+# How long a stopping node waits for its last checkpoint to be written.
+FINAL_CHECKPOINT_SECONDS = 60.0
 
-def _serve(tables: Any) -> ReplayService:
+
+def _serve(
+  tables: Any, checkpoint_dir: str | None = None, checkpoint_every: float | None = None
+) -> ReplayService:
   """Builds the service inside the node's worker (its tables too, given a function)."""
-  service = ReplayService(tables() if callable(tables) else tables)
+  service = ReplayService(tables() if callable(tables) else tables, checkpoint_dir=checkpoint_dir)
   context.register_stop_handler(service._close)
+  if checkpoint_every is not None:
+    periodic = PeriodicCheckpointer(service.checkpoint, checkpoint_every)
+    service._periodic = periodic
+    periodic.start()
+    context.register_stop_handler(periodic.request_stop)
   return service
 
 
@@ -44,8 +67,12 @@ class ReplayNode(CourierNode):
       where the program is defined). Tables given as objects travel to the
       node as snapshots (Table.snapshot()): the node serves copies, on one
       shared ChunkStore, and the objects given are not changed.
-    checkpoint_dir, checkpoint_every: reserved for checkpoints, which are not
-      implemented yet: setting either raises NotImplementedError.
+    checkpoint_dir: where the node's checkpoints go (launchpad.replay.checkpoint);
+      on start the tables are restored from the newest complete one there.
+      `client.checkpoint()` writes one.
+    checkpoint_every: seconds between checkpoints written by a thread of the
+      node (which also writes one when the program stops); needs
+      checkpoint_dir.
   """
 
   def __init__(
@@ -54,16 +81,44 @@ class ReplayNode(CourierNode):
     checkpoint_dir: str | None = None,
     checkpoint_every: float | None = None,
   ):
-    if checkpoint_dir is not None or checkpoint_every is not None:
-      raise NotImplementedError(
-        "ReplayNode checkpoints are not implemented yet: leave checkpoint_dir and "
-        "checkpoint_every unset (tables can be saved with Table.snapshot() meanwhile)."
-      )
+    if checkpoint_dir is not None:
+      checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+    if checkpoint_every is not None:
+      if checkpoint_dir is None:
+        raise ValueError("checkpoint_every needs a checkpoint_dir")
+      if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, int | float)
+        or not math.isfinite(checkpoint_every)
+        or checkpoint_every <= 0
+      ):
+        raise ValueError(
+          f"checkpoint_every must be a number of seconds > 0, got {checkpoint_every!r}"
+        )
     if not callable(tables):
       tables = list(tables)
       build_tables(tables)  # fail here, not in the worker: no tables, duplicate names, non-tables
       tables = [t.snapshot() for t in tables]
-    super().__init__(_serve, tables)
+    super().__init__(_serve, tables, checkpoint_dir, checkpoint_every)
+    self._service: ReplayService | None = None
+
+  def build(self, runtime: ProgramRuntime) -> ReplayService:
+    service = super().build(runtime)
+    self._service = service
+    return service
+
+  def run(self, runtime: ProgramRuntime) -> None:
+    self._service = None
+    try:
+      super().run(runtime)
+    finally:
+      # The worker exits when run() returns: wait for the last checkpoint.
+      service, self._service = self._service, None
+      periodic = None if service is None else service._periodic
+      if periodic is not None and not periodic.stop(FINAL_CHECKPOINT_SECONDS):
+        log.warning(
+          "replay node: the last checkpoint was not written within %g s", FINAL_CHECKPOINT_SECONDS
+        )
 
   @property
   def default_label(self) -> str:

@@ -244,6 +244,13 @@ class Client:
     """The server's shared chunk store: num_chunks, nbytes, num_references."""
     return self._call(self._limit(timeout)).chunk_store_info()
 
+  def checkpoint(self, timeout: Timeout = None) -> str:
+    """Has the server write a checkpoint of all its tables; returns the file's path.
+
+    Raises ValueError if the server was started without a checkpoint_dir.
+    """
+    return self._call(self._limit(timeout)).checkpoint()
+
   def trajectory_writer(
     self, num_keep_alive_refs: int, timeout: Timeout = None, max_chunk_length: int = 256
   ) -> TrajectoryWriter:

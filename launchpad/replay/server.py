@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from launchpad.courier import server as courier_server
+from launchpad.replay import checkpoint as checkpoint_lib
 from launchpad.replay import selectors
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key
 from launchpad.replay.client import Client
@@ -89,12 +90,21 @@ class ReplayService:
   methods expect; call those, not these. Every method is thread safe.
   """
 
-  def __init__(self, tables: Sequence[Table | Mapping[str, Any]]):
+  def __init__(
+    self, tables: Sequence[Table | Mapping[str, Any]], checkpoint_dir: str | None = None
+  ):
     self._store, built = build_tables(tables)
     self._tables: dict[str, Table] = {t.name: t for t in built}
     # Trajectory writer id -> the chunks it holds a reference to (see insert_trajectories).
     self._writers: dict[int, set[int]] = {}
     self._writers_lock = threading.Lock()
+    self._checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+    self._checkpoint_lock = threading.Lock()
+    self._periodic: Any = None  # a ReplayNode's PeriodicCheckpointer, if it has one
+    self._restored_from: str | None = None
+    """The checkpoint the tables were restored from, if any."""
+    if self._checkpoint_dir is not None:
+      self._restore_latest()
 
   # RPC methods.
 
@@ -276,7 +286,41 @@ class ReplayService:
     """The shared store's num_chunks, nbytes and num_references."""
     return self._store.info()
 
+  def checkpoint(self) -> str:
+    """Writes a checkpoint of every table to the checkpoint directory; returns its path.
+
+    Raises:
+      ValueError: the server has no checkpoint directory.
+    """
+    if self._checkpoint_dir is None:
+      raise ValueError("this replay server has no checkpoint_dir: it cannot write checkpoints")
+    with self._checkpoint_lock:
+      return checkpoint_lib.write(self._checkpoint_dir, self._tables.values())
+
   # Not served (private).
+
+  def _restore_latest(self) -> None:
+    """Restores the tables from the newest complete checkpoint in the directory, if any."""
+    found = checkpoint_lib.load_latest(self._checkpoint_dir)
+    if found is None:
+      return
+    path, data = found
+    snapshots = checkpoint_lib.table_snapshots(data)
+    for name, snapshot in snapshots.items():
+      table = self._tables.get(name)
+      if table is None:
+        log.warning(
+          "replay checkpoint %s: table %r is not served; its items are dropped", path, name
+        )
+        continue
+      try:
+        table.restore(snapshot)
+      except ValueError as e:
+        raise ValueError(f"cannot restore replay checkpoint {path}: {e}") from None
+    for name in self._tables.keys() - snapshots.keys():
+      log.warning("replay checkpoint %s has no table %r: it starts empty", path, name)
+    self._restored_from = path
+    log.info("replay server: restored tables %s from %s", sorted(snapshots), path)
 
   def _close(self) -> None:
     """Closes every table: blocked and later inserts and samples get TableClosedError."""
@@ -355,6 +399,9 @@ class Server:
     host: the interface to bind; loopback unless other hosts must connect.
     secret: the bytes clients must know to connect; None generates one
       (`server.secret`), which clients are then given.
+    checkpoint_dir: where checkpoints go (checkpoint.py). If it holds a
+      complete checkpoint, the tables are restored from the newest one on
+      start; `Client.checkpoint()` (or `server.checkpoint()`) writes one.
   """
 
   def __init__(
@@ -363,9 +410,10 @@ class Server:
     port: int = 0,
     host: str = "127.0.0.1",
     secret: bytes | None = None,
+    checkpoint_dir: str | None = None,
   ):
     self.secret: bytes = os.urandom(32) if secret is None else secret
-    self._service = ReplayService(tables)
+    self._service = ReplayService(tables, checkpoint_dir=checkpoint_dir)
     self._courier = courier_server.Server(
       self._service, secret=self.secret, label="replay", host=host, port=port
     )
@@ -380,6 +428,15 @@ class Server:
   @property
   def chunk_store(self) -> ChunkStore:
     return self._service._store
+
+  @property
+  def restored_from(self) -> str | None:
+    """The checkpoint the tables were restored from on start, or None."""
+    return self._service._restored_from
+
+  def checkpoint(self) -> str:
+    """Writes a checkpoint (see ReplayService.checkpoint); returns its path."""
+    return self._service.checkpoint()
 
   def localhost_client(self, timeout: float | None = None) -> Client:
     """A `replay.Client` of this server from this host (Reverb's `Server.localhost_client`)."""

@@ -166,13 +166,6 @@ def test_replay_node_with_actor_and_learner_in_processes(processes):
   assert controller.failures() == []
 
 
-def test_checkpoint_arguments_are_refused_until_implemented():
-  with pytest.raises(NotImplementedError, match="checkpoints are not implemented"):
-    lp.ReplayNode(make_tables(), checkpoint_dir="/tmp/ckpt")
-  with pytest.raises(NotImplementedError):
-    lp.ReplayNode(make_tables, checkpoint_every=60)
-
-
 def test_bad_tables_are_refused_when_the_node_is_made():
   with pytest.raises(ValueError, match="unique"):
     lp.ReplayNode([Table.queue("q", 1), Table.queue("q", 2)])
