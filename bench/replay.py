@@ -49,6 +49,7 @@ CALLS = {
   "insert": "insert",
   "writer_insert": "insert",
   "sample": "sample",
+  "sample_n": "sample",
   "insert_batch": "insert",
   "sample_batch": "sample",
 }
@@ -56,6 +57,7 @@ TARGETS = {
   "insert": 1.0,
   "writer_insert": 1.0,
   "sample": 1.0,
+  "sample_n": 1.0,
   "insert_batch": 3.0,
   "sample_batch": 3.0,
 }
@@ -101,6 +103,13 @@ def measure(client: replay.Client, batch: int) -> dict[str, float]:
     for _ in range(n_one):
       client.sample("t")
     figures[f"sample_{label}"] = n_one / (time.perf_counter() - start)
+
+    # The peer's own sampling call: sample(num_samples=n), items one by one.
+    start = time.perf_counter()
+    sampled = 0
+    while sampled < n_batch:
+      sampled += len(client.sample("t", num_samples=min(batch, n_batch - sampled)))
+    figures[f"sample_n_{label}"] = sampled / (time.perf_counter() - start)
 
     client.reset("t")
     items = [item] * batch
