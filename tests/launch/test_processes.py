@@ -40,15 +40,6 @@ def launchpad_home(tmp_path, monkeypatch):
   return home
 
 
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-  """The multiprocess launcher installs SIGINT/SIGTERM handlers in the main thread."""
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  yield
-  for sig, handler in previous.items():
-    signal.signal(sig, handler)
-
-
 @pytest.fixture
 def launched():
   """lp.launch in processes; every program launched is stopped at teardown."""

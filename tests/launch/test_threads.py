@@ -47,15 +47,6 @@ def returns_value(x):
   return x * 2
 
 
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-  """The threads launcher installs SIGINT/SIGTERM handlers in the main thread."""
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  yield
-  for sig, handler in previous.items():
-    signal.signal(sig, handler)
-
-
 @pytest.fixture
 def launched():
   controllers = []
