@@ -272,14 +272,17 @@ class _SyncConnection:
     self.address = address
     self._reader = protocol.FrameReader(sock)
     self._ids = itertools.count(1)
+    self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
   def call(
     self, method: str, args: tuple, kwargs: dict, deadline: float | None, label: str
   ) -> protocol.Frame:
     payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
     call_id = next(self._ids) & 0xFFFFFFFF
+    start = time.perf_counter()
     protocol.send_frame(self.sock, protocol.REQUEST, 0, call_id, payload, buffers)
-    frame = self._reader.read(deadline, spin=protocol.SPIN_SECONDS)
+    frame = self._reader.read(deadline, spin=protocol.spin_for(self._round_trip))
+    self._round_trip += 0.2 * (time.perf_counter() - start - self._round_trip)
     if frame.call_id != call_id:
       raise EOFError(f"reply to call {frame.call_id} while waiting for {call_id}")
     return frame
