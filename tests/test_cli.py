@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
 import pytest
+from child_process import Child
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "tests" / "launch" / "programs"
@@ -43,79 +42,14 @@ def lp_command() -> list[str]:
   return [sys.executable, "-m", "launchpad.cli"]
 
 
-class Lp:
+class Lp(Child):
   """An `lp` process; its stdout is read line by line as it comes."""
 
   def __init__(self, args, env, command=None):
     self.args = args
-    self.process = subprocess.Popen(
-      [*(command or lp_command()), *args],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=env,
-      cwd=ROOT,
-      start_new_session=True,
+    super().__init__(
+      [*(command or lp_command()), *args], TIMEOUT, env=env, cwd=ROOT, start_new_session=True
     )
-    self.pid = self.process.pid
-    self.lines: queue.Queue = queue.Queue()
-    self.stdout: list[str] = []
-    self.stderr: list[str] = []
-    self._readers = [
-      threading.Thread(target=self._read, args=(self.process.stdout, self.stdout, True)),
-      threading.Thread(target=self._read, args=(self.process.stderr, self.stderr, False)),
-    ]
-    for reader in self._readers:
-      reader.start()
-
-  def _read(self, stream, sink, to_queue):
-    for line in stream:
-      sink.append(line)
-      if to_queue:
-        self.lines.put(line.rstrip("\n"))
-    if to_queue:
-      self.lines.put(None)
-
-  def wait_for(self, pattern: re.Pattern, count: int = 1) -> list[re.Match]:
-    """The first `count` stdout lines matching `pattern`, waiting for them."""
-    found = []
-    deadline = time.monotonic() + TIMEOUT
-    while len(found) < count:
-      try:
-        line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-      except queue.Empty:
-        pytest.fail(f"no line matching {pattern.pattern!r} within {TIMEOUT} s{self.output()}")
-      if line is None:
-        pytest.fail(f"lp exited before printing {pattern.pattern!r}{self.output()}")
-      match = pattern.match(line)
-      if match:
-        found.append(match)
-    return found
-
-  def finish(self, timeout: float = TIMEOUT) -> int:
-    """Waits for lp to exit; its exit status."""
-    try:
-      status = self.process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      self.kill()
-      pytest.fail(f"lp {' '.join(self.args)} did not exit within {timeout} s{self.output()}")
-    for reader in self._readers:
-      reader.join(TIMEOUT)
-    return status
-
-  def out(self) -> str:
-    return "".join(self.stdout)
-
-  def err(self) -> str:
-    return "".join(self.stderr)
-
-  def output(self) -> str:
-    return f"\nstdout:\n{self.out()[-5000:]}\nstderr:\n{self.err()[-5000:]}"
-
-  def kill(self) -> None:
-    if self.process.poll() is None:
-      self.process.kill()
-      self.process.wait(timeout=TIMEOUT)
 
 
 @pytest.fixture

@@ -62,11 +62,6 @@ class Controller:
     """True once the program is over."""
     return self._done.is_set()
 
-  @property
-  def coordinator_address(self) -> str:
-    assert self._coordinator.address is not None
-    return self._coordinator.address
-
   def start_supervisor(
     self, exit_on_failure: bool, cleanup: Callable[[], None] = lambda: None
   ) -> None:

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
-import psutil
 
 from launchpad import errors, restarts, runs
 from launchpad.context import ProgramRuntime
@@ -306,15 +305,3 @@ def _log_tail(path: pathlib.Path, lines: int = 30) -> str:
   except OSError:
     return ""
   return "last lines of its output:\n" + "\n".join(text[-lines:]) if text else ""
-
-
-def node_usage(pids: dict[str, int]) -> dict[str, tuple[float, int]]:
-  """CPU percent and resident memory of each node process (psutil)."""
-  usage = {}
-  for name, pid in pids.items():
-    try:
-      process = psutil.Process(pid)
-      usage[name] = (process.cpu_percent(interval=None), process.memory_info().rss)
-    except psutil.Error:
-      continue
-  return usage

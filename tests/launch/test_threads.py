@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import queue
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -12,6 +10,7 @@ from concurrent import futures
 
 import pytest
 from absl import flags
+from child_process import Child
 
 import launchpad as lp
 from launchpad import errors
@@ -383,63 +382,13 @@ if __name__ == "__main__":
 """
 
 
-class Script:
+class Script(Child):
   """A Python script running in a child process, its output read line by line."""
 
   def __init__(self, tmp_path, source):
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(source))
-    self.process = subprocess.Popen(
-      [sys.executable, "-u", str(path)],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    self.lines = queue.Queue()
-    self.stdout, self.stderr = [], []
-    self._readers = [
-      threading.Thread(target=self._read, args=(self.process.stdout, self.stdout, True)),
-      threading.Thread(target=self._read, args=(self.process.stderr, self.stderr, False)),
-    ]
-    for reader in self._readers:
-      reader.start()
-
-  def _read(self, stream, sink, to_queue):
-    for line in stream:
-      sink.append(line)
-      if to_queue:
-        self.lines.put(line.rstrip("\n"))
-    if to_queue:
-      self.lines.put(None)
-
-  def wait_for_line(self, expected):
-    while True:
-      try:
-        line = self.lines.get(timeout=SUBPROCESS_TIMEOUT)
-      except queue.Empty:
-        pytest.fail(f"no {expected!r} line within {SUBPROCESS_TIMEOUT} s: {self.output()}")
-      if line is None:
-        pytest.fail(f"the script exited before printing {expected!r}: {self.output()}")
-      if line == expected:
-        return
-
-  def finish(self):
-    """Waits for the process to exit; returns its status."""
-    try:
-      status = self.process.wait(timeout=SUBPROCESS_TIMEOUT)
-    except subprocess.TimeoutExpired:
-      pytest.fail(f"the script did not exit within {SUBPROCESS_TIMEOUT} s: {self.output()}")
-    for reader in self._readers:
-      reader.join(SUBPROCESS_TIMEOUT)
-    return status
-
-  def output(self):
-    return f"\nstdout:\n{''.join(self.stdout)}\nstderr:\n{''.join(self.stderr)}"
-
-  def kill(self):
-    if self.process.poll() is None:
-      self.process.kill()
-      self.process.wait(timeout=SUBPROCESS_TIMEOUT)
+    super().__init__([sys.executable, "-u", str(path)], SUBPROCESS_TIMEOUT)
 
 
 @pytest.fixture
