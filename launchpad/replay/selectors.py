@@ -57,6 +57,9 @@ class ItemSelector(abc.ABC):
   #: heaps use to break ties).
   restore_order: str = "inserted"
 
+  #: True when `sample()` always names the same item for the same contents.
+  is_deterministic: bool = False
+
   @abc.abstractmethod
   def insert(self, key: int, priority: float) -> None:
     """Adds `key` with `priority`."""
@@ -412,6 +415,8 @@ class Prioritized(ItemSelector):
 class _Ordered(ItemSelector):
   """Keys kept in insertion order (an OrderedDict: O(1) at both ends and for deletes)."""
 
+  is_deterministic = True
+
   def __init__(self):
     self._keys: collections.OrderedDict[int, None] = collections.OrderedDict()
 
@@ -474,6 +479,7 @@ class _Heap(ItemSelector):
   """
 
   restore_order = "updated"
+  is_deterministic = True
   _sign: float
 
   def __init__(self):
