@@ -86,7 +86,7 @@ class Controller:
     coordinator = self._coordinator
     coordinator.wait_until(lambda: coordinator.stop_reason is not None, None)
     if not coordinator.wait_until(coordinator.all_ended, self._grace_period):
-      stuck = [r.name for r in coordinator.nodes.values() if r.state not in (FINISHED, FAILED)]
+      stuck = self._running_nodes()
       log.warning(
         "program %s: nodes %s did not end within the %.3g s grace period after the stop; "
         "forcing them",
@@ -122,9 +122,15 @@ class Controller:
     wait = self._grace_period + 10.0 if timeout is None else timeout
     if not self._done.wait(wait):
       raise errors.CallTimeoutError(
-        f"program {self.program} did not end within {wait:.3g} s of stop(); "
-        "a node is stuck outside Python's reach."
+        f"program {self.program} did not end within {wait:.3g} s of stop(): nodes "
+        f"{', '.join(self._running_nodes()) or '(none; their workers did not exit)'} are "
+        "stuck where neither the stop nor a kill reaches them (a thread of the threads "
+        "launcher cannot be killed); give stop() a longer timeout or end them yourself."
       )
+
+  def _running_nodes(self) -> list[str]:
+    """The nodes that have not ended yet."""
+    return [r.name for r in self._coordinator.nodes.values() if r.state not in (FINISHED, FAILED)]
 
   def failures(self) -> list[NodeRecord]:
     """The nodes that failed, in the order they were added."""
