@@ -40,6 +40,8 @@ MODES = {
   "local_mt": "local_mt",
   "test": "test_mt",
   "test_mt": "test_mt",
+  "ssh": "ssh",
+  "ray": "ray",
 }
 
 LAUNCH_HELP = """\
@@ -100,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     choices=["current_terminal", "output_to_files", "tmux_session"],
     help="where node output goes besides the log files",
   )
+  launch.add_argument(
+    "--hosts", type=pathlib.Path, help="ssh mode: the hosts file (TOML; see docs/remote.md)"
+  )
+  launch.add_argument(
+    "--ray-address", help="ray mode: the cluster to join (default: start a local one)"
+  )
+  launch.add_argument(
+    "--tls",
+    action="store_true",
+    help="ssh and ray modes: encrypt traffic between nodes with a certificate made for this launch",
+  )
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
   status = commands.add_parser("status", help="list running programs and their nodes")
@@ -117,8 +130,16 @@ def _launch(args: argparse.Namespace) -> int:
   target_args = args.target_args[1:] if args.target_args[:1] == ["--"] else args.target_args
   mode = MODES[args.mode]
   launch_lib.defaults.update(
-    grace_period=args.grace_period, log_dir=args.log_dir, terminal=args.terminal
+    grace_period=args.grace_period,
+    log_dir=args.log_dir,
+    terminal=args.terminal,
+    hosts=args.hosts,
+    ray_address=args.ray_address,
+    tls=args.tls,
   )
+  if args.mode == "ssh" and args.hosts is None:
+    print("lp launch: --mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).", file=sys.stderr)
+    return 2
   script_status = 0
   try:
     path, _, function = args.target.partition(":")

@@ -14,6 +14,8 @@ class LaunchType(enum.Enum):
   LOCAL_MULTI_PROCESSING = "local_mp"
   TEST_MULTI_THREADING = "test_mt"
   TEST_MULTI_PROCESSING = "test_mp"
+  SSH = "ssh"
+  RAY = "ray"
 
 
 LAUNCH_TYPE = flags.DEFINE_string(

@@ -20,8 +20,9 @@ _ALIASES = {
   "local_mp": "multiprocess",
   "multiprocess": "multiprocess",
   "test_mp": "multiprocess",
+  "ssh": "ssh",
+  "ray": "ray",
 }
-_LATER = {"ssh", "ray"}
 
 
 def launch(
@@ -34,27 +35,37 @@ def launch(
   local_resources: dict[str, Any] | None = None,
   terminal: str | None = None,
   log_dir: str | pathlib.Path | None = None,
+  hosts: str | pathlib.Path | dict[str, Any] | None = None,
+  ray_address: str | None = None,
+  tls: bool | None = None,
 ) -> Controller:
   """Runs `program` and returns its controller without waiting for it.
 
   Args:
     program: the program to run.
-    launch_type: 'threads' ('local_mt'), 'test' ('test_mt'), or
+    launch_type: 'threads' ('local_mt'), 'test' ('test_mt'),
       'multiprocess' ('local_mp'; 'test_mp' is the same without signal
-      handling); defaults to the `--lp_launch_type` flag, else threads.
+      handling), 'ssh' (nodes on the hosts of `hosts`) or 'ray' (nodes as
+      Ray actors); defaults to the `--lp_launch_type` flag, else threads.
     test_case: a unittest.TestCase whose cleanup stops the program.
     grace_period: seconds nodes get to end after a stop before being forced
       (default 10).
     serialize_py_nodes: check that every node can be pickled, as it must
       be to run in another process (default True; programs run in threads
       may pass False to share unpicklable objects).
-    local_resources: multiprocess: group label -> lp.PythonProcess(env=...,
-      args=..., interpreter=...).
+    local_resources: group label -> per-group settings: multiprocess takes
+      lp.PythonProcess(env=..., args=..., interpreter=...); ray takes
+      lp.RayResources(num_cpus=..., num_gpus=..., resources=...).
     terminal: multiprocess: 'current_terminal' (default: every node's lines,
       prefixed, here and in files), 'output_to_files' (files only) or
       'tmux_session' (files, and a tmux window per node).
-    log_dir: multiprocess: the run directory for node logs (default
+    log_dir: multiprocess and ssh: the run directory for node logs (default
       ~/.launchpad/runs/<program>-<time>/).
+    hosts: ssh: the hosts file (TOML) or its parsed contents, mapping groups
+      to hosts (see docs/remote.md).
+    ray_address: ray: the cluster to join ('auto', 'ray://host:10001', ...);
+      default: a cluster this process already joined, else a new local one.
+    tls: encrypt traffic between nodes and with the coordinator (ssh, ray).
   """
   grace_period = defaults.get("grace_period", 10.0) if grace_period is None else grace_period
   terminal = terminal or defaults.get("terminal")
@@ -64,8 +75,6 @@ def launch(
   name = _ALIASES.get(kind)
   if name is None:
     known = ", ".join(sorted(_ALIASES))
-    if kind in _LATER:
-      raise NotImplementedError(f"launch type {kind!r} is not available yet; use one of: {known}.")
     raise ValueError(f"unknown launch type {kind!r}; use one of: {known}.")
   if not isinstance(program, Program):
     raise TypeError(f"lp.launch takes a lp.Program, got {program!r}.")
@@ -78,6 +87,28 @@ def launch(
       pathlib.Path(log_dir) if log_dir else None,
       terminal=terminal or "current_terminal",
       handle_signals=kind != "test_mp" and test_case is None,
+    )
+  elif name == "ssh":
+    from launchpad.launch import ssh
+
+    controller = ssh.launch(
+      plan_lib.make_plan(program, serialize=True),
+      grace_period,
+      hosts if hosts is not None else defaults.get("hosts"),
+      pathlib.Path(log_dir) if log_dir else None,
+      tls=defaults.get("tls", False) if tls is None else tls,
+      handle_signals=test_case is None,
+    )
+  elif name == "ray":
+    from launchpad.launch import ray as ray_launcher
+
+    controller = ray_launcher.launch(
+      plan_lib.make_plan(program, serialize=True),
+      grace_period,
+      local_resources,
+      address=ray_address or defaults.get("ray_address"),
+      tls=defaults.get("tls", False) if tls is None else tls,
+      handle_signals=test_case is None,
     )
   else:
     plan = plan_lib.make_plan(program, serialize=serialize_py_nodes is not False)

@@ -23,6 +23,8 @@ from launchpad.nodes.base import Node
 _PR_SET_PDEATHSIG = 1
 # How a launcher starts a node in a fresh interpreter; the payload comes on stdin.
 COMMAND = "from launchpad.launch import process_main; process_main.main()"
+# The address a node's servers bind and advertise to the other nodes.
+HOST_VARIABLE = "LAUNCHPAD_HOST"
 
 
 @dataclasses.dataclass
@@ -35,6 +37,13 @@ class WorkerSpec:
   node: Node
   env: dict[str, str]
 
+  def runtime(self) -> ProgramRuntime:
+    """The program as this node's process sees it. Its servers bind
+    $LAUNCHPAD_HOST, which remote launchers set to an address the other
+    hosts reach (default: loopback)."""
+    host = os.environ.get(HOST_VARIABLE, "127.0.0.1")
+    return ProgramRuntime(self.program, self.coordinator, self.secret, host=host)
+
 
 def run(payload: bytes, output_fd: int | None) -> None:
   """Runs the node described by `payload` in this process and exits."""
@@ -43,7 +52,7 @@ def run(payload: bytes, output_fd: int | None) -> None:
     _redirect_output(output_fd)
   spec: WorkerSpec = cloudpickle.loads(payload)
   os.environ.update(spec.env)
-  runtime = ProgramRuntime(spec.program, spec.coordinator, spec.secret)
+  runtime = spec.runtime()
   try:
     worker.run_node(spec.node, runtime)
   finally:

@@ -221,13 +221,6 @@ def test_unknown_launch_type_is_rejected_with_the_known_ones():
   assert "local_mt" in message and "test_mt" in message
 
 
-@pytest.mark.parametrize("launch_type", ["ssh", "ray"])
-def test_remote_launch_types_are_not_available_yet(launch_type):
-  program, _ = serving_program()
-  with pytest.raises(NotImplementedError, match=launch_type):
-    lp.launch(program, launch_type=launch_type)
-
-
 @pytest.mark.parametrize(
   "launch_type", [lp.LaunchType.LOCAL_MULTI_THREADING, lp.LaunchType.TEST_MULTI_THREADING]
 )
