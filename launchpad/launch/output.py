@@ -22,7 +22,7 @@ class OutputMux:
   """Collects node output; `terminal=None` keeps it in the log files only."""
 
   def __init__(self, log_dir: pathlib.Path, terminal: IO[str] | None = sys.stdout):
-    self._log_dir = log_dir
+    self.directory = log_dir
     self._terminal = terminal
     self._colour = terminal is not None and terminal.isatty() and "NO_COLOR" not in os.environ
     self._selector = selectors.DefaultSelector()
@@ -50,7 +50,7 @@ class OutputMux:
     return theirs
 
   def log_path(self, name: str) -> pathlib.Path:
-    return self._log_dir / f"{name}.log"
+    return self.directory / f"{name}.log"
 
   def wait_drained(self, timeout: float) -> bool:
     """Waits until every attached stream has ended (its node exited)."""

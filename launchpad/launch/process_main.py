@@ -25,6 +25,8 @@ _PR_SET_PDEATHSIG = 1
 COMMAND = "from launchpad.launch import process_main; process_main.main()"
 # The address a node's servers bind and advertise to the other nodes.
 HOST_VARIABLE = "LAUNCHPAD_HOST"
+# The run directory (node logs) of the launch, for nodes that write results.
+RUN_DIR_VARIABLE = "LAUNCHPAD_RUN_DIR"
 
 
 @dataclasses.dataclass

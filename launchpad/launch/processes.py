@@ -211,8 +211,9 @@ class _Processes:
   def _start(self, name: str, index: int) -> None:
     node = self._nodes[name]
     resource = self._resources.get(node.label, PythonProcess())
+    env = {process_main.RUN_DIR_VARIABLE: str(self._output.directory), **resource.env}
     spec = process_main.WorkerSpec(
-      self._plan.program, self.coordinator.address, self._plan.secret, node, dict(resource.env)
+      self._plan.program, self.coordinator.address, self._plan.secret, node, env
     )
     payload = cloudpickle.dumps(spec)
     output = self._output.attach(name, index)
