@@ -34,13 +34,18 @@ class OutputMux:
     self._streams = 0
     self._drained = threading.Condition()
 
-  def attach(self, name: str, colour_index: int) -> socket.socket:
-    """A socket for node `name` to write into; give its other end to the node."""
+  def attach(self, name: str, colour_index: int, shown_as: str | None = None) -> socket.socket:
+    """A socket for node `name` to write into; give its other end to the node.
+
+    Its lines are prefixed with `shown_as` (default: the name) and kept in
+    the log file of `name`.
+    """
     ours, theirs = socket.socketpair()
+    shown_as = shown_as or name
     prefix = (
-      f"{name} | "
+      f"{shown_as} | "
       if not self._colour
-      else (f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{name}\x1b[0m | ")
+      else (f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{shown_as}\x1b[0m | ")
     )
     log = open(self.log_path(name), "ab")
     with self._drained:

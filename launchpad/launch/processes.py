@@ -14,14 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -109,56 +107,6 @@ def _child_environment() -> dict[str, str]:
   return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
-class _ForkServer:
-  """The launcher's end of a fork server (`zygote.py`)."""
-
-  def __init__(self, on_exit: Callable[[int, int], None]):
-    ours, theirs = socket.socketpair()
-    self._process = subprocess.Popen(
-      [sys.executable, "-c", zygote.COMMAND, str(theirs.fileno())],
-      pass_fds=[theirs.fileno()],
-      env=_child_environment(),
-      start_new_session=True,
-    )
-    theirs.close()
-    self._sock = ours
-    self._on_exit = on_exit
-    self._started: queue.SimpleQueue = queue.SimpleQueue()
-    self._lock = threading.Lock()
-    threading.Thread(target=self._read, name="fork-server", daemon=True).start()
-
-  def start(self, payload: bytes, output: socket.socket) -> int:
-    """Forks a node process running `payload`; returns its pid."""
-    with self._lock:
-      zygote.send_message(self._sock, ("start", payload), [output.fileno()])
-      reply = self._started.get(timeout=60.0)
-    if isinstance(reply, BaseException):
-      raise reply
-    return reply
-
-  def close(self) -> None:
-    """Ends the fork server; it kills whatever children it still has."""
-    try:
-      self._sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-      pass
-    try:
-      self._process.wait(10.0)
-    except subprocess.TimeoutExpired:
-      self._process.kill()
-
-  def _read(self) -> None:
-    try:
-      while True:
-        message, _ = zygote.receive_message(self._sock)
-        if message[0] == "started":
-          self._started.put(message[1])
-        else:
-          self._on_exit(message[1], message[2])
-    except (EOFError, OSError):
-      self._started.put(errors.LaunchpadError("the fork server of node processes died"))
-
-
 class _Child:
   """One node process."""
 
@@ -197,11 +145,11 @@ class _Processes:
     self._by_pid: dict[int, _Child] = {}
     self._early_exits: dict[int, int] = {}
     self._changed = threading.Condition()
-    self._fork_server: _ForkServer | None = None
+    self._fork_server: zygote.ForkServer | None = None
     self.coordinator = coordinator
 
   def start_all(self) -> None:
-    self._fork_server = _ForkServer(self._exited_pid)
+    self._fork_server = zygote.ForkServer(self._exited_pid, _child_environment())
     for index, name in enumerate(self._nodes):
       self._start(name, index)
 
@@ -274,19 +222,39 @@ class _Processes:
         return
       child.returncode = returncode
       self._changed.notify_all()
-    record = self.coordinator.nodes[child.name]
-    if record.state in (FINISHED, FAILED) or child.killed:
-      return
-    self.coordinator.report(
-      control_pb2.NodeEvent(
-        node=child.name,
-        kind=control_pb2.NodeEvent.FAILED,
-        pid=child.pid,
-        host=socket.gethostname(),
-        description=exit_reason(returncode),
-        traceback=_log_tail(self._output.log_path(child.name)),
+    if not child.killed:
+      report_unannounced_exit(
+        self.coordinator,
+        child.name,
+        child.pid,
+        socket.gethostname(),
+        exit_reason(returncode),
+        self._output.log_path(child.name),
       )
+
+
+def report_unannounced_exit(
+  coordinator: Coordinator,
+  name: str,
+  pid: int,
+  host: str,
+  description: str,
+  log_path: pathlib.Path,
+) -> None:
+  """Reports node `name` FAILED if its process ended before the node itself
+  reported how it ended (it crashed, or was killed by someone else)."""
+  if coordinator.nodes[name].state in (FINISHED, FAILED):
+    return
+  coordinator.report(
+    control_pb2.NodeEvent(
+      node=name,
+      kind=control_pb2.NodeEvent.FAILED,
+      pid=pid,
+      host=host,
+      description=description,
+      traceback=_log_tail(log_path),
     )
+  )
 
 
 def exit_reason(code: int | None) -> str:

@@ -17,14 +17,73 @@ from __future__ import annotations
 import array
 import os
 import pickle
+import queue
 import selectors
 import signal
 import socket
 import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from launchpad import errors
 
 _LENGTH = struct.Struct("<Q")
 # How the launcher starts a fork server (the socket's descriptor follows).
 COMMAND = "import socket, sys; from launchpad.launch import zygote; zygote.serve(socket.socket(fileno=int(sys.argv[1])))"
+
+
+class ForkServer:
+  """The launcher's end of a fork server."""
+
+  def __init__(self, on_exit: Callable[[int, int], None], env: dict[str, str]):
+    """`on_exit(pid, returncode)` is called, in a thread of the server's, as
+    each child exits; the children inherit `env`."""
+    ours, theirs = socket.socketpair()
+    self._process = subprocess.Popen(
+      [sys.executable, "-c", COMMAND, str(theirs.fileno())],
+      pass_fds=[theirs.fileno()],
+      env=env,
+      start_new_session=True,
+    )
+    theirs.close()
+    self._sock = ours
+    self._on_exit = on_exit
+    self._started: queue.SimpleQueue = queue.SimpleQueue()
+    self._lock = threading.Lock()
+    threading.Thread(target=self._read, name="fork-server", daemon=True).start()
+
+  def start(self, payload: bytes, output: socket.socket) -> int:
+    """Forks a node process running `payload`; returns its pid."""
+    with self._lock:
+      send_message(self._sock, ("start", payload), [output.fileno()])
+      reply = self._started.get(timeout=60.0)
+    if isinstance(reply, BaseException):
+      raise reply
+    return reply
+
+  def close(self) -> None:
+    """Ends the fork server; it kills whatever children it still has."""
+    try:
+      self._sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+      pass
+    try:
+      self._process.wait(10.0)
+    except subprocess.TimeoutExpired:
+      self._process.kill()
+
+  def _read(self) -> None:
+    try:
+      while True:
+        message, _ = receive_message(self._sock)
+        if message[0] == "started":
+          self._started.put(message[1])
+        else:
+          self._on_exit(message[1], message[2])
+    except (EOFError, OSError):
+      self._started.put(errors.LaunchpadError("the fork server of node processes died"))
 
 
 def send_message(sock: socket.socket, message: object, fds: list[int] = ()) -> None:
