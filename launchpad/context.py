@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from launchpad import errors
+from launchpad import errors, stats
 from launchpad.control.client import ControlClient
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ class ProgramRuntime:
       _runtimes.append(self)
     self._watcher = threading.Thread(target=self._watch, name=f"{program}-stop-watch", daemon=True)
     self._watcher.start()
+    # CPU, memory and node counters of this process, for `lp status --watch`.
+    self.stats = stats.Reporter(self.control)
+    self.stats.start()
 
   def request_stop(self, reason: str) -> None:
     """Stops the whole program, from any process of it."""
@@ -82,6 +85,7 @@ class ProgramRuntime:
     with _runtimes_lock:
       if self in _runtimes:
         _runtimes.remove(self)
+    self.stats.stop()
     self.control.close()
 
   def _watch(self) -> None:

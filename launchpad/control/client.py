@@ -55,6 +55,10 @@ class ControlClient:
   def status(self) -> control_pb2.StatusReply:
     return self._call("Status", control_pb2.Empty(), control_pb2.StatusReply)
 
+  def report_stats(self, stats: control_pb2.ProcessStats) -> None:
+    """Sends what this process measured of itself and its nodes (stats.Reporter)."""
+    self._call("ReportStats", stats, control_pb2.Empty)
+
   def wait_stop(self, timeout: float) -> control_pb2.StopState:
     """Returns when the program is stopping, or after `timeout` (at most 30 s)."""
     request = control_pb2.WaitStopRequest(timeout=timeout)

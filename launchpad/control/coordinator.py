@@ -17,6 +17,7 @@ import hmac
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -49,6 +50,10 @@ class NodeRecord:
   description: str = ""
   traceback: str = ""
   error: bytes = b""
+  # The latest stats of the node's process (ReportStats), while it runs.
+  usage: control_pb2.ProcessUsage | None = None
+  stats: control_pb2.NodeStats | None = None
+  stats_time: float = 0.0  # time.monotonic() when they came
 
 
 class Coordinator:
@@ -156,6 +161,7 @@ class Coordinator:
       record.pid, record.host = event.pid, event.host
       if event.kind == control_pb2.NodeEvent.STARTED:
         record.state = RUNNING
+        record.usage = record.stats = None  # a new process: the old one's stats are void
       elif event.kind == control_pb2.NodeEvent.FINISHED:
         record.state = FINISHED
       else:
@@ -195,7 +201,28 @@ class Coordinator:
       stopping = self._stop_reason is not None or self._closed
       return control_pb2.StopState(stopping=stopping, reason=self._stop_reason or "")
 
+  def report_stats(self, stats: control_pb2.ProcessStats) -> None:
+    """Keeps what a process reported: its usage for every running node it runs
+    (same pid and host), and each node's own counters."""
+    counters = {node.node: node for node in stats.nodes}
+    now = time.monotonic()
+    with self._changed:  # no notify: nobody waits for stats
+      for record in self.nodes.values():
+        if record.state == RUNNING and (record.pid, record.host) == (stats.pid, stats.host):
+          record.usage, record.stats = stats.usage, counters.get(record.name)
+          record.stats_time = now
+
+  def _stats_of(self, record: NodeRecord, now: float) -> dict[str, Any]:
+    """The NodeStatus fields of `record`'s latest stats (none unless it runs)."""
+    if record.state != RUNNING or record.usage is None:
+      return {}
+    fields = {"usage": record.usage, "stats_age": now - record.stats_time}
+    if record.stats is not None:
+      fields["stats"] = record.stats
+    return fields
+
   def status(self) -> control_pb2.StatusReply:
+    now = time.monotonic()
     with self._changed:
       nodes = [
         control_pb2.NodeStatus(
@@ -206,6 +233,7 @@ class Coordinator:
           addresses=r.addresses,
           restarts=r.restarts,
           description=r.description,
+          **self._stats_of(r, now),
         )
         for r in self.nodes.values()
       ]
@@ -261,6 +289,7 @@ class Coordinator:
         "Stop": method(lambda r: self.request_stop(r.reason) or pb.Empty(), pb.StopRequest),
         "WaitStop": method(lambda r: self.wait_stop(r.timeout), pb.WaitStopRequest),
         "Status": method(lambda r: self.status(), pb.Empty),
+        "ReportStats": method(lambda r: self.report_stats(r) or pb.Empty(), pb.ProcessStats),
       },
     )
 

@@ -91,6 +91,10 @@ class Server:
     self._stopped = False
     self._watchdog = _Watchdog(self)
     self._busy = 0  # requests being handled, replies included
+    # Requests handled, and those that raised, since the server started:
+    # plain increments, read once a second by the stats reporter (stats.py).
+    self.calls = 0
+    self.errors = 0
     self._idle = threading.Condition()
     self.address: str | None = None
     self.local_address: str | None = None
@@ -229,6 +233,7 @@ class Server:
           self._idle.notify_all()
 
   def _reply(self, conn: _Connection, frame: protocol.Frame) -> None:
+    self.calls += 1
     try:
       method, args, kwargs = serialization.loads(frame.payload, frame.buffers)
       result = self._lookup(method)(*args, **kwargs)
@@ -236,6 +241,7 @@ class Server:
       kind = protocol.REPLY
     except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
       payload, buffers, kind = encode_error(e, self._label), [], protocol.ERROR
+      self.errors += 1
     try:
       with conn.write_lock:
         protocol.send_frame(conn.sock, kind, 0, frame.call_id, payload, buffers)

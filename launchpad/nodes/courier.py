@@ -39,6 +39,7 @@ class CourierNode(PyClassNode):
       instance, secret=runtime.secret, label=self.name or "courier", host=runtime.host
     )
     server.start(previous=runtime.control.previous_addresses(self.name))
+    runtime.stats.track_server(self.name, server)
     try:
       runtime.control.register(self.name, [a for a in (server.address, server.local_address) if a])
       run = getattr(instance, "run", None)
@@ -47,6 +48,7 @@ class CourierNode(PyClassNode):
       else:
         runtime.stop_event.wait()
     finally:
+      runtime.stats.forget(self.name)
       # Calls that the stop woke (or that were about to end) send their
       # replies before the connections close.
       server.drain(STOP_DRAIN_SECONDS)
