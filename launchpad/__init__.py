@@ -31,7 +31,7 @@ from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreading
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
-from launchpad.resources import PythonProcess
+from launchpad.resources import PythonProcess, RayResources
 
 __all__ = [
   "CallTimeoutError",
@@ -54,6 +54,7 @@ __all__ = [
   "PyClassNode",
   "PyNode",
   "PythonProcess",
+  "RayResources",
   "RemoteError",
   "ReplayNode",
   "SerializationError",

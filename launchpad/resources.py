@@ -1,8 +1,9 @@
-"""Per-group settings for process launchers (`local_resources={label: ...}`)."""
+"""Per-group settings for launchers (`local_resources={label: ...}`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,3 +27,49 @@ class PythonProcess:
     for key, value in self.env.items():
       if not isinstance(key, str) or not isinstance(value, str):
         raise TypeError(f"PythonProcess env must map str to str; got {key!r}: {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RayResources:
+  """What each Ray actor of one group asks its cluster for (`launch_type='ray'`).
+
+  Attributes:
+    num_cpus: CPUs reserved per node. The default is a tenth of a core so
+      that a program of many light nodes fits on a laptop; give real numbers
+      to nodes that compute.
+    num_gpus: GPUs per node; Ray sets CUDA_VISIBLE_DEVICES in the node's actor.
+    resources: custom resources per node, as the cluster's nodes declare
+      them (`ray start --resources`, a KubeRay group's rayStartParams),
+      e.g. {'TPU': 4}.
+    runtime_env: the Ray runtime environment of the group's actors
+      (env_vars, pip, working_dir, ...), merged over the job's own.
+  """
+
+  num_cpus: float = 0.1
+  num_gpus: float = 0.0
+  resources: dict[str, float] = dataclasses.field(default_factory=dict)
+  runtime_env: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    _check_amount("num_cpus", self.num_cpus)
+    _check_amount("num_gpus", self.num_gpus)
+    if not isinstance(self.resources, dict):
+      raise TypeError(f"RayResources resources must be a dict, got {self.resources!r}.")
+    for name, amount in self.resources.items():
+      if not isinstance(name, str):
+        raise TypeError(f"RayResources resources are named by strings, got {name!r}.")
+      if name in ("CPU", "GPU"):
+        raise ValueError(
+          f"RayResources resources names {name!r}: ask for CPUs and GPUs with num_cpus and "
+          "num_gpus."
+        )
+      _check_amount(f"resources[{name!r}]", amount)
+    if not isinstance(self.runtime_env, dict):
+      raise TypeError(f"RayResources runtime_env must be a dict, got {self.runtime_env!r}.")
+
+
+def _check_amount(what: str, amount: Any) -> None:
+  if isinstance(amount, bool) or not isinstance(amount, int | float):
+    raise TypeError(f"RayResources {what} must be a number, got {amount!r}.")
+  if not amount >= 0:
+    raise ValueError(f"RayResources {what} must be >= 0, got {amount!r}.")
