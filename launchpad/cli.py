@@ -2,7 +2,9 @@
 
   lp launch [--mode=multiprocess|threads|test] TARGET [-- ARGS...]
   lp status [RUN]
+  lp status --watch [RUN]   (or lp top [RUN]): a live table of a running program
   lp stop RUN
+  lp graph [--format=dot|mermaid|svg|png] [-o FILE] TARGET [-- ARGS...]
 
 Exit status of `lp launch`: 0 when the program ended normally (its nodes
 ended, or lp.stop() was called); 1 when a node failed (its traceback or exit
@@ -13,6 +15,7 @@ by signal N (130 for Ctrl-C, 143 for SIGTERM), after a graceful stop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -20,15 +23,18 @@ import os
 import pathlib
 import runpy
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 import psutil
 from absl import flags as absl_flags
 
-from launchpad import errors, runs
+import launchpad
+from launchpad import errors, graph, live_view, runs
 from launchpad.control.client import ControlClient
 from launchpad.program import Program
 
@@ -74,6 +80,26 @@ exit status: 0 program ended normally; 1 a node failed; 2 bad command line
 or target; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
 """
 
+GRAPH_HELP = """\
+Draws a program without running it: a box per group (label) holding its
+nodes, each with its name, type and the function or class it runs;
+colocations as boxes inside their group; and an arrow from each node to
+every node whose handle it receives (caller -> callee).
+
+TARGET is given as to `lp launch`: file.py:function or package.module:function
+returning the Program, or file.py, whose main then runs up to its lp.launch
+call, which hands the program over instead of launching it. Options go
+before TARGET; arguments after `--` reach the target's absl flags.
+
+examples:
+  lp graph examples/consumer_producers.py -- --num_producers=3
+  lp graph --format=mermaid examples/consumer_producers.py:make_program
+  lp graph -o program.svg mypackage.agent:make_program
+
+dot and mermaid are text, made without other tools; svg and png need
+Graphviz's `dot` program (apt-get install graphviz).
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -81,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     return _launch(args)
   if args.command == "status":
     return _status(args)
+  if args.command == "top":
+    return _watch(args)
+  if args.command == "graph":
+    return _graph(args)
   return _stop(args)
 
 
@@ -117,12 +147,82 @@ def _parser() -> argparse.ArgumentParser:
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
   status = commands.add_parser("status", help="list running programs and their nodes")
   status.add_argument("run", nargs="?", help="a run name (default: every running program)")
+  status.add_argument(
+    "--watch", action="store_true", help="a live table of one program until it ends (= lp top)"
+  )
+  _add_watch_options(status)
+  top = commands.add_parser(
+    "top", help="a live table of a running program: states, CPU, memory, RPC rates, replay"
+  )
+  top.add_argument("run", nargs="?", help="a run name (default: the one running program)")
+  _add_watch_options(top)
   stop = commands.add_parser("stop", help="stop a running program gracefully")
   stop.add_argument("run", help="the run name shown by `lp status`")
+  drawing = commands.add_parser(
+    "graph",
+    help="draw a program's nodes, groups and handles",
+    description=GRAPH_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  drawing.add_argument(
+    "--format", choices=graph.FORMATS, help="default: from the suffix of -o, else dot"
+  )
+  drawing.add_argument("-o", "--output", type=pathlib.Path, help="write here, not to stdout")
+  drawing.add_argument("target", help="file.py, file.py:function or package.module:function")
+  drawing.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
   return parser
 
 
+def _add_watch_options(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    "--interval", type=float, default=1.0, metavar="SECONDS", help="between refreshes"
+  )
+  parser.add_argument(
+    "--iterations", type=int, metavar="N", help="show N tables, then exit (default: until the end)"
+  )
+
+
 def _launch(args: argparse.Namespace) -> int:
+  launch_lib = importlib.import_module("launchpad.launch")
+  progress = _Progress(launch_lib.launched, args.grace_period)
+  try:
+    return _launch_and_wait(args)
+  finally:
+    progress.stop()
+
+
+class _Progress:
+  """Prints how launches and stops of the launched programs go, on stderr
+  (live_view.LaunchProgress), from a thread of its own."""
+
+  SECONDS = 0.25  # between looks at the programs' status
+
+  def __init__(self, launched: list, grace_period: float):
+    self._launched = launched
+    self._grace_period = grace_period
+    self._stopped = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="lp-progress", daemon=True)
+    self._thread.start()
+
+  def stop(self) -> None:
+    self._stopped.set()
+    self._thread.join(5.0)
+
+  def _run(self) -> None:
+    watchers: dict[int, live_view.LaunchProgress] = {}
+    looked = time.monotonic()  # a program first seen now was launched since
+    while not self._stopped.wait(self.SECONDS):
+      for controller in list(self._launched):
+        if not controller.done:
+          watcher = watchers.setdefault(
+            id(controller),
+            live_view.LaunchProgress(controller.program, sys.stderr, self._grace_period, looked),
+          )
+          watcher.update(controller.status())
+      looked = time.monotonic()
+
+
+def _launch_and_wait(args: argparse.Namespace) -> int:
   # The module, not the `lp.launch` function of the same name.
   launch_lib = importlib.import_module("launchpad.launch")
 
@@ -229,7 +329,103 @@ def _wait_all(controllers: list) -> int:
   return status
 
 
+def _graph(args: argparse.Namespace) -> int:
+  target_args = args.target_args[1:] if args.target_args[:1] == ["--"] else args.target_args
+  suffix = args.output.suffix.lstrip(".") if args.output else ""
+  fmt = args.format or {"gv": "dot", "mmd": "mermaid"}.get(suffix, suffix)
+  fmt = fmt if fmt in graph.FORMATS else "dot"
+  try:
+    data = graph.render(_load_program(args.target, target_args), fmt)
+  except (errors.ProgramError, _BadTarget) as e:
+    print(f"lp graph: {e}", file=sys.stderr)
+    return 2
+  except graph.GraphvizError as e:
+    print(f"lp graph: {e}", file=sys.stderr)
+    return 1
+  if args.output is None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+  else:
+    args.output.write_bytes(data)
+  return 0
+
+
+def _load_program(target: str, target_args: list[str]) -> Program:
+  """The program TARGET gives, as `lp launch` would get it, without running it."""
+  path, _, function = target.partition(":")
+  if function:
+    return _program_from(path, function, target_args)
+  try:
+    with _capturing_launch():
+      status = _run_main(path, target_args, MODES["threads"])
+  except _Captured as captured:
+    if not isinstance(captured.program, Program):
+      raise _BadTarget(
+        f"{path} called lp.launch with {captured.program!r}, not a lp.Program."
+      ) from None
+    return captured.program
+  raise _BadTarget(
+    f"{path} ended (exit status {status}) without calling lp.launch, so there is no program "
+    f"to draw; name a function that returns it instead: {path}:make_program."
+  )
+
+
+class _Captured(BaseException):
+  """Raised by lp.launch under `_capturing_launch`, ending the target's main there."""
+
+  def __init__(self, program: Any):
+    super().__init__()
+    self.program = program
+
+
+@contextlib.contextmanager
+def _capturing_launch() -> Iterator[None]:
+  """Makes lp.launch raise _Captured(program) instead of launching: a file
+  target's main then builds its program as usual, and nothing runs."""
+  launch_lib = importlib.import_module("launchpad.launch")
+  original = launch_lib.launch
+
+  def capture(program: Any, *args: Any, **kwargs: Any) -> None:
+    raise _Captured(program)
+
+  launchpad.launch = launch_lib.launch = capture
+  try:
+    yield
+  finally:
+    launchpad.launch = launch_lib.launch = original
+
+
+def _watch(args: argparse.Namespace) -> int:
+  """`lp status --watch` and `lp top`: a live table of one running program."""
+  command = f"lp {args.command}"
+  try:
+    run = runs.find(args.run) if args.run else _only_run()
+  except LookupError as e:
+    print(f"{command}: {e}", file=sys.stderr)
+    return 2
+  info = run.info()
+  client = ControlClient(info["coordinator"], token=run.token())
+  try:
+    title = f"{run.name}  launcher pid={info['launcher_pid']}"
+    return live_view.watch(client.status, title, sys.stdout, args.interval, args.iterations)
+  finally:
+    client.close()
+
+
+def _only_run() -> runs.Run:
+  running = runs.running()
+  if len(running) == 1:
+    return running[0]
+  if not running:
+    raise LookupError("no running programs; start one with `lp launch`.")
+  names = ", ".join(r.name for r in running)
+  raise LookupError(f"{len(running)} programs run ({names}); name the one to watch.")
+
+
 def _status(args: argparse.Namespace) -> int:
+  if args.watch:
+    return _watch(args)
   selected = [runs.find(args.run)] if args.run else runs.running()
   if not selected:
     print("no running programs")

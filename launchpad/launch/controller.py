@@ -19,6 +19,7 @@ from typing import Protocol
 
 from launchpad import errors
 from launchpad.context import ProgramRuntime
+from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
 from launchpad.launch.plan import Plan
 
@@ -127,6 +128,11 @@ class Controller:
         "stuck where neither the stop nor a kill reaches them (a thread of the threads "
         "launcher cannot be killed); give stop() a longer timeout or end them yourself."
       )
+
+  def status(self) -> control_pb2.StatusReply:
+    """Every node's state, pid, host and restarts, and the latest stats its
+    process reported (what `lp status` shows)."""
+    return self._coordinator.status()
 
   def _running_nodes(self) -> list[str]:
     """The nodes that have not ended yet."""
