@@ -41,14 +41,11 @@ class RayResources:
     resources: custom resources per node, as the cluster's nodes declare
       them (`ray start --resources`, a KubeRay group's rayStartParams),
       e.g. {'TPU': 4}.
-    runtime_env: the Ray runtime environment of the group's actors
-      (env_vars, pip, working_dir, ...), merged over the job's own.
   """
 
   num_cpus: float = 0.1
   num_gpus: float = 0.0
   resources: dict[str, float] = dataclasses.field(default_factory=dict)
-  runtime_env: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     _check_amount("num_cpus", self.num_cpus)
@@ -64,8 +61,6 @@ class RayResources:
           "num_gpus."
         )
       _check_amount(f"resources[{name!r}]", amount)
-    if not isinstance(self.runtime_env, dict):
-      raise TypeError(f"RayResources runtime_env must be a dict, got {self.runtime_env!r}.")
 
 
 def _check_amount(what: str, amount: Any) -> None:

@@ -146,7 +146,7 @@ def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, R
     if not isinstance(resource, RayResources):
       raise TypeError(
         f"local_resources[{group!r}] is a {type(resource).__name__}; the ray launcher "
-        "takes lp.RayResources(num_cpus=..., num_gpus=..., resources=..., runtime_env=...)."
+        "takes lp.RayResources(num_cpus=..., num_gpus=..., resources=...)."
       )
   return dict(local_resources)
 
@@ -335,7 +335,6 @@ class _Actors:
         num_cpus=resource.num_cpus,
         num_gpus=resource.num_gpus,
         resources=dict(resource.resources),
-        runtime_env=resource.runtime_env or None,
         max_restarts=0,
       ).remote(name)
     except (ValueError, TypeError) as e:

@@ -1,0 +1,374 @@
+"""Tests of the Ray launcher (`launch_type='ray'`) on one real local Ray instance.
+
+The module starts one small Ray instance and every program joins it, so
+each test pays for actors, not for a cluster. Ray is told to use loopback
+(it would pick the host's outward address otherwise). Nodes defined here
+travel to their actors by value: actors never import this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import types
+from unittest import mock
+
+import cloudpickle
+import pytest
+from absl import flags
+
+# Read by Ray when it is imported, in this process and in the children it starts.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+ray_launcher = pytest.importorskip("launchpad.launch.ray", reason="needs ray")
+
+import ray  # noqa: E402 - after the skip
+
+import launchpad as lp  # noqa: E402
+from launchpad.control.coordinator import FINISHED  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Bound on every wait for a program, a call or a command.
+TIMEOUT = 60.0
+
+
+def _load_example(name: str) -> types.ModuleType:
+  """examples/NAME.py, loaded once per process under the name the examples'
+  own tests use, its absl flags on a FlagValues of their own (the examples
+  share flag names); it travels to the actors by value."""
+  module_name = f"launchpad_examples_{name}"
+  if module_name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    define = functools.partial(flags.DEFINE_integer, flag_values=flags.FlagValues())
+    with mock.patch.object(flags, "DEFINE_integer", define):
+      spec.loader.exec_module(module)
+    sys.modules[module_name] = module
+  cloudpickle.register_pickle_by_value(sys.modules[module_name])
+  return sys.modules[module_name]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+  """One local Ray instance for the module; its address."""
+  ray.init(num_cpus=2, resources={"widget": 2}, include_dashboard=False)
+  yield ray.get_runtime_context().gcs_address
+  ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def launchpad_home(tmp_path, monkeypatch):
+  """Run directories go to a temporary home, never the real one."""
+  home = tmp_path / "lphome"
+  monkeypatch.setenv("LAUNCHPAD_HOME", str(home))
+  return home
+
+
+@pytest.fixture
+def launched(cluster):
+  """lp.launch in ray mode; every program launched is stopped at teardown."""
+  controllers = []
+
+  def _launch(program, **kwargs):
+    kwargs.setdefault("grace_period", 2.0)
+    controller = lp.launch(program, launch_type="ray", **kwargs)
+    controllers.append(controller)
+    return controller
+
+  yield _launch
+  for controller in controllers:
+    controller.stop(timeout=TIMEOUT)
+
+
+def records(controller) -> dict:
+  """The coordinator's record of every node."""
+  return controller._coordinator.nodes
+
+
+def client(handle):
+  return handle.dereference().with_timeout(TIMEOUT)
+
+
+# Nodes.
+
+
+class Service:
+  """Says where it runs."""
+
+  def __init__(self):
+    print("service up", flush=True)
+
+  def where(self) -> dict:
+    context = ray.get_runtime_context()
+    return {
+      "actor": context.get_actor_name(),
+      "resources": context.get_assigned_resources(),
+      "pid": os.getpid(),
+      "run_dir": os.environ.get("LAUNCHPAD_RUN_DIR"),
+    }
+
+
+def explode() -> None:
+  raise ValueError("boom 17")
+
+
+def vanish() -> None:
+  os._exit(3)
+
+
+def fail_twice_then_succeed(path: str) -> None:
+  """Raises on its first run and dies on its second (counted in a file)."""
+  with open(path, "a") as f:
+    f.write("run\n")
+  runs = len(pathlib.Path(path).read_text().splitlines())
+  if runs == 1:
+    raise RuntimeError("first run fails")
+  if runs == 2:
+    os._exit(5)
+
+
+def ignore_stop() -> None:
+  threading.Event().wait(TIMEOUT)
+
+
+def program_with(name: str, node: lp.Node, label: str) -> tuple[lp.Program, lp.Handle]:
+  """A program of a serving Service and `node`; the Service's handle."""
+  program = lp.Program(name)
+  service = program.add_node(lp.CourierNode(Service), label="service")
+  program.add_node(node, label=label)
+  return program, service
+
+
+# Running.
+
+
+def test_consumer_producers_example_runs_to_completion_in_actors(launched):
+  example = _load_example("consumer_producers")
+  controller = launched(example.make_program(num_producers=3, num_steps=3))
+  assert controller.wait(TIMEOUT) is True
+  assert controller.failures() == []
+  nodes = records(controller)
+  assert {r.state for r in nodes.values()} == {FINISHED}
+  pids = {r.pid for r in nodes.values()}
+  assert len(pids) == 4 and os.getpid() not in pids
+
+
+def test_replay_example_runs_to_completion_in_actors(launched):
+  example = _load_example("replay_actors_learner")
+  controller = launched(example.make_program(num_actors=2, num_steps=5))
+  assert controller.wait(TIMEOUT) is True
+  assert controller.failures() == []
+  assert {r.state for r in records(controller).values()} == {FINISHED}
+
+
+def test_each_node_is_an_actor_named_after_it_with_its_group_resources(launched, capsys):
+  program = lp.Program("resources")
+  with program.group("service"):
+    services = [program.add_node(lp.CourierNode(Service)) for _ in range(2)]
+  resources = {"service": lp.RayResources(num_cpus=0.5, resources={"widget": 1})}
+  controller = launched(program, local_resources=resources)
+
+  where = [client(s).where() for s in services]
+  assert [w["actor"] for w in where] == ["service[0]", "service[1]"]
+  assert all(w["resources"] == {"CPU": 0.5, "widget": 1.0} for w in where)
+  assert where[0]["pid"] != where[1]["pid"]
+  assert where[0]["run_dir"] == str(controller.run_dir)
+  named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+  assert {"service[0]", "service[1]"} <= named
+  # Ray prefixes each node's lines with the node's name (the actor's repr).
+  _wait_for_output(capsys, re.compile(r"\(service\[1\] pid=\d+\).* service up"))
+
+  controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+  named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+  assert not {"service[0]", "service[1]"} & named
+
+
+def _wait_for_output(capsys, pattern: re.Pattern) -> None:
+  """Waits for a line of this process's output (Ray prints actors' lines
+  from a thread of its own, when they arrive) that matches `pattern`."""
+  seen = ""
+  deadline = time.monotonic() + TIMEOUT
+  while not pattern.search(seen):
+    if time.monotonic() > deadline:
+      pytest.fail(f"no output line matched {pattern.pattern!r} in {TIMEOUT} s; got:\n{seen}")
+    seen += capsys.readouterr().out
+    time.sleep(0.05)
+
+
+def test_stop_ends_nodes_gracefully_and_kills_those_that_ignore_it(launched):
+  program, service = program_with("stubborn", lp.PyNode(ignore_stop), "stubborn")
+  controller = launched(program, grace_period=1.0)
+  assert client(service).where()["actor"] == "service[0]"
+  controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+  nodes = records(controller)
+  assert nodes["service[0]"].state == FINISHED
+  assert nodes["stubborn[0]"].state != FINISHED  # killed after the grace period
+  named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+  assert "stubborn[0]" not in named
+
+
+# Failures.
+
+
+def test_a_crash_is_reported_with_its_traceback_and_stops_the_program(launched):
+  controller = launched(program_with("crash", lp.PyNode(explode), "crasher")[0])
+  with pytest.raises(lp.NodeFailedError) as failure:
+    controller.wait(TIMEOUT)
+  assert failure.value.node == "crasher[0]"
+  assert "ValueError: boom 17" in failure.value.description
+  assert 'raise ValueError("boom 17")' in failure.value.remote_traceback
+  assert records(controller)["service[0]"].state == FINISHED
+
+
+def test_an_actor_that_dies_without_reporting_is_a_failure(launched):
+  controller = launched(program_with("vanish", lp.PyNode(vanish), "vanisher")[0])
+  with pytest.raises(lp.NodeFailedError) as failure:
+    controller.wait(TIMEOUT)
+  assert failure.value.node == "vanisher[0]"
+  assert "Ray actor died" in failure.value.description
+  assert "vanisher[0]" in failure.value.remote_traceback  # Ray's account names the actor
+  assert records(controller)["service[0]"].state == FINISHED
+
+
+def test_a_node_restarts_on_failure_in_a_new_actor(launched, tmp_path):
+  count = tmp_path / "runs"
+  program = lp.Program("restarts")
+  program.add_node(
+    lp.PyNode(fail_twice_then_succeed, str(count)),
+    label="flaky",
+    restart="on-failure",
+    max_restarts=2,
+    restart_backoff=0.0,
+  )
+  controller = launched(program)
+  assert controller.wait(TIMEOUT) is True
+  assert controller.failures() == []
+  assert count.read_text().splitlines() == ["run"] * 3
+  assert records(controller)["flaky[0]"].restarts == 2
+
+
+# Bad input.
+
+
+@pytest.mark.parametrize(
+  ("resources", "error", "message"),
+  [
+    ({"learner": lp.RayResources()}, lp.ProgramError, "its groups are: crasher, service"),
+    ({"service": lp.PythonProcess()}, TypeError, "takes lp.RayResources"),
+  ],
+)
+def test_local_resources_must_name_groups_and_be_ray_resources(resources, error, message):
+  program, _ = program_with("bad_resources", lp.PyNode(explode), "crasher")
+  with pytest.raises(error, match=re.escape(message)):
+    lp.launch(program, launch_type="ray", local_resources=resources)
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "message"),
+  [
+    ({"num_cpus": -1}, ValueError, "num_cpus must be >= 0"),
+    ({"num_gpus": "1"}, TypeError, "num_gpus must be a number"),
+    ({"num_cpus": True}, TypeError, "num_cpus must be a number"),
+    ({"resources": {"CPU": 1}}, ValueError, "num_cpus and num_gpus"),
+    ({"resources": {1: 1}}, TypeError, "named by strings"),
+    ({"resources": {"widget": float("nan")}}, ValueError, "resources['widget'] must be >= 0"),
+    ({"resources": ["widget"]}, TypeError, "resources must be a dict"),
+  ],
+)
+def test_ray_resources_reject_bad_values(kwargs, error, message):
+  with pytest.raises(error, match=re.escape(message)):
+    lp.RayResources(**kwargs)
+
+
+# A cluster of the launcher's own.
+
+# Starts a program on a new local cluster, fails to launch one that asks for
+# a resource the cluster lacks, and checks that the cluster ends with the
+# first program.
+_OWN_CLUSTER_SCRIPT = textwrap.dedent(
+  """
+  import threading
+  import psutil
+  import ray
+  import launchpad as lp
+
+  class Service:
+    pass
+
+  def program(name):
+    program = lp.Program(name)
+    program.add_node(lp.CourierNode(Service), label="service")
+    return program
+
+  controller = lp.launch(program("first"), launch_type="ray", grace_period=2.0)
+  try:
+    lp.launch(program("second"), launch_type="ray",
+              local_resources={"service": lp.RayResources(resources={"widget": 1})})
+  except lp.ProgramError as e:
+    print("refused:", e)
+  controller.stop(timeout=30)
+  for thread in threading.enumerate():
+    if thread.name == "first-supervisor":
+      thread.join(30)
+  print("initialized:", ray.is_initialized())
+  _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=20)
+  print("children left:", len(alive))
+  """
+)
+
+
+def test_a_cluster_started_by_the_launcher_checks_requests_and_ends_with_the_program(tmp_path):
+  env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+  env["LAUNCHPAD_HOME"] = str(tmp_path)
+  result = subprocess.run(
+    [sys.executable, "-c", _OWN_CLUSTER_SCRIPT],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=env,
+    cwd=tmp_path,
+  )
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  refused = [line for line in lines if line.startswith("refused:")]
+  assert len(refused) == 1 and "group 'service' asks for 1 widget" in refused[0], lines
+  assert "initialized: False" in lines and "children left: 0" in lines, lines
+
+
+# The command line.
+
+
+def _lp_launch(cluster: str, tmp_path: pathlib.Path, *target: str) -> subprocess.CompletedProcess:
+  command = [sys.executable, "-m", "launchpad.cli", "launch", "--mode=ray"]
+  return subprocess.run(
+    [*command, f"--ray-address={cluster}", "--grace-period=2", *target],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env={**os.environ, "LAUNCHPAD_HOME": str(tmp_path)},
+    cwd=ROOT,
+  )
+
+
+def test_lp_launch_runs_an_example_on_a_cluster_and_exits_0(cluster, tmp_path):
+  result = _lp_launch(cluster, tmp_path, "examples/consumer_producers.py", "--", "--num_steps=3")
+  assert result.returncode == 0, result.stderr
+  step = re.compile(r"\(consumer\[0\] pid=\d+\).* Step 2: results \[0, 1\]")
+  assert any(step.search(line) for line in result.stdout.splitlines()), result.stdout
+
+
+def test_lp_launch_exits_1_naming_a_node_that_crashed(cluster, tmp_path):
+  result = _lp_launch(cluster, tmp_path, "tests/launch/programs/lp_crash.py:make_program")
+  assert result.returncode == 1, result.stderr
+  assert "node crasher[0] failed: ValueError: boom 17" in result.stderr
