@@ -23,6 +23,9 @@ CLEAR_SCREEN = "\x1b[H\x1b[2J"
 COLUMNS = ("NODE", "STATE", "RESTARTS", "HOST", "PID", "CPU%", "MEM MB", "CALLS/S", "ERRORS/S")
 # Columns aligned left; the others are numbers, aligned right.
 _LEFT = {"NODE", "STATE", "HOST"}
+# Processes report every second (stats.REPORT_SECONDS): figures older than
+# this come from a process that stopped reporting.
+STALE_SECONDS = 5.0
 
 
 def frame(reply: control_pb2.StatusReply, title: str) -> str:
@@ -45,6 +48,12 @@ def frame(reply: control_pb2.StatusReply, title: str) -> str:
   shared = Counter((n.host, n.pid) for n in reply.nodes if n.HasField("usage"))
   if any(count > 1 for count in shared.values()):
     lines.append("CPU% and MEM MB are per process: nodes with the same HOST and PID share them.")
+  stale = [n.node for n in reply.nodes if n.HasField("usage") and n.stats_age > STALE_SECONDS]
+  if stale:
+    lines.append(
+      f"no report for over {STALE_SECONDS:g} s from the processes of {', '.join(stale)}: "
+      "their figures are old (a process busy without releasing the interpreter, or stopped)."
+    )
   return "\n".join(lines) + "\n"
 
 

@@ -79,11 +79,11 @@ def parse_frame(text: str) -> tuple[str, dict[str, dict[str, str]], list[str]]:
   title, columns = lines[start - 1], live_view.COLUMNS
   rows, others = {}, []
   for line in lines[start + 1 :]:
-    if line.startswith(" ") or line.startswith("CPU%"):
-      others.append(line.strip())
-      continue
     cells = line.split()  # "MEM MB" is one column with one-word cells
-    rows[cells[0]] = dict(zip(columns, cells, strict=True))
+    if line.startswith(" ") or len(cells) != len(columns):
+      others.append(line.strip())  # replay tables, notes
+    else:
+      rows[cells[0]] = dict(zip(columns, cells, strict=True))
   return title, rows, others
 
 
@@ -211,6 +211,21 @@ def status(*states: str, stopping: bool = False) -> control_pb2.StatusReply:
     reason="a test" if stopping else "",
     nodes=[control_pb2.NodeStatus(node=f"n[{i}]", state=s) for i, s in enumerate(states)],
   )
+
+
+def test_figures_a_process_stopped_reporting_are_flagged_as_old():
+  reply = status("running", "running")
+  usage = control_pb2.ProcessUsage(cpu_percent=50, memory_bytes=2**30)
+  reply.nodes[0].usage.CopyFrom(usage)
+  reply.nodes[0].stats_age = live_view.STALE_SECONDS + 1
+  reply.nodes[1].usage.CopyFrom(usage)
+  reply.nodes[1].stats_age = 0.5
+  text = live_view.frame(reply, "p")
+  _, rows, others = parse_frame(text)
+  assert set(rows) == {"n[0]", "n[1]"}
+  assert (rows["n[0]"]["CPU%"], rows["n[0]"]["MEM MB"]) == ("50", "1024")
+  [old] = [line for line in others if line.startswith("no report")]
+  assert old.startswith("no report for over 5 s from the processes of n[0]: their figures are old")
 
 
 class Terminal(io.StringIO):
