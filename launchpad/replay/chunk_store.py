@@ -58,8 +58,18 @@ def new_key() -> int:
   return _key_source.getrandbits(64)
 
 
+def new_keys(count: int) -> list[int]:
+  """`count` random uint64s at once (as `new_key`, for a batch)."""
+  if count < 1:
+    return []
+  raw = _key_source.getrandbits(64 * count).to_bytes(8 * count, "little")
+  return np.frombuffer(raw, dtype="<u8").tolist()
+
+
 def check_key(key: Any, what: str = "key") -> int:
   """Returns `key` as an int, or raises ValueError unless it is an integer in [0, 2**64)."""
+  if type(key) is int and 0 <= key < _MAX_KEY:
+    return key  # the common case, quickly
   if isinstance(key, bool) or not isinstance(key, int | np.integer):
     raise ValueError(f"{what} must be an integer (uint64), got {key!r}")
   value = int(key)
@@ -239,8 +249,8 @@ class ChunkStore:
       self._refs[key] = 1
       self._nbytes += chunk.nbytes
 
-  def acquire(self, keys: Iterable[int]) -> dict[int, np.ndarray]:
-    """Adds one reference to each chunk (all or none); returns their arrays.
+  def acquire(self, keys: Iterable[int], count: int = 1) -> dict[int, np.ndarray]:
+    """Adds `count` references to each chunk (all or none); returns their arrays.
 
     Raises:
       KeyError: if a chunk is not stored (then no reference is added).
@@ -251,7 +261,7 @@ class ChunkStore:
       if missing:
         raise KeyError(f"chunks not stored: {missing}")
       for key in keys:
-        self._refs[key] += 1
+        self._refs[key] += count
       return {key: self._chunks[key] for key in keys}
 
   def release(self, keys: Iterable[int]) -> None:
@@ -294,6 +304,37 @@ class ChunkStore:
     """`normalize_refs` against the chunks stored now."""
     with self._lock:
       return normalize_refs(data_refs, self._chunks.get)
+
+  def rows(self, columns: Any, count: int) -> tuple[dict[int, np.ndarray], dict[str, ColumnSpec]]:
+    """Checks a batch's columns (column -> chunk key, each chunk `count` rows).
+
+    Returns:
+      (chunk key -> array, column -> the dtype and shape of one row).
+
+    Raises:
+      ValueError: naming the column, for a bad or missing chunk or a chunk
+        of another number of rows.
+    """
+    if not isinstance(columns, Mapping) or not columns:
+      raise ValueError(f"columns must be a non-empty mapping column -> chunk key, got {columns!r}")
+    arrays: dict[int, np.ndarray] = {}
+    specs: dict[str, ColumnSpec] = {}
+    with self._lock:
+      for column, chunk_key in columns.items():
+        if not isinstance(column, str):
+          raise ValueError(f"column names must be strings, got {column!r}")
+        chunk_key = check_key(chunk_key, f"column {column!r}: chunk key")
+        array = self._chunks.get(chunk_key)
+        if array is None:
+          raise ValueError(f"column {column!r} references chunk {chunk_key}, which is not stored")
+        if array.shape[0] != count:
+          raise ValueError(
+            f"column {column!r}: chunk {chunk_key} has {array.shape[0]} rows, not one per item "
+            f"of the batch ({count})"
+          )
+        arrays[chunk_key] = array
+        specs[column] = ColumnSpec(array.dtype, array.shape[1:])
+    return arrays, specs
 
   def resolve(self, data_refs: Any) -> dict[str, np.ndarray]:
     """An item's arrays from its data references (checked first)."""

@@ -6,13 +6,15 @@
     [sample] = client.sample("q")           # sample.data["obs"], sample.info.key
 
 Data: an item is a dict column -> array (or scalar), or any nesting of dicts,
-lists and tuples: it is flattened to columns named by their path joined with
-"/" ({"obs": {"pos": x}, "r": [a, b]} -> "obs/pos", "r/0", "r/1"; a bare
-array is the column "data"). Samples carry the flat columns.
+lists, tuples and namedtuples: it is flattened to columns named by their
+path joined with "/" ({"obs": {"pos": x}, "r": [a, b]} -> "obs/pos", "r/0",
+"r/1"; a bare array is the column "data"), and its structure travels with
+it, so samples come back nested as the item was (structure.py).
 
 Speed: numpy arrays travel out of band. `insert_batch` stacks the items of
 one structure into one array per column: one RPC and one chunk per column
-for the whole batch. `sample_batch` returns the items stacked per column.
+for the whole batch, which the server inserts under one lock hold per table
+(Table.insert_many). `sample_batch` returns the items stacked per column.
 
 Timeouts: every call that may block on a rate limiter takes `timeout`
 (seconds or a timedelta; None waits as long as it takes), defaulting to the
@@ -25,12 +27,13 @@ not match a table's signature raise ValueError and change nothing.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from launchpad.courier import client as courier_client
+from launchpad.replay import structure as structure_lib
 from launchpad.replay.table import _seconds
 
 if TYPE_CHECKING:
@@ -57,64 +60,59 @@ class ReplaySample(NamedTuple):
   """One sampled item (`sample`), or a batch of them stacked (`sample_batch`)."""
 
   info: SampleInfo
-  data: dict[str, np.ndarray]
+  data: Any
+  """The item's data nested as it was inserted (a dict of columns, a tuple, ...)."""
 
 
-def flatten(data: Any, leaf: Callable[[Any, str], Any] | None = None) -> dict[str, Any]:
-  """An item's columns: nested dicts, lists and tuples flattened to "/"-joined paths.
+def _flatten_item(item: Any) -> tuple[dict[str, np.ndarray], Any]:
+  """(columns, structure) of an item; a flat dict of arrays (the common case) skips the walk."""
+  if (
+    type(item) is dict
+    and item
+    and all(type(v) is np.ndarray and not v.dtype.hasobject for v in item.values())
+    and all(type(k) is str for k in item)
+  ):
+    return item, structure_lib.flat_dict_structure(tuple(item))
+  return structure_lib.flatten(item)
 
-  `leaf(value, path)`, if given, turns each leaf into the column's value
-  instead of `np.asarray` (the trajectory writer uses it for its references).
+
+def _same_run(a: tuple, b: tuple) -> bool:
+  """Whether two flattened items (columns, structure, tables) stack into one run."""
+  columns_a, structure_a, tables_a = a
+  columns_b, structure_b, tables_b = b
+  if structure_a != structure_b or tables_a != tables_b:
+    return False
+  for column, array in columns_a.items():
+    other = columns_b[column]
+    if array.shape != other.shape or array.dtype != other.dtype:
+      return False
+  return True
+
+
+def _groups(
+  items: list[tuple[dict[str, np.ndarray], Any, Any]],
+  priorities: Mapping[str, float] | list[dict[str, float]],
+) -> list[tuple[Any, dict[str, np.ndarray], dict[str, Any]]]:
+  """Runs of consecutive items of one structure (and tables), each stacked into one array per column.
+
+  Each run is (structure, column -> stacked array, table -> priority or per-item priorities).
   """
-  columns: dict[str, Any] = {}
-
-  def visit(value: Any, path: str) -> None:
-    if isinstance(value, Mapping):
-      if not value:
-        raise ValueError(f"item data: empty mapping at {path or 'the top'}")
-      for key, child in value.items():
-        if not isinstance(key, str):
-          raise ValueError(f"item data: keys must be strings, got {key!r} at {path or 'the top'}")
-        visit(child, f"{path}/{key}" if path else key)
-    elif isinstance(value, list | tuple):
-      if not value:
-        raise ValueError(f"item data: empty sequence at {path or 'the top'}")
-      for i, child in enumerate(value):
-        visit(child, f"{path}/{i}" if path else str(i))
-    elif leaf is not None:
-      columns[path or "data"] = leaf(value, path or "data")
-    else:
-      array = np.asarray(value)
-      if array.dtype.hasobject:
-        raise ValueError(
-          f"item data: column {path or 'data'!r} has dtype object ({value!r}); use numeric, "
-          "bool or string arrays"
-        )
-      columns[path or "data"] = array
-
-  visit(data, "")
-  return columns
-
-
-def _signature(columns: Mapping[str, np.ndarray]) -> tuple:
-  return tuple((c, a.dtype.str, a.shape) for c, a in columns.items())
-
-
-def _group(
-  items: Sequence[dict[str, np.ndarray]], priorities: Sequence[dict[str, float]]
-) -> list[tuple[dict[str, np.ndarray], list[dict[str, float]]]]:
-  """Runs of consecutive items of one structure, each stacked into one array per column."""
   groups = []
   start = 0
   for end in range(1, len(items) + 1):
-    if end == len(items) or _signature(items[end]) != _signature(items[start]):
-      run = items[start:end]
-      if len(run) == 1:
-        stacked = {c: a[np.newaxis] for c, a in run[0].items()}
-      else:
-        stacked = {c: np.stack([item[c] for item in run]) for c in run[0]}
-      groups.append((stacked, list(priorities[start:end])))
-      start = end
+    if end < len(items) and _same_run(items[start], items[end]):
+      continue
+    columns, structure, tables = items[start]
+    if end - start == 1:
+      stacked = {c: a[np.newaxis] for c, a in columns.items()}
+    else:
+      stacked = {c: np.stack([item[0][c] for item in items[start:end]]) for c in columns}
+    if isinstance(priorities, Mapping):
+      run_priorities: dict[str, Any] = dict(priorities)
+    else:
+      run_priorities = {t: [p[t] for p in priorities[start:end]] for t in tables}
+    groups.append((structure, stacked, run_priorities))
+    start = end
   return groups
 
 
@@ -172,17 +170,18 @@ class Client:
       priorities: table -> priority for every item, or one such dict per item.
       timeout: for the whole batch.
     """
-    items = [flatten(item) for item in items]
-    if not items:
-      return []
     if isinstance(priorities, Mapping):
-      per_item = [_priorities(priorities)] * len(items)
+      priorities = _priorities(priorities)
+      flat = [(*_flatten_item(item), None) for item in items]
     else:
-      per_item = [_priorities(p) for p in priorities]
-      if len(per_item) != len(items):
-        raise ValueError(f"{len(items)} items but {len(per_item)} priority dicts")
+      priorities = [_priorities(p) for p in priorities]
+      if len(priorities) != len(items):
+        raise ValueError(f"{len(items)} items but {len(priorities)} priority dicts")
+      flat = [(*_flatten_item(item), tuple(p)) for item, p in zip(items, priorities, strict=True)]
+    if not flat:
+      return []
     limit = self._limit(timeout)
-    return self._call(limit).insert(_group(items, per_item), limit)
+    return self._call(limit).insert(_groups(flat, priorities), limit)
 
   def sample(self, table: str, num_samples: int = 1, timeout: Timeout = None) -> list[ReplaySample]:
     """Samples `num_samples` items in one RPC (as many as the limiter allows within `timeout`).
@@ -202,9 +201,9 @@ class Client:
           float(info["priority"][i]),
           int(info["times_sampled"][i]),
         ),
-        data,
+        structure_lib.unflatten(structure, data),
       )
-      for i, data in enumerate(reply["data"])
+      for i, (data, structure) in enumerate(zip(reply["data"], reply["structures"], strict=True))
     ]
 
   def sample_batch(self, table: str, batch_size: int, timeout: Timeout = None) -> ReplaySample:
@@ -215,7 +214,9 @@ class Client:
     """
     limit = self._limit(timeout)
     reply = self._call(limit).sample(table, batch_size, limit, True)
-    return ReplaySample(SampleInfo(**reply["info"]), reply["data"])
+    return ReplaySample(
+      SampleInfo(**reply["info"]), structure_lib.unflatten(reply["structure"], reply["data"])
+    )
 
   def mutate_priorities(
     self,
@@ -239,6 +240,10 @@ class Client:
   def server_info(self, timeout: Timeout = None) -> dict[str, dict[str, Any]]:
     """Table name -> info: size, max_size, counters and rate limiter state (Table.info())."""
     return self._call(self._limit(timeout)).server_info()
+
+  def table_stats(self, timeout: Timeout = None) -> dict[str, dict[str, int]]:
+    """Table name -> size, max_size, num_inserts, num_samples (Table.stats(): cheap)."""
+    return self._call(self._limit(timeout)).table_stats()
 
   def chunk_store_info(self, timeout: Timeout = None) -> dict[str, int]:
     """The server's shared chunk store: num_chunks, nbytes, num_references."""
@@ -269,13 +274,14 @@ class Client:
     self,
     writer: int,
     chunks: Sequence[tuple[int, np.ndarray]],
-    items: Sequence[tuple[int, str, float, Mapping[str, Any]]],
+    items: Sequence[tuple[int, str, float, Mapping[str, Any], Any]],
     releases: Sequence[int],
     timeout: Timeout = None,
+    held: Sequence[int] = (),
   ) -> dict[str, Any]:
     """The TrajectoryWriter's one RPC (see ReplayService.insert_trajectories); use the writer."""
     limit = self._limit(timeout)
-    return self._call(limit).insert_trajectories(writer, chunks, items, releases, limit)
+    return self._call(limit).insert_trajectories(writer, chunks, items, releases, limit, held)
 
   def close(self) -> None:
     """Closes the connections (later calls open new ones)."""

@@ -117,11 +117,34 @@ class RateLimiter:
 
   def can_insert(self, num_inserts: int = 1) -> bool:
     """Whether `num_inserts` more inserts may proceed now."""
-    if self._inserts + num_inserts - self._deletes <= self._min_size_to_sample:
+    return self._allows_inserts(self._inserts, self._deletes, num_inserts)
+
+  def inserts_allowed(self, limit: int, size: int, max_size: int) -> int:
+    """The most inserts, up to `limit`, that may proceed now one after another.
+
+    As `limit` calls of `can_insert()` and `record_insert()` would decide,
+    each insert into a table of `size` items past `max_size` evicting one
+    (a delete): for a table inserting a batch under one lock hold.
+    """
+    if limit < 1:
+      return 0
+    if (self._inserts + limit) * self._samples_per_insert - self._samples <= self._max_diff:
+      return limit  # the bound on diff holds for all of them (it only grows with inserts)
+    inserts, deletes = self._inserts, self._deletes
+    count = 0
+    while count < limit and self._allows_inserts(inserts, deletes, 1):
+      count += 1
+      inserts += 1
+      if size < max_size:
+        size += 1
+      else:
+        deletes += 1
+    return count
+
+  def _allows_inserts(self, inserts: int, deletes: int, num_inserts: int) -> bool:
+    if inserts + num_inserts - deletes <= self._min_size_to_sample:
       return True  # until the table reaches min_size_to_sample, inserts are free
-    return (
-      self._inserts + num_inserts
-    ) * self._samples_per_insert - self._samples <= self._max_diff
+    return (inserts + num_inserts) * self._samples_per_insert - self._samples <= self._max_diff
 
   def can_sample(self, num_samples: int = 1) -> bool:
     """Whether `num_samples` more samples may proceed now."""
@@ -141,8 +164,8 @@ class RateLimiter:
 
   # Counting (the table calls these after the operation happened).
 
-  def record_insert(self) -> None:
-    self._inserts += 1
+  def record_insert(self, count: int = 1) -> None:
+    self._inserts += count
 
   def record_sample(self, count: int = 1) -> None:
     self._samples += count

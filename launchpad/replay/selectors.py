@@ -34,6 +34,8 @@ KeyWithProbability = tuple[int, float]
 
 def check_priority(priority: Any) -> float:
   """Returns `priority` as a float, or raises ValueError unless it is finite and >= 0."""
+  if type(priority) is float and 0.0 <= priority < math.inf:
+    return priority  # the common case, quickly (NaN fails the comparison)
   if isinstance(priority, bool) or not isinstance(priority, int | float | np.integer | np.floating):
     raise ValueError(f"priority must be a real number, got {priority!r}")
   value = float(priority)
@@ -177,6 +179,12 @@ class Uniform(ItemSelector):
       raise self._empty()
     keys = self._keys
     return [(keys[i], 1.0 / n) for i in self._np_rng.integers(0, n, num_samples).tolist()]
+
+  def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+    self._check_new(keys, priorities)
+    start = len(self._keys)
+    self._keys.extend(keys)
+    self._index.update(zip(keys, range(start, start + len(keys)), strict=True))
 
   def clear(self) -> None:
     self._keys.clear()
@@ -336,20 +344,30 @@ class Prioritized(ItemSelector):
     return list(zip(self._keys[node - capacity].tolist(), probabilities, strict=True))
 
   def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
-    """Vectorised bulk insert (used when a table restores a snapshot): O(n + m)."""
+    """Vectorised: fills the next leaves, then recomputes the nodes above them level by level.
+
+    O(m + log n) numpy work for m keys, or O(n) when the tree has to grow.
+    """
     values = self._check_new(keys, priorities)
     if not values:
       return
     weights = [self.weight(p) for p in values]
     start = len(self._index)
     end = start + len(weights)
-    if end > self._capacity:
+    grow = end > self._capacity
+    if grow:
       self._grow(1 << (end - 1).bit_length(), rebuild=False)
-    for offset, key in enumerate(keys):
-      self._index[key] = start + offset
+    self._index.update(zip(keys, range(start, end), strict=True))
     self._keys[start:end] = np.asarray(keys, dtype=np.uint64)
     self._tree[self._capacity + start : self._capacity + end] = weights
-    self._rebuild()
+    if grow:
+      self._rebuild()
+      return
+    tree = self._tree
+    low, high = self._capacity + start, self._capacity + end  # the nodes [low, high) changed
+    while low > 1:
+      low, high = low >> 1, ((high - 1) >> 1) + 1
+      tree[low:high] = tree[2 * low : 2 * high : 2] + tree[2 * low + 1 : 2 * high : 2]
 
   def update_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """Vectorised: sets the leaves, then recomputes each level's touched parents once."""
@@ -431,6 +449,10 @@ class _Ordered(ItemSelector):
     check_priority(priority)
     if key not in self._keys:
       raise KeyError(f"key {key} not found")
+
+  def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+    self._check_new(keys, priorities)
+    self._keys.update(dict.fromkeys(keys))
 
   def delete(self, key: int) -> None:
     try:

@@ -11,9 +11,11 @@ as one chunk, and every item of the batch, in every table it goes to,
 references its row of that chunk: data is stored once however many tables
 get an item. A chunk is freed with the last item that references it, so
 a batch's chunk lives as long as the longest-lived item of the batch.
-A TrajectoryWriter (writer.py) instead sends chunks of steps and items
-slicing them (`insert_trajectories`), holding and releasing its own
-references to its chunks.
+Items keep their structure (structure.py), so samples come back nested as
+they were inserted. A TrajectoryWriter (writer.py) instead sends chunks of
+steps and items slicing them (`insert_trajectories`), holding and releasing
+its own references to its chunks under a lease: a writer that makes no call
+for `writer_lease_seconds` (its process died) loses them.
 
 Input is checked completely (tables exist, priorities valid, data matches
 every target table's signature) before anything changes, so bad input
@@ -26,6 +28,7 @@ inserts that already happened in place (the error's notes say how many).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -36,16 +39,18 @@ import numpy as np
 
 from launchpad.courier import server as courier_server
 from launchpad.replay import checkpoint as checkpoint_lib
-from launchpad.replay import selectors
-from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key
+from launchpad.replay import structure as structure_lib
+from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key, new_keys
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
-from launchpad.replay.table import Table, _seconds
+from launchpad.replay.table import Table, _priority_list, _seconds
 
 log = logging.getLogger(__name__)
 
 # How long stop() waits for calls woken by closing the tables to send their replies.
 DRAIN_SECONDS = 5.0
+# How long a trajectory writer's chunks outlive its last call (see insert_trajectories).
+WRITER_LEASE_SECONDS = 60.0
 
 
 def build_tables(tables: Sequence[Table | Mapping[str, Any]]) -> tuple[ChunkStore, list[Table]]:
@@ -88,16 +93,29 @@ class ReplayService:
 
   Clients call it through `replay.Client`, which packs arguments as these
   methods expect; call those, not these. Every method is thread safe.
+
+  Args:
+    tables: the tables (or snapshots) to serve; see `build_tables`.
+    checkpoint_dir: where checkpoints go; the tables are restored from the
+      newest complete one there.
+    writer_lease_seconds: how long the chunks a trajectory writer holds
+      outlive its last call (see insert_trajectories).
   """
 
   def __init__(
-    self, tables: Sequence[Table | Mapping[str, Any]], checkpoint_dir: str | None = None
+    self,
+    tables: Sequence[Table | Mapping[str, Any]],
+    checkpoint_dir: str | None = None,
+    writer_lease_seconds: float = WRITER_LEASE_SECONDS,
   ):
+    self._lease_seconds = _positive_seconds(writer_lease_seconds, "writer_lease_seconds")
     self._store, built = build_tables(tables)
     self._tables: dict[str, Table] = {t.name: t for t in built}
-    # Trajectory writer id -> the chunks it holds a reference to (see insert_trajectories).
-    self._writers: dict[int, set[int]] = {}
+    # Trajectory writer id -> its lease on the chunks it holds (see insert_trajectories).
+    self._writers: dict[int, _Lease] = {}
     self._writers_lock = threading.Lock()
+    self._reaper: threading.Thread | None = None
+    self._closing = threading.Event()
     self._checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     self._checkpoint_lock = threading.Lock()
     self._periodic: Any = None  # a ReplayNode's PeriodicCheckpointer, if it has one
@@ -110,43 +128,43 @@ class ReplayService:
 
   def insert(
     self,
-    groups: Sequence[tuple[Mapping[str, np.ndarray], Sequence[Mapping[str, float]]]],
+    groups: Sequence[tuple[Any, Mapping[str, np.ndarray], Mapping[str, Any]]],
     timeout: float | None = None,
   ) -> list[int]:
     """Inserts items; returns their keys (one key per item, the same in every table).
 
     Args:
-      groups: (columns, priorities) pairs: `columns` maps each column to the
-        items' arrays stacked along a new first axis; `priorities[i]` maps
-        table names to item i's priority in that table.
+      groups: (structure, columns, priorities) per run of items of one
+        structure: `columns` maps each column to the items' arrays stacked
+        along a new first axis (stored as one chunk, each item a row of it);
+        `priorities` maps each table the items go to to their priority there,
+        one number for all or one per item; `structure` (structure.py) is how
+        an item's columns nest.
       timeout: seconds to wait for the rate limiters, for the whole call.
     """
     deadline = _deadline(timeout)
-    prepared = [self._prepare(columns, priorities) for columns, priorities in groups]
+    prepared = [self._prepare(*_triple(group)) for group in groups]
+    total = sum(count for *_, count in prepared)
     chunk_keys: list[int] = []
+    keys: list[int] = []
     try:
-      for columns, _ in prepared:
-        for column, array in columns.items():
-          key = new_key()
-          self._store.put(key, array, copy=False)
-          chunk_keys.append(key)
-          columns[column] = key  # the column now names its chunk
-      keys: list[int] = []
-      total = sum(len(p) for _, p in prepared)
-      for columns, priorities in prepared:
-        for row, targets in enumerate(priorities):
-          item_key = new_key()
-          refs = {column: [(chunk, row)] for column, chunk in columns.items()}
+      for structure, arrays, targets, count in prepared:
+        columns: dict[str, int] = {}
+        for column, array in arrays.items():
+          columns[column] = chunk_key = new_key()
+          self._store.put(chunk_key, array, copy=False)
+          chunk_keys.append(chunk_key)
+        group_keys = new_keys(count)
+        for table, priorities in targets.items():
           try:
-            for table, priority in targets.items():
-              table.insert(item_key, priority, refs, timeout=_remaining(deadline))
+            table.insert_many(group_keys, priorities, columns, _remaining(deadline), structure)
           except ReplayError as e:
             e.add_note(
-              f"{len(keys)} of the call's {total} items were inserted before this one; "
-              "an item is inserted table by table"
+              f"the call's first {len(keys)} of {total} items were inserted in all their tables; "
+              f"a run of {count} items goes into its tables one table after another"
             )
             raise
-          keys.append(item_key)
+        keys += group_keys
       return keys
     finally:
       if chunk_keys:
@@ -156,17 +174,25 @@ class ReplayService:
     self,
     writer: int,
     chunks: Sequence[tuple[int, np.ndarray]],
-    items: Sequence[tuple[int, str, float, Mapping[str, Any]]],
+    items: Sequence[tuple[int, str, float, Mapping[str, Any], Any]],
     releases: Sequence[int] = (),
     timeout: float | None = None,
+    held: Sequence[int] = (),
   ) -> dict[str, Any]:
     """A TrajectoryWriter's flush (writer.py): stores chunks, inserts items, drops chunks.
 
     In order: each new chunk is stored and `writer` holds one reference to
     it; each item (key, table, priority, column -> [(chunk_key, slice or
-    index), ...]) is inserted, taking its own references; then, if every
-    item went in, the writer's references to `releases` are dropped. Chunks
-    are stored once however many items share them.
+    index), ...], structure) is inserted, taking its own references; then,
+    if every item went in, the writer's references to `releases` are
+    dropped. Chunks are stored once however many items share them.
+
+    Leases: the writer's references last `writer_lease_seconds` after its
+    last call ends, so a writer whose process dies does not keep its chunks
+    for good. `held` lists the chunks the writer believes it holds: those
+    its lease no longer holds are taken again if still stored, and if any
+    is gone the call does nothing and returns them as "missing", for the
+    writer to send again.
 
     Resending is harmless, so a writer may retry a call whose outcome it
     does not know: a chunk the writer already holds is not stored again, a
@@ -174,12 +200,13 @@ class ReplayService:
     in its table only updates the priority (Table.insert).
 
     Returns:
-      {"inserted": n, "rejected": None or n, "error": None or an exception}:
-      the first n items were inserted. The error is returned, not raised, so
-      that the writer learns how far the call got: RateLimiterTimeoutError or
-      TableClosedError stopped it at item n, or item n was rejected
-      ("rejected": n) with a ValueError (unknown table, bad priority or
-      references, signature mismatch). The chunks are stored either way.
+      {"inserted": n, "rejected": None or n, "error": None or an exception,
+      "missing": chunk keys}: the first n items were inserted. The error is
+      returned, not raised, so that the writer learns how far the call got:
+      RateLimiterTimeoutError or TableClosedError stopped it at item n, or
+      item n was rejected ("rejected": n) with a ValueError (unknown table,
+      bad priority, references or structure, signature mismatch). The chunks
+      are stored either way.
     """
     deadline = _deadline(timeout)
     writer = check_key(writer, "writer id")
@@ -191,34 +218,28 @@ class ReplayService:
         raise ValueError(f"chunk {chunk_key}: expected a numeric array of steps, got {value!r}")
       arrays[chunk_key] = array
     releases = {check_key(k, "released chunk key") for k in releases}
-    with self._writers_lock:
-      held = self._writers.get(writer, set())
-      for chunk_key, array in arrays.items():
-        if chunk_key not in held:
-          self._store.put(chunk_key, array, copy=False)
-          held.add(chunk_key)
-      if held:
-        self._writers[writer] = held
+    held = [check_key(k, "held chunk key") for k in held]
+    missing = self._take_lease(writer, arrays, held)
+    if missing:
+      return {"inserted": 0, "rejected": None, "error": None, "missing": missing}
     inserted = 0
-    for item in items:
-      try:
-        if not isinstance(item, tuple | list) or len(item) != 4:
-          raise ValueError(f"expected an item (key, table, priority, data refs), got {item!r}")
-        item_key, name, priority, refs = item
-        self._table(name).insert(item_key, priority, refs, timeout=_remaining(deadline))
-      except ValueError as e:
-        return {"inserted": inserted, "rejected": inserted, "error": e}
-      except ReplayError as e:
-        return {"inserted": inserted, "rejected": None, "error": e}
-      inserted += 1
-    with self._writers_lock:
-      held = self._writers.get(writer, set())
-      dropped = [k for k in releases if k in held]
-      held.difference_update(dropped)
-      if not held:
-        self._writers.pop(writer, None)
-      self._store.release(dropped)
-    return {"inserted": inserted, "rejected": None, "error": None}
+    try:
+      for item in items:
+        try:
+          if not isinstance(item, tuple | list) or len(item) != 5:
+            raise ValueError(
+              f"expected an item (key, table, priority, data refs, structure), got {item!r}"
+            )
+          item_key, name, priority, refs, structure = item
+          self._table(name).insert(item_key, priority, refs, _remaining(deadline), structure)
+        except ValueError as e:
+          return {"inserted": inserted, "rejected": inserted, "error": e, "missing": []}
+        except ReplayError as e:
+          return {"inserted": inserted, "rejected": None, "error": e, "missing": []}
+        inserted += 1
+    finally:
+      self._end_lease(writer, releases if inserted == len(items) else set())
+    return {"inserted": inserted, "rejected": None, "error": None, "missing": []}
 
   def sample(
     self, table: str, num_samples: int = 1, timeout: float | None = None, stack: bool = False
@@ -231,8 +252,10 @@ class ReplayService:
 
     Returns:
       a dict: "info" (key, probability, table_size, priority, times_sampled:
-      one array each, one entry per item) and "data": with `stack`, column ->
-      the items' arrays stacked; otherwise a list of one column dict per item.
+      one array each, one entry per item), and with `stack` "data" (column
+      -> the items' arrays stacked) and "structure" (the items' one
+      structure), otherwise "data" (one column dict per item) and
+      "structures" (one per item).
     """
     target = self._table(table)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -252,18 +275,27 @@ class ReplayService:
       "times_sampled": np.array([i.times_sampled for i in items], dtype=np.int64),
     }
     if not stack:
-      return {"info": info, "data": [i.data for i in items]}
-    columns = items[0].data.keys()
-    for item in items:
+      return {
+        "info": info,
+        "data": [i.data for i in items],
+        "structures": [i.structure for i in items],
+      }
+    first = items[0]
+    first_specs = {c: (a.dtype, a.shape) for c, a in first.data.items()}
+    for item in items[1:]:
+      if item.structure is not first.structure and item.structure != first.structure:
+        raise ValueError(
+          f"table {table!r}: the sampled items do not all have the same structure, so they "
+          "cannot be stacked; use sample()"
+        )
       specs = {c: (a.dtype, a.shape) for c, a in item.data.items()}
-      first = {c: (a.dtype, a.shape) for c, a in items[0].data.items()}
-      if specs != first:
+      if specs != first_specs:
         raise ValueError(
           f"table {table!r}: the sampled items do not all have the same columns, dtypes and "
-          f"shapes ({first} and {specs}), so they cannot be stacked; use sample()"
+          f"shapes ({first_specs} and {specs}), so they cannot be stacked; use sample()"
         )
-    data = {c: np.stack([i.data[c] for i in items]) for c in columns}
-    return {"info": info, "data": data}
+    data = {c: np.stack([i.data[c] for i in items]) for c in first.data}
+    return {"info": info, "data": data, "structure": first.structure}
 
   def mutate_priorities(
     self,
@@ -281,6 +313,10 @@ class ReplayService:
   def server_info(self) -> dict[str, dict[str, Any]]:
     """Table name -> Table.info() (size, max_size, counters, rate limiter state)."""
     return {name: table.info() for name, table in self._tables.items()}
+
+  def table_stats(self) -> dict[str, dict[str, int]]:
+    """Table name -> Table.stats(): size, max_size, num_inserts, num_samples (cheap)."""
+    return {name: table.stats() for name, table in self._tables.items()}
 
   def chunk_store_info(self) -> dict[str, int]:
     """The shared store's num_chunks, nbytes and num_references."""
@@ -324,8 +360,71 @@ class ReplayService:
 
   def _close(self) -> None:
     """Closes every table: blocked and later inserts and samples get TableClosedError."""
+    self._closing.set()
     for table in self._tables.values():
       table.close()
+
+  def _take_lease(
+    self, writer: int, arrays: Mapping[int, np.ndarray], held: list[int]
+  ) -> list[int]:
+    """Starts a writer's call: renews its lease, stores its new chunks; returns chunks gone."""
+    with self._writers_lock:
+      lease = self._writers.get(writer)
+      if lease is None:
+        lease = self._writers[writer] = _Lease()
+        self._start_reaper()
+      lost = [k for k in held if k not in lease.held]
+      if lost:  # the lease expired; chunks still stored (for items) are held again
+        try:
+          self._store.acquire(lost)
+        except KeyError:
+          if not lease.held and not lease.active:
+            del self._writers[writer]
+          return [k for k in lost if k not in self._store] or lost
+        lease.held.update(lost)
+      for chunk_key, array in arrays.items():
+        if chunk_key not in lease.held:
+          self._store.put(chunk_key, array, copy=False)
+          lease.held.add(chunk_key)
+      lease.active += 1
+      return []
+
+  def _end_lease(self, writer: int, releases: set[int]) -> None:
+    """Ends a writer's call: drops the released chunks, and the lease runs from now."""
+    with self._writers_lock:
+      lease = self._writers[writer]
+      dropped = [k for k in releases if k in lease.held]
+      lease.held.difference_update(dropped)
+      self._store.release(dropped)
+      lease.active -= 1
+      lease.expires = time.monotonic() + self._lease_seconds
+      if not lease.held and not lease.active:
+        del self._writers[writer]
+
+  def _start_reaper(self) -> None:
+    """(writers lock held) Starts the thread that ends expired leases, once."""
+    if self._reaper is None:
+      self._reaper = threading.Thread(target=self._reap, name="replay-leases", daemon=True)
+      self._reaper.start()
+
+  def _reap(self) -> None:
+    """Releases the chunks of writers whose lease expired, until the service closes."""
+    interval = min(1.0, self._lease_seconds / 4)
+    while not self._closing.wait(interval):
+      now = time.monotonic()
+      with self._writers_lock:
+        expired = [
+          w for w, lease in self._writers.items() if not lease.active and lease.expires <= now
+        ]
+        for writer in expired:
+          lease = self._writers.pop(writer)
+          self._store.release(lease.held)
+          log.info(
+            "replay server: trajectory writer %x made no call for %g s: released its %d chunks",
+            writer,
+            self._lease_seconds,
+            len(lease.held),
+          )
 
   def _table(self, name: Any) -> Table:
     table = self._tables.get(name) if isinstance(name, str) else None
@@ -337,23 +436,24 @@ class ReplayService:
     return table
 
   def _prepare(
-    self, columns: Any, priorities: Any
-  ) -> tuple[dict[str, np.ndarray], list[dict[Table, float]]]:
-    """Checks one group of items completely; returns its arrays and targets."""
+    self, structure: Any, columns: Any, priorities: Any
+  ) -> tuple[Any, dict[str, np.ndarray], dict[Table, list[float]], int]:
+    """Checks one run of items completely: (structure, arrays, table -> priorities, count)."""
     if not isinstance(columns, Mapping) or not columns:
       raise ValueError(f"item data must be a non-empty mapping column -> array, got {columns!r}")
-    if not isinstance(priorities, Sequence) or not priorities:
-      raise ValueError(f"expected a list of per-item priorities, got {priorities!r}")
-    count = len(priorities)
     arrays: dict[str, np.ndarray] = {}
     specs: dict[str, ColumnSpec] = {}
+    count = None
     for column, value in columns.items():
       if not isinstance(column, str):
         raise ValueError(f"column names must be strings, got {column!r}")
       array = np.asarray(value)
-      if array.ndim < 1 or array.shape[0] != count:
+      if count is None and array.ndim:
+        count = array.shape[0]
+      if array.ndim < 1 or array.shape[0] != count or not count:
         raise ValueError(
-          f"column {column!r}: expected {count} stacked items, got shape {array.shape}"
+          f"column {column!r}: expected {count or 'one or more'} stacked items, got shape "
+          f"{array.shape}"
         )
       if array.dtype.hasobject:
         raise ValueError(
@@ -362,22 +462,49 @@ class ReplayService:
         )
       arrays[column] = array
       specs[column] = ColumnSpec(array.dtype, array.shape[1:])
-    targets: list[dict[Table, float]] = []
-    for per_item in priorities:
-      if not isinstance(per_item, Mapping) or not per_item:
-        raise ValueError(
-          f"priorities must be a non-empty mapping table -> priority, got {per_item!r}"
-        )
-      item_targets: dict[Table, float] = {}
-      for name, priority in per_item.items():
-        table = self._table(name)
-        try:
-          item_targets[table] = selectors.check_priority(priority)
-        except ValueError as e:
-          raise ValueError(f"table {name!r}: {e}") from None
-        table._check_signature(specs)
-      targets.append(item_targets)
-    return arrays, targets
+    if structure is not None:
+      structure_lib.check(structure, arrays)
+    if not isinstance(priorities, Mapping) or not priorities:
+      raise ValueError(
+        f"priorities must be a non-empty mapping table -> priority, got {priorities!r}"
+      )
+    targets: dict[Table, list[float]] = {}
+    for name, values in priorities.items():
+      table = self._table(name)
+      try:
+        targets[table] = _priority_list(values, count)
+      except ValueError as e:
+        raise ValueError(f"table {name!r}: {e}") from None
+      table._check_signature(specs)
+    return structure, arrays, targets, count
+
+
+class _Lease:
+  """The chunks a trajectory writer holds, until `expires` once no call of it is running."""
+
+  __slots__ = ("active", "expires", "held")
+
+  def __init__(self):
+    self.held: set[int] = set()
+    self.active = 0  # calls running
+    self.expires = math.inf
+
+
+def _triple(group: Any) -> tuple[Any, Any, Any]:
+  if not isinstance(group, tuple | list) or len(group) != 3:
+    raise ValueError(f"expected a group (structure, columns, priorities), got {group!r}")
+  return tuple(group)
+
+
+def _positive_seconds(value: Any, name: str) -> float:
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, int | float)
+    or not math.isfinite(value)
+    or value <= 0
+  ):
+    raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+  return float(value)
 
 
 def _deadline(timeout: Any) -> float | None:
@@ -402,6 +529,8 @@ class Server:
     checkpoint_dir: where checkpoints go (checkpoint.py). If it holds a
       complete checkpoint, the tables are restored from the newest one on
       start; `Client.checkpoint()` (or `server.checkpoint()`) writes one.
+    writer_lease_seconds: how long a trajectory writer's chunks outlive its
+      last call, so that a writer that died does not hold them for good.
   """
 
   def __init__(
@@ -411,9 +540,12 @@ class Server:
     host: str = "127.0.0.1",
     secret: bytes | None = None,
     checkpoint_dir: str | None = None,
+    writer_lease_seconds: float = WRITER_LEASE_SECONDS,
   ):
     self.secret: bytes = os.urandom(32) if secret is None else secret
-    self._service = ReplayService(tables, checkpoint_dir=checkpoint_dir)
+    self._service = ReplayService(
+      tables, checkpoint_dir=checkpoint_dir, writer_lease_seconds=writer_lease_seconds
+    )
     self._courier = courier_server.Server(
       self._service, secret=self.secret, label="replay", host=host, port=port
     )
@@ -433,6 +565,15 @@ class Server:
   def restored_from(self) -> str | None:
     """The checkpoint the tables were restored from on start, or None."""
     return self._service._restored_from
+
+  def table_stats(self) -> dict[str, dict[str, int]]:
+    """Table name -> {"size", "max_size", "num_inserts", "num_samples"} (Table.stats()).
+
+    Cheap (one short lock hold per table), for live views in this process;
+    num_inserts and num_samples count over the tables' life, so two readings
+    give rates.
+    """
+    return self._service.table_stats()
 
   def checkpoint(self) -> str:
     """Writes a checkpoint (see ReplayService.checkpoint); returns its path."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from launchpad.replay import chunk_store as chunk_store_lib
 from launchpad.replay import rate_limiters, selectors
+from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ChunkStore, ColumnSpec, check_key
 from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
 
@@ -62,19 +63,34 @@ class SampledItem(NamedTuple):
   priority: float
   times_sampled: int
   """Including this sample."""
+  structure: Any = None
+  """How `data`'s columns nest (structure.unflatten); None: a flat dict."""
 
 
 class _Item:
-  __slots__ = ("chunks", "inserted_seq", "key", "priority", "refs", "times_sampled", "updated_seq")
+  __slots__ = (
+    "chunks",
+    "inserted_seq",
+    "key",
+    "priority",
+    "refs",
+    "structure",
+    "times_sampled",
+    "updated_seq",
+  )
 
-  def __init__(self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq):
+  def __init__(
+    self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq, structure
+  ):
     self.key: int = key
     self.priority: float = priority
     self.times_sampled: int = times_sampled
     self.refs: dict[str, tuple[ChunkRef, ...]] = refs
-    self.chunks: dict[int, np.ndarray] = chunks  # one reference held in the store for each
+    # One reference held in the store for each; items of one batch share this dict.
+    self.chunks: dict[int, np.ndarray] = chunks
     self.inserted_seq: int = inserted_seq
     self.updated_seq: int = updated_seq
+    self.structure: Any = structure
 
 
 class _CallStats:
@@ -155,6 +171,23 @@ def _shape_matches(actual: Sequence[int], expected: Sequence[int | None]) -> boo
   return len(actual) == len(expected) and all(
     e is None or a == e for a, e in zip(actual, expected, strict=True)
   )
+
+
+def _priority_list(priorities: Any, count: int) -> list[float]:
+  """`count` checked priorities from one priority or a sequence (or array) of them."""
+  if isinstance(priorities, np.ndarray):
+    priorities = priorities.tolist()
+  if not isinstance(priorities, Sequence) or isinstance(priorities, str):
+    return [selectors.check_priority(priorities)] * count
+  if len(priorities) != count:
+    raise ValueError(f"{count} items but {len(priorities)} priorities")
+  values = []
+  for i, priority in enumerate(priorities):
+    try:
+      values.append(selectors.check_priority(priority))
+    except ValueError as e:
+      raise ValueError(f"item {i} of the batch: {e}") from None
+  return values
 
 
 def _chunk_keys(refs: Mapping[str, Sequence[ChunkRef]]) -> list[int]:
@@ -311,7 +344,12 @@ class Table:
   # Operations.
 
   def insert(
-    self, key: int, priority: float, data_refs: chunk_store_lib.DataRefs, timeout: Timeout = None
+    self,
+    key: int,
+    priority: float,
+    data_refs: chunk_store_lib.DataRefs,
+    timeout: Timeout = None,
+    structure: Any = None,
   ) -> None:
     """Inserts an item, waiting up to `timeout` for the rate limiter.
 
@@ -324,10 +362,12 @@ class Table:
       data_refs: column -> [(chunk_key, slice or index), ...] into the chunk store
         (see chunk_store.py); the item takes a reference to each chunk.
       timeout: see `Timeout`.
+      structure: how the item's columns nest (structure.py), given back with
+        its samples; None: a flat dict of its columns.
 
     Raises:
-      ValueError: bad key, priority, data references or signature mismatch
-        (nothing changes).
+      ValueError: bad key, priority, data references, structure or signature
+        mismatch (nothing changes).
       RateLimiterTimeoutError: the limiter did not allow the insert in time.
       TableClosedError: the table is closed, or was closed while waiting.
     """
@@ -335,6 +375,8 @@ class Table:
     priority = self._checked(selectors.check_priority, priority)
     refs, specs = self._checked(self._store.normalize, data_refs)
     self._check_signature(specs)
+    if structure is not None:
+      self._checked(structure_lib.check, structure, refs)
     seconds = _seconds(timeout)
     chunk_keys = _chunk_keys(refs)
     with self._lock:
@@ -355,16 +397,73 @@ class Table:
           f"table {self._name!r}: {e.args[0]} (released while the insert waited)"
         ) from None
       seq = self._next_seq()
-      item = _Item(key, priority, 0, refs, chunks, seq, seq)
+      item = _Item(key, priority, 0, refs, chunks, seq, seq, structure)
       self._items[key] = item
       self._sampler.insert(key, priority)
       self._remover.insert(key, priority)
       self._limiter.record_insert()
       self._stats["inserts"] += 1
-      if len(self._items) > self._max_size:
-        victim, _ = self._remover.sample()
-        self._remove(self._items[victim], "evictions")
+      self._evict()
       self._notify()
+
+  def insert_many(
+    self,
+    keys: Sequence[int],
+    priorities: float | Sequence[float],
+    columns: Mapping[str, int],
+    timeout: Timeout = None,
+    structure: Any = None,
+  ) -> None:
+    """Inserts a batch of items whose data are the rows of stored chunks, in order.
+
+    Item i gets row i of each chunk (one row: no step axis). The batch is
+    checked once and goes in under one lock hold per run of items the rate
+    limiter allows, with per-run rather than per-item work: this is the
+    server's path for `Client.insert_batch`. The rate limiter sees the same
+    inserts (and evictions) as `len(keys)` calls of `insert`; when it blocks
+    part-way the call waits, up to `timeout` in all, for the rest. A key
+    already in the table only updates that item's priority.
+
+    Args:
+      keys: the items' uint64 keys, distinct.
+      priorities: one priority for every item, or one per item.
+      columns: column -> key of a stored chunk of `len(keys)` rows; each item
+        takes a reference to each chunk.
+      timeout: see `Timeout`.
+      structure: how each item's columns nest (structure.py); None: a flat dict.
+
+    Raises:
+      ValueError: bad keys, priorities, chunks, structure or signature
+        mismatch (nothing changes).
+      RateLimiterTimeoutError, TableClosedError: the items before the one that
+        could not go in are in the table (the error's notes say how many).
+    """
+    keys = [self._checked(check_key, key, "item key") for key in keys]
+    count = len(keys)
+    if len(set(keys)) != count:
+      raise ValueError(f"table {self._name!r}: the batch's item keys are not distinct")
+    values = self._checked(_priority_list, priorities, count)
+    arrays, specs = self._checked(self._store.rows, columns, count)
+    columns = {column: int(chunk) for column, chunk in columns.items()}  # checked by rows()
+    self._check_signature(specs)
+    if structure is not None:
+      self._checked(structure_lib.check, structure, columns)
+    seconds = _seconds(timeout)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    done = 0
+    try:
+      with self._lock:
+        while done < count:
+          remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+          self._await("insert", self._can_insert, self._limiter.can_insert, remaining)
+          allowed = self._limiter.inserts_allowed(count - done, len(self._items), self._max_size)
+          end = done + allowed
+          self._insert_rows(keys[done:end], values[done:end], done, columns, arrays, structure)
+          done = end
+    except (RateLimiterTimeoutError, TableClosedError) as e:
+      if done:
+        e.add_note(f"table {self._name!r}: {done} of the batch's {count} items were inserted")
+      raise
 
   def sample(self, num_samples: int = 1, timeout: Timeout = None) -> list[SampledItem]:
     """Samples up to `num_samples` items (with replacement), as Reverb's flexible batches.
@@ -414,7 +513,13 @@ class Table:
     # Outside the lock: chunks are immutable and the item kept its arrays.
     return [
       SampledItem(
-        item.key, chunk_store_lib.resolve(item.refs, item.chunks), p, size, priority, times
+        item.key,
+        chunk_store_lib.resolve(item.refs, item.chunks),
+        p,
+        size,
+        priority,
+        times,
+        item.structure,
       )
       for item, p, size, priority, times in picked
     ]
@@ -471,6 +576,20 @@ class Table:
       self._can_insert.notify_all()
       self._can_sample.notify_all()
 
+  def stats(self) -> dict[str, int]:
+    """What a live view shows, cheaply: size, max_size, and lifetime num_inserts and num_samples.
+
+    The counts are the same as info()'s (reset() does not zero them); rates
+    come from two readings. One short lock hold, no copies.
+    """
+    with self._lock:
+      return {
+        "size": len(self._items),
+        "max_size": self._max_size,
+        "num_inserts": self._stats["inserts"],
+        "num_samples": self._stats["samples"],
+      }
+
   def info(self) -> dict[str, Any]:
     """The table's configuration, size, lifetime counters and rate limiter state.
 
@@ -505,7 +624,7 @@ class Table:
     Keys: format, version, name, max_size, max_times_sampled, sampler and
     remover (their options), signature, rate_limiter (configuration and
     counters), stats, next_seq, items (in insertion order: key, priority,
-    times_sampled, data refs, inserted_seq, updated_seq) and chunks
+    times_sampled, data refs, inserted_seq, updated_seq, structure) and chunks
     (chunk_key -> array, every chunk the items reference, shared not copied:
     they are read-only). A server-wide checkpoint can merge the chunks of
     several tables by key, since equal keys hold equal data.
@@ -522,6 +641,7 @@ class Table:
             "data": {column: list(entries) for column, entries in item.refs.items()},
             "inserted_seq": item.inserted_seq,
             "updated_seq": item.updated_seq,
+            "structure": item.structure,
           }
         )
         chunks.update(item.chunks)
@@ -563,10 +683,10 @@ class Table:
       self._sampler.clear()
       self._remover.clear()
       self._store.release(old)
-      for key, priority, times_sampled, refs, inserted_seq, updated_seq in prepared:
+      for key, priority, times_sampled, refs, inserted_seq, updated_seq, structure in prepared:
         arrays = self._store.acquire(_chunk_keys(refs))
         self._items[key] = _Item(
-          key, priority, times_sampled, refs, arrays, inserted_seq, updated_seq
+          key, priority, times_sampled, refs, arrays, inserted_seq, updated_seq, structure
         )
       self._store.release(chunks)  # the references _store_all took; the items hold their own
       for selector in (self._sampler, self._remover):
@@ -694,6 +814,50 @@ class Table:
       item.updated_seq = self._next_seq()
     self._stats["updates"] += len(items)
 
+  def _insert_rows(
+    self,
+    keys: list[int],
+    priorities: list[float],
+    first_row: int,
+    columns: Mapping[str, int],
+    arrays: dict[int, np.ndarray],
+    structure: Any,
+  ) -> None:
+    """(lock held) Inserts keys[i] as row first_row + i of the chunks; the limiter allowed them."""
+    items = self._items
+    rows = list(range(first_row, first_row + len(keys)))
+    present = [i for i, key in enumerate(keys) if key in items]
+    if present:  # only their priorities change
+      self._set_priorities([items[keys[i]] for i in present], [priorities[i] for i in present])
+      fresh = sorted(set(range(len(keys))) - set(present))
+      keys, priorities, rows = ([v[i] for i in fresh] for v in (keys, priorities, rows))
+    if keys:
+      try:
+        self._store.acquire(arrays, count=len(keys))
+      except KeyError as e:
+        raise ValueError(
+          f"table {self._name!r}: {e.args[0]} (released during the insert)"
+        ) from None
+      pairs = list(columns.items())
+      seq = self._seq
+      for row, key, priority in zip(rows, keys, priorities, strict=True):
+        seq += 1
+        refs = {column: ((chunk, row),) for column, chunk in pairs}
+        items[key] = _Item(key, priority, 0, refs, arrays, seq, seq, structure)
+      self._seq = seq
+      self._sampler.insert_many(keys, priorities)
+      self._remover.insert_many(keys, priorities)
+      self._limiter.record_insert(len(keys))
+      self._stats["inserts"] += len(keys)
+      self._evict()
+    self._notify()
+
+  def _evict(self) -> None:
+    """(lock held) Removes the remover's choices until the table fits max_size."""
+    while len(self._items) > self._max_size:
+      victim, _ = self._remover.sample()
+      self._remove(self._items[victim], "evictions")
+
   def _remove(self, item: _Item, reason: str) -> None:
     """(lock held) Removes an item and drops its chunk references."""
     del self._items[item.key]
@@ -756,6 +920,9 @@ class Table:
         ):
           raise ValueError(f"times_sampled must be an integer >= 0, got {times_sampled!r}")
         refs, specs = chunk_store_lib.normalize_refs(entry["data"], chunks.get)
+        structure = entry.get("structure")
+        if structure is not None:
+          structure_lib.check(structure, refs)
       except (KeyError, TypeError, ValueError) as e:
         raise bad(
           f"item {entry.get('key') if isinstance(entry, Mapping) else entry!r}: {e}"
@@ -765,7 +932,7 @@ class Table:
       seen.add(key)
       self._check_signature(specs)
       used.update(_chunk_keys(refs))
-      prepared.append((key, priority, times_sampled, refs, inserted_seq, updated_seq))
+      prepared.append((key, priority, times_sampled, refs, inserted_seq, updated_seq, structure))
     prepared.sort(key=lambda entry: entry[4])  # insertion order
     next_seq = max([next_seq, *(max(entry[4], entry[5]) for entry in prepared)])
     needed = {key: chunks[key] for key in used}  # chunks no item references are not restored

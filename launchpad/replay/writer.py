@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from launchpad.replay import selectors
+from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ColumnSpec, new_key
-from launchpad.replay.client import flatten
 from launchpad.replay.table import Timeout, _seconds
 
 if TYPE_CHECKING:
@@ -261,8 +261,10 @@ class TrajectoryWriter:
     self._generation = 0  # bumped when the history is cleared: older references are stale
     self._buffers: dict[str, _Buffer] = {}
     self._outbox: list[tuple[int, np.ndarray]] = []  # chunks sealed, not known to be stored
-    self._queue: list[tuple[int, str, float, dict[str, list[ChunkRef]]]] = []
-    self._held: set[int] = set()  # chunks stored on the server that this writer references
+    self._queue: list[tuple[int, str, float, dict[str, list[ChunkRef]], Any]] = []
+    # Chunks stored on the server that this writer references, kept to send
+    # again should the writer's lease on them expire (see _send).
+    self._held: dict[int, np.ndarray] = {}
     self._closed = False
     self.history: Mapping[str, _ColumnHistory] = _History(self)
     """column -> its last num_keep_alive_refs steps: `history["obs"][-3:]`."""
@@ -282,7 +284,7 @@ class TrajectoryWriter:
     if _flat(step, np.ndarray) and not any(v.dtype.hasobject for v in step.values()):
       columns = step  # flat already (the common case): skip the walk
     else:
-      columns = flatten(step)
+      columns, _ = structure_lib.flatten(step)
     for column, array in columns.items():
       spec = self._specs.get(column)
       if spec is not None and (array.dtype != spec.dtype or array.shape != spec.shape):
@@ -325,10 +327,11 @@ class TrajectoryWriter:
     priority = selectors.check_priority(priority)
     if _flat(trajectory, TrajectoryColumn):
       columns = trajectory  # flat already (the common case): skip the walk
+      structure = structure_lib.flat_dict_structure(tuple(trajectory))
     else:
-      columns = flatten(trajectory, self._check_reference)
+      columns, structure = structure_lib.flatten(trajectory, self._check_reference)
     refs = {column: self._refs(column, ref) for column, ref in columns.items()}
-    self._queue.append((new_key(), table, priority, refs))
+    self._queue.append((new_key(), table, priority, refs, structure))
 
   def flush(self, timeout: Timeout = None) -> None:
     """Sends the buffered steps and queued items in one RPC; waits until they are inserted.
@@ -361,7 +364,7 @@ class TrajectoryWriter:
     if self._closed:
       return
     self._closed = True
-    releases = sorted(self._held | {key for key, _ in self._outbox})
+    releases = sorted(self._held.keys() | {key for key, _ in self._outbox})
     self._queue.clear()
     self._outbox.clear()
     self._buffers.clear()
@@ -435,23 +438,37 @@ class TrajectoryWriter:
     return runs
 
   def _send(self, timeout: float | None) -> None:
-    """One insert_trajectories call: sealed chunks, queued items, releases."""
+    """One insert_trajectories call: sealed chunks, queued items, releases.
+
+    If the server lost chunks this writer held (its lease expired while the
+    writer made no call and no item kept them), it says which, and they go
+    again in a second call.
+    """
     live = {key for step in self._window for key, _ in step.values()}
-    wanted = {key for *_, refs in self._queue for runs in refs.values() for key, _ in runs}
+    wanted = {key for *_, refs, _ in self._queue for runs in refs.values() for key, _ in runs}
     for buffer in self._buffers.values():
       if buffer.key in live or buffer.key in wanted:  # else nothing can ever refer to it
         self._outbox.append((buffer.key, buffer.array[: buffer.length]))
     self._buffers.clear()
-    new = {key for key, _ in self._outbox}
-    releases = sorted((self._held | new) - live)
+    releases = sorted((self._held.keys() | {key for key, _ in self._outbox}) - live)
     if not self._outbox and not self._queue and not releases:
       return
-    reply = self._client.insert_trajectories(self._id, self._outbox, self._queue, releases, timeout)
-    self._held |= new  # stored, whatever happened to the items
+    while True:
+      reply = self._client.insert_trajectories(
+        self._id, self._outbox, self._queue, releases, timeout, list(self._held)
+      )
+      if not reply["missing"]:
+        break
+      for key in reply["missing"]:
+        array = self._held.pop(key)
+        if key in live or key in wanted:
+          self._outbox.append((key, array))
+    self._held.update(self._outbox)  # stored, whatever happened to the items
     self._outbox = []
     del self._queue[: reply["inserted"]]
     if reply["rejected"] is not None:
       del self._queue[0]  # the server rejected it: it can never go in
     if reply["error"] is not None:  # the items not inserted stay queued
       raise reply["error"]
-    self._held -= set(releases)
+    for key in releases:
+      self._held.pop(key, None)

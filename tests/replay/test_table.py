@@ -65,8 +65,9 @@ def test_sampled_data_resolves_slices_across_chunks_and_squeezed_steps():
     timeout=0,
   )
   [item] = table.sample(1, timeout=0)
-  key, data, probability, table_size, priority, times_sampled = item  # unpacks as a tuple
+  key, data, probability, table_size, priority, times_sampled, structure = item  # a tuple
   assert (key, probability, table_size, priority, times_sampled) == (7, 1.0, 1, 2.5, 1)
+  assert structure is None  # inserted without one: the data is the flat dict of columns
   np.testing.assert_array_equal(data["obs"], [[8, 9], [10, 11], [100, 101], [102, 103], [104, 105]])
   assert data["reward"].shape == () and data["reward"] == 5 and data["reward"].dtype == np.int32
   np.testing.assert_array_equal(data["one"], [[110, 111]])
