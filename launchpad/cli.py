@@ -1,4 +1,4 @@
-"""The `lp` command: launch programs, list running ones, stop them.
+"""The `lp` command: launch programs, watch and stop running ones, draw them.
 
   lp launch [--mode=multiprocess|threads|test] TARGET [-- ARGS...]
   lp status [RUN]
@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -175,11 +175,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_watch_options(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
-    "--interval", type=float, default=1.0, metavar="SECONDS", help="between refreshes"
+    "--interval", type=_positive(float), default=1.0, metavar="SECONDS", help="between refreshes"
   )
   parser.add_argument(
-    "--iterations", type=int, metavar="N", help="show N tables, then exit (default: until the end)"
+    "--iterations",
+    type=_positive(int),
+    metavar="N",
+    help="show N tables, then exit (default: until the program ends)",
   )
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+  """An argparse type: a number of `kind` greater than 0."""
+
+  def parse(text: str) -> Any:
+    try:
+      value = kind(text)
+    except ValueError:
+      value = None
+    if value is None or value <= 0:
+      raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text!r}")
+    return value
+
+  return parse
 
 
 def _launch(args: argparse.Namespace) -> int:
