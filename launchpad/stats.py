@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 REPORT_SECONDS = 1.0
 
-# Table name -> Table.info() (replay.server.ReplayService.server_info).
+# Table name -> size, max_size, num_inserts, num_samples (ReplayService.table_stats).
 TableInfo = Callable[[], Mapping[str, Mapping[str, Any]]]
 
 

@@ -91,7 +91,7 @@ def test_reporter_counts_calls_errors_and_table_activity_with_their_rates(contro
   reporter = Reporter(control)
   try:
     reporter.track_server("a[0]", server)
-    reporter.track_tables("a[0]", lambda: {n: t.info() for n, t in replay.tables.items()})
+    reporter.track_tables("a[0]", replay.table_stats)
     client = Client(server.address, secret=SECRET, label="a[0]")
     assert [client.echo(i) for i in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="no"):

@@ -105,7 +105,7 @@ class ReplayNode(CourierNode):
   def build(self, runtime: ProgramRuntime) -> ReplayService:
     service = super().build(runtime)
     self._service = service
-    runtime.stats.track_tables(self.name, service.server_info)  # sizes and rates, for lp top
+    runtime.stats.track_tables(self.name, service.table_stats)  # sizes and rates, for lp top
     return service
 
   def run(self, runtime: ProgramRuntime) -> None:
