@@ -70,5 +70,8 @@ class Learner:
     return loss
 
   def run(self) -> None:
-    while not lp.wait_for_stop(0):
-      self.step()
+    try:
+      while not lp.wait_for_stop(0):
+        self.step()
+    finally:  # the stop may come as an error from a replay call cut short
+      print(f"Learner: stopped after {self._steps} steps", flush=True)
