@@ -15,6 +15,7 @@ from launchpad.courier.client import Client as CourierClient
 from launchpad.errors import (
   CallTimeoutError,
   ConnectionLostError,
+  HostError,
   LaunchpadError,
   NodeFailedError,
   ProgramError,
@@ -32,6 +33,7 @@ from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
 from launchpad.resources import PythonProcess, RayResources
+from launchpad.tls import TlsConfig
 
 __all__ = [
   "CallTimeoutError",
@@ -42,6 +44,7 @@ __all__ = [
   "CourierNode",
   "Deferred",
   "Handle",
+  "HostError",
   "LaunchType",
   "LaunchpadError",
   "MultiProcessingColocation",
@@ -58,6 +61,7 @@ __all__ = [
   "RemoteError",
   "ReplayNode",
   "SerializationError",
+  "TlsConfig",
   "batched_handler",
   "launch",
   "make_program",

@@ -35,8 +35,8 @@ from absl import flags as absl_flags
 
 import launchpad
 from launchpad import errors, graph, live_view, runs
-from launchpad.control.client import ControlClient
 from launchpad.program import Program
+from launchpad.tls import TlsConfig
 
 MODES = {
   "multiprocess": "local_mp",
@@ -141,7 +141,16 @@ def _parser() -> argparse.ArgumentParser:
   launch.add_argument(
     "--tls",
     action="store_true",
-    help="ssh and ray modes: encrypt traffic between nodes with a certificate made for this launch",
+    help="ssh and ray modes: encrypt traffic between hosts, with a certificate made for this launch",
+  )
+  launch.add_argument(
+    "--tls-cert",
+    type=pathlib.Path,
+    help="with --tls: use this certificate (PEM; it must name 'launchpad') instead of a new one",
+  )
+  launch.add_argument("--tls-key", type=pathlib.Path, help="with --tls-cert: its private key")
+  launch.add_argument(
+    "--tls-ca", type=pathlib.Path, help="with --tls-cert: the CA that signed every node's certificate"
   )
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
@@ -253,7 +262,7 @@ def _launch_and_wait(args: argparse.Namespace) -> int:
     terminal=args.terminal,
     hosts=args.hosts,
     ray_address=args.ray_address,
-    tls=args.tls,
+    tls=_tls_option(args),
   )
   if args.mode == "ssh" and args.hosts is None:
     print("lp launch: --mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).", file=sys.stderr)
@@ -273,6 +282,14 @@ def _launch_and_wait(args: argparse.Namespace) -> int:
     for controller in launch_lib.launched:
       controller.stop()
   return _wait_all(launch_lib.launched) or script_status
+
+
+def _tls_option(args: argparse.Namespace) -> bool | TlsConfig:
+  if args.tls_cert is None:
+    return args.tls
+  if args.tls_key is None:
+    raise SystemExit("lp launch: --tls-cert needs --tls-key (its private key).")
+  return TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 class _BadTarget(Exception):
@@ -423,7 +440,7 @@ def _watch(args: argparse.Namespace) -> int:
     print(f"{command}: {e}", file=sys.stderr)
     return 2
   info = run.info()
-  client = ControlClient(info["coordinator"], token=run.token())
+  client = run.control_client()
   try:
     title = f"{run.name}  launcher pid={info['launcher_pid']}"
     return live_view.watch(client.status, title, sys.stdout, args.interval, args.iterations)
@@ -455,7 +472,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _print_run(run: runs.Run) -> None:
   info = run.info()
-  client = ControlClient(info["coordinator"], token=run.token())
+  client = run.control_client()
   try:
     reply = client.status()
   finally:
@@ -491,7 +508,7 @@ def _stop(args: argparse.Namespace) -> int:
   except LookupError as e:
     print(f"lp stop: {e}", file=sys.stderr)
     return 2
-  client = ControlClient(run.info()["coordinator"], token=run.token())
+  client = run.control_client()
   try:
     client.stop(f"`lp stop {run.name}` from pid {os.getpid()}")
   finally:

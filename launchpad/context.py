@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from launchpad import errors, stats
 from launchpad.control.client import ControlClient
+from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ class ProgramRuntime:
     secret: bytes,
     host: str = "127.0.0.1",
     source: object = None,
+    tls: TlsConfig | None = None,
   ):
     self.program = program
     self.secret = secret
     self.host = host  # the interface node servers bind
     self.source = source  # the Program object, in the process that launched it
-    self.control = ControlClient(control_address, secret)
+    self.tls = tls  # TLS settings for connections between hosts, if the launch uses TLS
+    self.control = ControlClient(control_address, secret, tls=tls)
     self.stop_event = threading.Event()
     self.stop_reason = ""
     self._handlers: list[Callable[[], None]] = []

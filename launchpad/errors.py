@@ -43,6 +43,10 @@ class AuthenticationError(LaunchpadError, PermissionError):
   """The peer does not know this program's secret."""
 
 
+class HostError(LaunchpadError, ConnectionError):
+  """A host of the SSH launcher cannot be reached, or cannot run nodes."""
+
+
 class ProgramStoppedError(LaunchpadError):
   """The program stopped while a call or a wait was in progress."""
 

@@ -19,6 +19,8 @@ import time
 import psutil
 
 from launchpad.control import auth
+from launchpad.control.client import ControlClient
+from launchpad.tls import TlsConfig
 
 
 def home() -> pathlib.Path:
@@ -35,10 +37,12 @@ class Run:
   def name(self) -> str:
     return self.path.name
 
-  def write(self, coordinator: str, secret: bytes) -> None:
+  def write(self, coordinator: str, secret: bytes, tls: TlsConfig | None = None) -> None:
     token = self.path / "token"
     token.touch(mode=0o600)
     token.write_text(auth.control_token(secret))
+    if tls is not None:
+      tls.write(self.path)
     info = {"coordinator": coordinator, "launcher_pid": os.getpid(), "started": time.time()}
     (self.path / "run.json").write_text(json.dumps(info))
 
@@ -50,6 +54,12 @@ class Run:
 
   def token(self) -> str:
     return (self.path / "token").read_text()
+
+  def control_client(self) -> ControlClient:
+    """A client of the run's coordinator, for `lp` commands."""
+    return ControlClient(
+      self.info()["coordinator"], token=self.token(), tls=TlsConfig.read(self.path)
+    )
 
   def finish(self) -> None:
     """Marks the run as over: it no longer shows in `lp status`."""

@@ -11,6 +11,7 @@ import grpc
 from launchpad import errors
 from launchpad.control import auth, control_pb2
 from launchpad.control.coordinator import MAX_POLL_SECONDS, SERVICE
+from launchpad.tls import TlsConfig
 
 # Each control call is small and the coordinator answers at once, except the
 # long polls, which get their own deadline.
@@ -19,21 +20,36 @@ CALL_SECONDS = 30.0
 
 def host_id() -> str:
   """Identifies this host and network namespace: equal ids reach each other's
-  abstract Unix sockets."""
+  abstract Unix sockets. Nodes that a remote launcher gave an address of their
+  own ($LAUNCHPAD_HOST) count as a host of their own, as they would be on a
+  separate machine."""
   try:
     netns = os.stat("/proc/self/ns/net").st_ino
   except OSError:
     netns = 0
-  return f"{socket.gethostname()}/{netns}"
+  return f"{socket.gethostname()}/{netns}/{os.environ.get('LAUNCHPAD_HOST', '')}"
 
 
 class ControlClient:
   """Calls the coordinator at `address` with the program's token."""
 
-  def __init__(self, address: str, secret: bytes | None = None, token: str | None = None):
-    """Give the program `secret`, or the control `token` derived from it."""
+  def __init__(
+    self,
+    address: str,
+    secret: bytes | None = None,
+    token: str | None = None,
+    tls: TlsConfig | None = None,
+  ):
+    """Give the program `secret`, or the control `token` derived from it, and
+    its TLS settings if it uses TLS."""
     self.address = address
-    self._channel = grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)])
+    options = [("grpc.enable_http_proxy", 0)]
+    if tls is None:
+      self._channel = grpc.insecure_channel(address, options=options)
+    else:
+      options.append(("grpc.ssl_target_name_override", tls.server_name))
+      credentials = tls.grpc_channel_credentials()
+      self._channel = grpc.secure_channel(address, credentials, options=options)
     token = token if token is not None else auth.control_token(secret)
     self._metadata = ((auth.METADATA_KEY, token),)
 

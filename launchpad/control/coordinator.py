@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 from launchpad.control import auth, control_pb2
+from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Coordinator:
     node_names: every node that will run (`label[index]`), colocated ones too.
     secret: the program secret; calls must carry a token derived from it.
     host: the interface to bind.
+    tls: serve over TLS with these settings (nodes on other hosts).
     on_failure: called with the record of a failed node; returns True if it
       handled the failure (restarted the node), else the program stops.
   """
@@ -75,7 +77,9 @@ class Coordinator:
     secret: bytes,
     host: str = "127.0.0.1",
     on_failure: Callable[[NodeRecord], bool] | None = None,
+    tls: TlsConfig | None = None,
   ):
+    self._tls = tls
     self.program = program
     self.nodes = {name: NodeRecord(name) for name in node_names}
     self._token = auth.control_token(secret)
@@ -93,7 +97,11 @@ class Coordinator:
     """Starts serving; returns the address that nodes must be given."""
     server = grpc.server(_Executor("coordinator"), options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((self._handlers(),))
-    port = server.add_insecure_port(f"{self._host}:0")
+    address = f"{self._host}:0"
+    if self._tls is None:
+      port = server.add_insecure_port(address)
+    else:
+      port = server.add_secure_port(address, self._tls.grpc_server_credentials())
     server.start()
     self._server = server
     self.address = f"{self._host}:{port}"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from launchpad import errors
 from launchpad.courier import protocol, serialization
+from launchpad.tls import TlsConfig
 
 
 class AddressResolver(Protocol):
@@ -61,6 +62,7 @@ class Client:
     label: the node's name, used in errors.
     timeout: seconds a call may take, waiting for the server included;
       None waits as long as the program runs.
+    tls: the program's TLS settings; TCP connections then use TLS.
   """
 
   def __init__(
@@ -70,9 +72,10 @@ class Client:
     secret: bytes,
     label: str = "courier",
     timeout: float | None = None,
+    tls: TlsConfig | None = None,
   ):
     resolver = StaticAddress(address) if isinstance(address, str) else address
-    self._channel = _Channel(resolver, secret, label)
+    self._channel = _Channel(resolver, secret, label, tls)
     self._timeout = timeout
 
   def __getattr__(self, name: str) -> _Method:
@@ -166,10 +169,13 @@ def remote_exception(reply: tuple, label: str) -> BaseException:
 class _Channel:
   """The connections of one client (and its views) to one server."""
 
-  def __init__(self, resolver: AddressResolver, secret: bytes, label: str):
+  def __init__(
+    self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None
+  ):
     self.label = label
     self._resolver = resolver
     self._secret = secret
+    self._tls = tls
     self._local = threading.local()
     self._lock = threading.Lock()
     self._pipelined: _PipelinedConnection | None = None
@@ -232,7 +238,7 @@ class _Channel:
           "the program and that its constructor finishes."
         ) from None
       try:
-        return _open(address, self._secret, remaining), address
+        return _open(address, self._secret, remaining, self._tls), address
       except (OSError, EOFError) as e:
         if isinstance(e, errors.AuthenticationError):
           raise
@@ -253,8 +259,10 @@ def _seconds(value: float | None) -> str:
   return "no limit" if value is None else f"{value:.3g} s"
 
 
-def _open(address: str, secret: bytes, timeout: float | None) -> socket.socket:
-  sock = protocol.connect(address, timeout or None)
+def _open(
+  address: str, secret: bytes, timeout: float | None, tls: TlsConfig | None
+) -> socket.socket:
+  sock = protocol.connect(address, timeout or None, tls)
   try:
     protocol.client_handshake(sock, secret, address)
   except BaseException:

@@ -24,6 +24,8 @@ import time
 from typing import NamedTuple
 
 from launchpad import errors
+from launchpad.courier import tls_socket
+from launchpad.tls import TlsConfig
 
 MAGIC = b"LPC1"
 NONCE_SIZE = 32
@@ -216,10 +218,15 @@ class FrameReader:
           raise EOFError("connection closed")
         self._end += got
         return
-    if deadline is not None:
+    if deadline is not None and not self._decrypted():
       remaining = deadline - time.monotonic()
       if remaining <= 0 or not self._poller.poll(remaining * 1000):
         raise TimeoutError("no frame before the deadline")
+
+  def _decrypted(self) -> bool:
+    """Whether a TLS socket holds decrypted bytes, which polling cannot see."""
+    pending = getattr(self._sock, "pending", None)
+    return bool(pending and pending())
 
   def _fill(self, n: int) -> None:
     if self._end - self._start >= n:
@@ -250,8 +257,9 @@ def socket_address(address: str) -> tuple[socket.AddressFamily, str | tuple[str,
   return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
 
 
-def connect(address: str, timeout: float | None) -> socket.socket:
-  """Opens a stream socket to a courier address, with TCP_NODELAY where it applies."""
+def connect(address: str, timeout: float | None, tls: TlsConfig | None = None) -> socket.socket:
+  """Opens a stream socket to a courier address, with TCP_NODELAY where it
+  applies, and TLS over TCP when `tls` is given."""
   family, sockaddr = socket_address(address)
   sock = socket.socket(family, socket.SOCK_STREAM)
   try:
@@ -259,6 +267,8 @@ def connect(address: str, timeout: float | None) -> socket.socket:
     sock.connect(sockaddr)
     if family != socket.AF_UNIX:
       sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+      if tls is not None:
+        return tls_socket.wrap_client(sock, tls, timeout)
   except BaseException:
     sock.close()
     raise

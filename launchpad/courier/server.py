@@ -22,7 +22,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from launchpad.courier import protocol, serialization
+from launchpad.courier import protocol, serialization, tls_socket
+from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Server:
     label: the node name used in error messages.
     host: the interface to bind; loopback unless other hosts must call in.
     port: the port to bind; 0 lets the system choose.
+    tls: the program's TLS settings; TCP connections must then use TLS.
   """
 
   def __init__(
@@ -79,9 +81,11 @@ class Server:
     label: str = "courier",
     host: str = "127.0.0.1",
     port: int = 0,
+    tls: TlsConfig | None = None,
   ):
     self._methods = public_methods(obj)
     self._secret = secret
+    self._tls = tls
     self._label = label
     self._host = host
     self._port = port
@@ -166,6 +170,8 @@ class Server:
     try:
       if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+          sock = tls_socket.wrap_server(sock, self._tls, HANDSHAKE_SECONDS)
       sock.settimeout(HANDSHAKE_SECONDS)
       if not protocol.server_handshake(sock, self._secret):
         log.warning("%s: refused a connection that did not know the program secret", self._label)

@@ -10,6 +10,7 @@ from launchpad.launch import plan as plan_lib
 from launchpad.launch import processes, test, threads
 from launchpad.launch.controller import Controller
 from launchpad.program import Program
+from launchpad.tls import TlsConfig
 
 # Launchpad's names, and ours, for each launcher.
 _ALIASES = {
@@ -37,7 +38,7 @@ def launch(
   log_dir: str | pathlib.Path | None = None,
   hosts: str | pathlib.Path | dict[str, Any] | None = None,
   ray_address: str | None = None,
-  tls: bool | None = None,
+  tls: bool | TlsConfig | None = None,
 ) -> Controller:
   """Runs `program` and returns its controller without waiting for it.
 
@@ -65,7 +66,8 @@ def launch(
       to hosts (see docs/remote.md).
     ray_address: ray: the cluster to join ('auto', 'ray://host:10001', ...);
       default: a cluster this process already joined, else a new local one.
-    tls: encrypt traffic between nodes and with the coordinator (ssh, ray).
+    tls: ssh and ray: encrypt traffic between hosts with TLS: True makes a
+      certificate for this launch; or give lp.TlsConfig.from_files(...).
   """
   grace_period = defaults.get("grace_period", 10.0) if grace_period is None else grace_period
   terminal = terminal or defaults.get("terminal")

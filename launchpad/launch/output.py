@@ -90,8 +90,11 @@ class OutputMux:
       return
     text = "".join(stream.prefix + line.decode(errors="replace") for line in lines)
     with self._lock:
-      self._terminal.write(text)
-      self._terminal.flush()
+      try:
+        self._terminal.write(text)
+        self._terminal.flush()
+      except (ValueError, OSError):  # the terminal was closed: the files go on
+        self._terminal = None
 
 
 class _Stream:

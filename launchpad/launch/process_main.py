@@ -19,6 +19,7 @@ import cloudpickle
 from launchpad.context import ProgramRuntime
 from launchpad.launch import worker
 from launchpad.nodes.base import Node
+from launchpad.tls import TlsConfig
 
 _PR_SET_PDEATHSIG = 1
 # How a launcher starts a node in a fresh interpreter; the payload comes on stdin.
@@ -38,13 +39,14 @@ class WorkerSpec:
   secret: bytes
   node: Node
   env: dict[str, str]
+  tls: TlsConfig | None = None
 
   def runtime(self) -> ProgramRuntime:
     """The program as this node's process sees it. Its servers bind
     $LAUNCHPAD_HOST, which remote launchers set to an address the other
     hosts reach (default: loopback)."""
     host = os.environ.get(HOST_VARIABLE, "127.0.0.1")
-    return ProgramRuntime(self.program, self.coordinator, self.secret, host=host)
+    return ProgramRuntime(self.program, self.coordinator, self.secret, host=host, tls=self.tls)
 
 
 def run(payload: bytes, output_fd: int | None) -> None:

@@ -36,7 +36,11 @@ class CourierNode(PyClassNode):
   def run(self, runtime: ProgramRuntime) -> None:
     instance = self.build(runtime)
     server = Server(
-      instance, secret=runtime.secret, label=self.name or "courier", host=runtime.host
+      instance,
+      secret=runtime.secret,
+      label=self.name or "courier",
+      host=runtime.host,
+      tls=runtime.tls,
     )
     server.start(previous=runtime.control.previous_addresses(self.name))
     runtime.stats.track_server(self.name, server)
@@ -59,7 +63,12 @@ class CourierHandle(handles.Handle):
   """The handle of a CourierNode; dereferences to a courier `Client`."""
 
   def connect(self, runtime: ProgramRuntime) -> Client:
-    return Client(_Resolver(runtime, self.node_name), secret=runtime.secret, label=self.node_name)
+    return Client(
+      _Resolver(runtime, self.node_name),
+      secret=runtime.secret,
+      label=self.node_name,
+      tls=runtime.tls,
+    )
 
 
 class _Resolver:

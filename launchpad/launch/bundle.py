@@ -1,0 +1,83 @@
+"""The program's own code, packed to travel to hosts that do not share our files.
+
+Node payloads are cloudpickles: functions of the launched file travel by
+value, but modules the program imports from its own folders travel by name
+and must be importable where the node runs. The bundle holds the source of
+every such module: each module loaded from outside the Python installation
+and its site-packages (launchpad excluded: the hosts must have it installed),
+stored under the path its name imports it from.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pathlib
+import site
+import sys
+import sysconfig
+import zipfile
+
+import launchpad
+
+log = logging.getLogger(__name__)
+
+# A bundle this large is worth a warning: it travels to every host at launch.
+WARN_BYTES = 50 * 2**20
+
+
+def make() -> bytes:
+  """A zip of the program's own modules, as loaded in this process now."""
+  excluded = _installed_paths()
+  files: dict[str, pathlib.Path] = {}
+  for name, module in list(sys.modules.items()):
+    path = _source_of(module)
+    if path is None or name == "__main__" or any(path.is_relative_to(p) for p in excluded):
+      continue
+    stored = _stored_name(name, path)
+    if stored is not None:
+      files.setdefault(stored, path)
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    for name, path in sorted(files.items()):
+      archive.write(path, name)
+  data = buffer.getvalue()
+  if len(data) > WARN_BYTES:
+    log.warning("the program's code bundle is %.0f MB; it is sent to every host", len(data) / 2**20)
+  return data
+
+
+def extract(data: bytes, directory: pathlib.Path) -> list[str]:
+  """Unpacks a bundle into `directory`; returns the module files it held."""
+  with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    archive.extractall(directory)
+    return archive.namelist()
+
+
+def _source_of(module: object) -> pathlib.Path | None:
+  name = getattr(module, "__file__", None)
+  if not name:
+    return None
+  path = pathlib.Path(name).resolve()
+  return path if path.is_file() else None
+
+
+def _stored_name(name: str, path: pathlib.Path) -> str | None:
+  """Where module `name`, loaded from `path`, goes in the bundle, so that it
+  imports under the same name; None if its file does not match its name."""
+  parts = name.split(".")
+  if path.name.startswith("__init__."):
+    parts.append("__init__")
+  relative = pathlib.PurePosixPath(*parts[:-1], parts[-1] + "".join(path.suffixes))
+  if path.as_posix().endswith("/" + relative.as_posix()):
+    return relative.as_posix()
+  return None
+
+
+def _installed_paths() -> set[pathlib.Path]:
+  """Where the interpreter, installed packages and launchpad itself live."""
+  paths = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+  paths.update(site.getsitepackages())
+  paths.add(site.getusersitepackages())
+  paths.add(str(pathlib.Path(launchpad.__file__).parent))
+  return {pathlib.Path(p).resolve() for p in paths if p}
