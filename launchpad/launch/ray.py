@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import math
 import os
+import socket
 import sys
 import threading
 import time
@@ -58,6 +59,8 @@ ANY_INTERFACE = "0.0.0.0"
 # says nothing when it has all arrived: the launcher's process stays this
 # long after the program so that the nodes' last lines reach its terminal.
 OUTPUT_LINGER_SECONDS = 1.0
+# Bound on the check that the cluster's address accepts connections.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 def launch(
@@ -194,14 +197,8 @@ class _Session:
 
   def join(self, address: str | None, num_cpus: float) -> _Cluster:
     with self._lock:
-      if not ray.is_initialized():
-        self._cluster, self._opened = _connect(address, num_cpus), True
-      else:
-        if address:
-          log.warning("this process has joined a Ray cluster already; %r is not used", address)
-        if self._users == 0:
-          local = _is_loopback(ray.util.get_node_ip_address())
-          self._cluster, self._opened = _Cluster(started=False, local=local), False
+      if self._users == 0:
+        self._cluster, self._opened = _connect(address, num_cpus)
       self._users += 1
       return self._cluster
 
@@ -212,14 +209,36 @@ class _Session:
         ray.shutdown()
 
 
-def _connect(address: str | None, num_cpus: float) -> _Cluster:
+def _connect(address: str | None, num_cpus: float) -> tuple[_Cluster, bool]:
+  """Joins or starts a cluster; True if this call opened the connection."""
+  if ray.is_initialized():
+    if address:
+      log.warning("this process has joined a Ray cluster already (ray.init); %r is unused", address)
+    return _Cluster(started=False, local=_is_loopback(ray.util.get_node_ip_address())), False
   address = address or os.environ.get("RAY_ADDRESS")
   if address:
+    _check_reachable(address)
     ray.init(address=address)
-    return _Cluster(started=False, local=_is_loopback(ray.util.get_node_ip_address()))
+    return _Cluster(started=False, local=_is_loopback(ray.util.get_node_ip_address())), True
   # Enough CPUs for every node's request, a tenth of a core each by default.
   ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)))
-  return _Cluster(started=True, local=True)
+  return _Cluster(started=True, local=True), True
+
+
+def _check_reachable(address: str) -> None:
+  """Fails at once where ray.init would retry for minutes: a HOST:PORT or
+  ray://HOST:PORT address must accept connections."""
+  host, _, port = address.removeprefix("ray://").rpartition(":")
+  if not (host and port.isdigit()):
+    return  # 'auto', or a form Ray resolves and reports on itself
+  try:
+    socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+  except OSError as e:
+    raise errors.ProgramError(
+      f"cannot reach the Ray cluster at {address} ({e}); check that it runs (`ray status` on "
+      "its head node) and the address: HEAD_IP:6379 for a process on a cluster node, "
+      "ray://HEAD:10001 through the Ray Client server."
+    ) from e
 
 
 def _is_loopback(ip: str) -> bool:
@@ -316,7 +335,7 @@ class _Actors:
     """Starts node `name` again (the restart policy's call); a refusal is its failure."""
     try:
       self._start(name)
-    except errors.LaunchpadError as e:
+    except Exception as e:  # noqa: BLE001 - in a timer thread: the policy must hear of it
       self._coordinator.report(worker.failure_event(name, e))
 
   def _start(self, name: str) -> None:

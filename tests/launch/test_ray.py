@@ -9,10 +9,12 @@ travel to their actors by value: actors never import this module.
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import os
 import pathlib
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -153,18 +155,18 @@ def program_with(name: str, node: lp.Node, label: str) -> tuple[lp.Program, lp.H
 
 def test_consumer_producers_example_runs_to_completion_in_actors(launched):
   example = _load_example("consumer_producers")
-  controller = launched(example.make_program(num_producers=3, num_steps=3))
+  controller = launched(example.make_program(num_producers=2, num_steps=3))
   assert controller.wait(TIMEOUT) is True
   assert controller.failures() == []
   nodes = records(controller)
   assert {r.state for r in nodes.values()} == {FINISHED}
   pids = {r.pid for r in nodes.values()}
-  assert len(pids) == 4 and os.getpid() not in pids
+  assert len(pids) == 3 and os.getpid() not in pids
 
 
 def test_replay_example_runs_to_completion_in_actors(launched):
   example = _load_example("replay_actors_learner")
-  controller = launched(example.make_program(num_actors=2, num_steps=5))
+  controller = launched(example.make_program(num_actors=1, num_steps=5))
   assert controller.wait(TIMEOUT) is True
   assert controller.failures() == []
   assert {r.state for r in records(controller).values()} == {FINISHED}
@@ -172,25 +174,26 @@ def test_replay_example_runs_to_completion_in_actors(launched):
 
 def test_each_node_is_an_actor_named_after_it_with_its_group_resources(launched, capsys):
   program = lp.Program("resources")
-  with program.group("service"):
-    services = [program.add_node(lp.CourierNode(Service)) for _ in range(2)]
-  resources = {"service": lp.RayResources(num_cpus=0.5, resources={"widget": 1})}
+  heavy = program.add_node(lp.CourierNode(Service), label="heavy")
+  light = program.add_node(lp.CourierNode(Service), label="light")
+  resources = {"heavy": lp.RayResources(num_cpus=0.5, resources={"widget": 1})}
   controller = launched(program, local_resources=resources)
 
-  where = [client(s).where() for s in services]
-  assert [w["actor"] for w in where] == ["service[0]", "service[1]"]
-  assert all(w["resources"] == {"CPU": 0.5, "widget": 1.0} for w in where)
-  assert where[0]["pid"] != where[1]["pid"]
-  assert where[0]["run_dir"] == str(controller.run_dir)
+  heavy_at, light_at = client(heavy).where(), client(light).where()
+  assert (heavy_at["actor"], light_at["actor"]) == ("heavy[0]", "light[0]")
+  assert heavy_at["resources"] == {"CPU": 0.5, "widget": 1.0}
+  assert light_at["resources"] == {"CPU": 0.1}  # the default: many nodes share a core
+  assert heavy_at["pid"] != light_at["pid"]
+  assert heavy_at["run_dir"] == str(controller.run_dir)
   named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-  assert {"service[0]", "service[1]"} <= named
+  assert {"heavy[0]", "light[0]"} <= named
   # Ray prefixes each node's lines with the node's name (the actor's repr).
-  _wait_for_output(capsys, re.compile(r"\(service\[1\] pid=\d+\).* service up"))
+  _wait_for_output(capsys, re.compile(r"\(light\[0\] pid=\d+\).* service up"))
 
   controller.stop(timeout=TIMEOUT)
   assert controller.failures() == []
   named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
-  assert not {"service[0]", "service[1]"} & named
+  assert not {"heavy[0]", "light[0]"} & named
 
 
 def _wait_for_output(capsys, pattern: re.Pattern) -> None:
@@ -239,6 +242,27 @@ def test_an_actor_that_dies_without_reporting_is_a_failure(launched):
   assert "Ray actor died" in failure.value.description
   assert "vanisher[0]" in failure.value.remote_traceback  # Ray's account names the actor
   assert records(controller)["service[0]"].state == FINISHED
+
+
+def test_a_node_whose_code_is_missing_where_it_runs_fails_naming_the_import(
+  launched, tmp_path, monkeypatch
+):
+  # A module the launcher imported, gone before the node's actor imports it.
+  module_path = tmp_path / "lp_ray_gone_module.py"
+  module_path.write_text("def work():\n  pass\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gone = importlib.import_module("lp_ray_gone_module")  # the node refers to it by name
+  monkeypatch.setitem(sys.modules, "lp_ray_gone_module", gone)  # forgotten at teardown
+  module_path.unlink()
+  program = lp.Program("gone")
+  program.add_node(lp.PyNode(gone.work), label="missing")
+  controller = launched(program)
+  with pytest.raises(lp.NodeFailedError) as failure:
+    controller.wait(TIMEOUT)
+  assert failure.value.node == "missing[0]"
+  assert "could not run the node: ModuleNotFoundError" in failure.value.description
+  assert "importable where Ray runs it" in failure.value.description
+  assert "lp_ray_gone_module" in failure.value.remote_traceback
 
 
 def test_a_node_restarts_on_failure_in_a_new_actor(launched, tmp_path):
@@ -372,3 +396,12 @@ def test_lp_launch_exits_1_naming_a_node_that_crashed(cluster, tmp_path):
   result = _lp_launch(cluster, tmp_path, "tests/launch/programs/lp_crash.py:make_program")
   assert result.returncode == 1, result.stderr
   assert "node crasher[0] failed: ValueError: boom 17" in result.stderr
+
+
+def test_lp_launch_exits_2_when_the_cluster_address_is_unreachable(tmp_path):
+  with socket.socket() as unused:  # bound, not listening: connections are refused
+    unused.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{unused.getsockname()[1]}"
+    result = _lp_launch(address, tmp_path, "examples/consumer_producers.py:make_program")
+  assert result.returncode == 2, result.stderr
+  assert f"lp launch: cannot reach the Ray cluster at {address}" in result.stderr
