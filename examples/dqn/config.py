@@ -43,7 +43,7 @@ class DQNConfig:
   params_update_period: int = 50  # vector steps between two parameter pulls
 
   # Evaluation and stopping.
-  eval_period: int = 2000  # environment steps between evaluations
+  eval_period: int = 1000  # environment steps between evaluations
   eval_episodes: int = 10
   target_return: float = 195.0  # the program stops once an evaluation reaches it
   max_env_steps: int = 200_000  # ... or once the actors have taken this many steps
