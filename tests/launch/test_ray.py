@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 import types
+from collections.abc import Iterator
 from unittest import mock
 
 import cloudpickle
@@ -29,12 +30,12 @@ from absl import flags
 
 # Read by Ray when it is imported, in this process and in the children it starts.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-ray_launcher = pytest.importorskip("launchpad.launch.ray", reason="needs ray")
+pytest.importorskip("launchpad.launch.ray", reason="needs ray")
 
-import ray  # noqa: E402 - after the skip
+import ray
 
-import launchpad as lp  # noqa: E402
-from launchpad.control.coordinator import FINISHED  # noqa: E402
+import launchpad as lp
+from launchpad.control.coordinator import FINISHED
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -60,7 +61,7 @@ def _load_example(name: str) -> types.ModuleType:
 
 
 @pytest.fixture(scope="module")
-def cluster() -> str:
+def cluster() -> Iterator[str]:
   """One local Ray instance for the module; its address."""
   ray.init(num_cpus=2, resources={"widget": 2}, include_dashboard=False)
   yield ray.get_runtime_context().gcs_address
