@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from launchpad.control import control_pb2
 from launchpad.control.coordinator import Coordinator, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -87,4 +88,13 @@ class Restarter:
     if self._coordinator.stop_reason is not None:
       return
     self._coordinator.node_restarted(name)
-    self._respawn(name)
+    try:
+      self._respawn(name)
+    except Exception as e:  # noqa: BLE001 - reported as the node's failure, which the policy handles
+      self._coordinator.report(
+        control_pb2.NodeEvent(
+          node=name,
+          kind=control_pb2.NodeEvent.FAILED,
+          description=f"node {name} could not be started again: {e}",
+        )
+      )

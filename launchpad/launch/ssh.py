@@ -162,6 +162,8 @@ class _RemoteWorkers:
   def start(self, name: str) -> None:
     """Starts (or restarts) node `name` on its host."""
     connection = self._by_node[name]
+    if connection.lost is not None:
+      raise errors.HostError(connection.lost)
     spec = process_main.WorkerSpec(
       self._plan.program,
       connection.coordinator,
@@ -259,6 +261,7 @@ class _HostConnection:
     self._stderr: deque[str] = deque(maxlen=20)
     self._stderr_done = threading.Event()
     self._closing = False
+    self.lost: str | None = None  # why the connection ended, if it ended unasked
 
   def open(self, code: bytes, port: int, coordinator_host: str | None) -> None:
     self._process = subprocess.Popen(
@@ -330,8 +333,10 @@ class _HostConnection:
     self._ready.set()
     if not self._closing:
       self._stderr_done.wait(5.0)
-      reason = self._exit_reason(returncode)
-      self._workers.lost(self, f"the SSH connection to host {self.host.name} ended: {reason}")
+      self.lost = (
+        f"the SSH connection to host {self.host.name} ended: {self._exit_reason(returncode)}"
+      )
+      self._workers.lost(self, self.lost)
 
   def _dispatch(self, message: tuple) -> None:
     kind = message[0]

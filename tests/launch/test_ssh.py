@@ -225,3 +225,20 @@ def test_a_lost_connection_fails_its_nodes_and_stops_the_program(hosts, marker):
     controller.stop()
   assert "SSH connection to host alpha ended" in str(failure.value)
   assert_none_left(marker)
+
+
+def test_a_node_that_fails_is_restarted_on_its_host(hosts, marker, tmp_path):
+  flag = tmp_path / "crashed-once"
+  program = lp.Program("remote_restart")
+  with program.group("echo"):
+    echo = program.add_node(lp.CourierNode(remote.Echo))
+  with program.group("flaky"):
+    program.add_node(
+      lp.PyNode(remote.crash_once_then_exchange, str(flag), echo), restart="on-failure"
+    )
+  hosts["groups"] = {"echo": "alpha", "flaky": "beta"}
+  controller = lp.launch(program, launch_type="ssh", hosts=hosts)
+  assert controller.wait(60)
+  log = (controller.run_dir / "flaky[0].log").read_text()
+  assert "CRASHING" in log and "EXCHANGED" in log
+  assert_none_left(marker)

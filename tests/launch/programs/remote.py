@@ -56,6 +56,14 @@ def crash() -> None:
   raise ValueError("the crash node failed on purpose")
 
 
+def crash_once_then_exchange(flag: str, echo) -> None:
+  """Fails the first time (leaving `flag`); exchanges with `echo` once restarted."""
+  if not os.path.exists(flag):
+    open(flag, "w").close()
+    crash()
+  exchange(echo)
+
+
 def make_program(then_wait: bool = False) -> lp.Program:
   """An echo server on one host, a caller on the other."""
   program = lp.Program("remote_exchange")
