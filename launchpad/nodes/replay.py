@@ -30,7 +30,12 @@ from launchpad import context
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.replay.checkpoint import PeriodicCheckpointer
 from launchpad.replay.client import Client
-from launchpad.replay.server import ReplayService, build_tables
+from launchpad.replay.server import (
+  WRITER_LEASE_SECONDS,
+  ReplayService,
+  _positive_seconds,
+  build_tables,
+)
 from launchpad.replay.table import Table
 
 log = logging.getLogger(__name__)
@@ -45,10 +50,17 @@ FINAL_CHECKPOINT_SECONDS = 60.0
 
 
 def _serve(
-  tables: Any, checkpoint_dir: str | None = None, checkpoint_every: float | None = None
+  tables: Any,
+  checkpoint_dir: str | None = None,
+  checkpoint_every: float | None = None,
+  writer_lease_seconds: float = WRITER_LEASE_SECONDS,
 ) -> ReplayService:
   """Builds the service inside the node's worker (its tables too, given a function)."""
-  service = ReplayService(tables() if callable(tables) else tables, checkpoint_dir=checkpoint_dir)
+  service = ReplayService(
+    tables() if callable(tables) else tables,
+    checkpoint_dir=checkpoint_dir,
+    writer_lease_seconds=writer_lease_seconds,
+  )
   context.register_stop_handler(service._close)
   if checkpoint_every is not None:
     periodic = PeriodicCheckpointer(service.checkpoint, checkpoint_every)
@@ -73,6 +85,8 @@ class ReplayNode(CourierNode):
     checkpoint_every: seconds between checkpoints written by a thread of the
       node (which also writes one when the program stops); needs
       checkpoint_dir.
+    writer_lease_seconds: how long a trajectory writer's chunks outlive its
+      last call, so that the chunks of a writer whose process died are freed.
   """
 
   def __init__(
@@ -80,7 +94,9 @@ class ReplayNode(CourierNode):
     tables: TablesSpec,
     checkpoint_dir: str | None = None,
     checkpoint_every: float | None = None,
+    writer_lease_seconds: float = WRITER_LEASE_SECONDS,
   ):
+    writer_lease_seconds = _positive_seconds(writer_lease_seconds, "writer_lease_seconds")
     if checkpoint_dir is not None:
       checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
     if checkpoint_every is not None:
@@ -99,7 +115,7 @@ class ReplayNode(CourierNode):
       tables = list(tables)
       build_tables(tables)  # fail here, not in the worker: no tables, duplicate names, non-tables
       tables = [t.snapshot() for t in tables]
-    super().__init__(_serve, tables, checkpoint_dir, checkpoint_every)
+    super().__init__(_serve, tables, checkpoint_dir, checkpoint_every, writer_lease_seconds)
     self._service: ReplayService | None = None
 
   def build(self, runtime: ProgramRuntime) -> ReplayService:

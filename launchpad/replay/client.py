@@ -64,53 +64,53 @@ class ReplaySample(NamedTuple):
   """The item's data nested as it was inserted (a dict of columns, a tuple, ...)."""
 
 
-def _flatten_item(item: Any) -> tuple[dict[str, np.ndarray], Any]:
-  """(columns, structure) of an item; a flat dict of arrays (the common case) skips the walk."""
-  if (
-    type(item) is dict
-    and item
-    and all(type(v) is np.ndarray and not v.dtype.hasobject for v in item.values())
-    and all(type(k) is str for k in item)
-  ):
-    return item, structure_lib.flat_dict_structure(tuple(item))
-  return structure_lib.flatten(item)
+def _flatten_item(item: Any) -> tuple[dict[str, np.ndarray], tuple]:
+  """(columns, run key) of an item: items of equal run keys stack into one run.
 
-
-def _same_run(a: tuple, b: tuple) -> bool:
-  """Whether two flattened items (columns, structure, tables) stack into one run."""
-  columns_a, structure_a, tables_a = a
-  columns_b, structure_b, tables_b = b
-  if structure_a != structure_b or tables_a != tables_b:
-    return False
-  for column, array in columns_a.items():
-    other = columns_b[column]
-    if array.shape != other.shape or array.dtype != other.dtype:
-      return False
-  return True
+  The run key is (structure, the columns' dtypes and shapes). A flat dict of
+  arrays (the common case) skips the structure walk.
+  """
+  if type(item) is dict and item:
+    specs = []
+    for key, value in item.items():
+      if type(value) is not np.ndarray or type(key) is not str or value.dtype.hasobject:
+        break
+      specs.append((value.dtype, value.shape))
+    else:
+      return item, (structure_lib.flat_dict_structure(tuple(item)), tuple(specs))
+  columns, structure = structure_lib.flatten(item)
+  return columns, (structure, tuple((a.dtype, a.shape) for a in columns.values()))
 
 
 def _groups(
-  items: list[tuple[dict[str, np.ndarray], Any, Any]],
+  items: list[tuple[dict[str, np.ndarray], tuple]],
   priorities: Mapping[str, float] | list[dict[str, float]],
 ) -> list[tuple[Any, dict[str, np.ndarray], dict[str, Any]]]:
-  """Runs of consecutive items of one structure (and tables), each stacked into one array per column.
+  """Runs of consecutive items of one run key (and tables), each stacked into one array per column.
 
-  Each run is (structure, column -> stacked array, table -> priority or per-item priorities).
+  Each run is (structure, column -> stacked array, table -> priority or
+  per-item priorities).
   """
+  shared = isinstance(priorities, Mapping)
+  keys = (
+    [key for _, key in items]
+    if shared
+    else [(key, tuple(p)) for (_, key), p in zip(items, priorities, strict=True)]
+  )
   groups = []
   start = 0
   for end in range(1, len(items) + 1):
-    if end < len(items) and _same_run(items[start], items[end]):
+    if end < len(items) and keys[end] == keys[start]:
       continue
-    columns, structure, tables = items[start]
+    columns, (structure, _) = items[start]
     if end - start == 1:
       stacked = {c: a[np.newaxis] for c, a in columns.items()}
     else:
       stacked = {c: np.stack([item[0][c] for item in items[start:end]]) for c in columns}
-    if isinstance(priorities, Mapping):
+    if shared:
       run_priorities: dict[str, Any] = dict(priorities)
     else:
-      run_priorities = {t: [p[t] for p in priorities[start:end]] for t in tables}
+      run_priorities = {t: [p[t] for p in priorities[start:end]] for t in priorities[start]}
     groups.append((structure, stacked, run_priorities))
     start = end
   return groups
@@ -172,12 +172,11 @@ class Client:
     """
     if isinstance(priorities, Mapping):
       priorities = _priorities(priorities)
-      flat = [(*_flatten_item(item), None) for item in items]
     else:
       priorities = [_priorities(p) for p in priorities]
       if len(priorities) != len(items):
         raise ValueError(f"{len(items)} items but {len(priorities)} priority dicts")
-      flat = [(*_flatten_item(item), tuple(p)) for item, p in zip(items, priorities, strict=True)]
+    flat = [_flatten_item(item) for item in items]
     if not flat:
       return []
     limit = self._limit(timeout)

@@ -40,7 +40,8 @@ class RateLimiterTimeoutError(ReplayError, TimeoutError):
     self.state = state
 
   def __reduce__(self):
-    return (type(self), (self.table, self.operation, self.timeout, self.state))
+    # The state carries the notes (how far a batch got) to the client too.
+    return (type(self), (self.table, self.operation, self.timeout, self.state), self.__dict__)
 
 
 class TableClosedError(ReplayError):
@@ -57,4 +58,4 @@ class TableClosedError(ReplayError):
     self.operation = operation
 
   def __reduce__(self):
-    return (type(self), (self.table, self.operation))
+    return (type(self), (self.table, self.operation), self.__dict__)

@@ -13,7 +13,7 @@ A structure is () for a leaf, or (kind, names, children, type_name):
   ("dict", keys, children, "")           any Mapping (it comes back a dict)
   ("list", None, children, "")
   ("tuple", None, children, "")
-  ("namedtuple", fields, children, "module:qualname")
+  ("namedtuple", fields, children, "module:qualname")   paths by field name
 
 It is plain data so that the server can check and compare it without the
 user's classes. A namedtuple comes back as its own class when its module is
@@ -64,11 +64,14 @@ def flatten(data: Any, leaf: Callable[[Any, str], Any] | None = None) -> tuple[d
     if isinstance(value, list | tuple):
       if not value:
         raise ValueError(f"item data: empty sequence at {where}")
-      children = tuple(visit(child, _join(path, str(i))) for i, child in enumerate(value))
       fields = getattr(type(value), "_fields", None)
-      if isinstance(value, tuple) and isinstance(fields, tuple):
+      if isinstance(value, tuple) and isinstance(fields, tuple):  # a namedtuple: paths by field
         cls = type(value)
+        children = tuple(
+          visit(child, _join(path, f)) for f, child in zip(fields, value, strict=True)
+        )
         return ("namedtuple", fields, children, f"{cls.__module__}:{cls.__qualname__}")
+      children = tuple(visit(child, _join(path, str(i))) for i, child in enumerate(value))
       return ("list" if isinstance(value, list) else "tuple", None, children, "")
     column = path or "data"
     if column in columns:
@@ -143,12 +146,11 @@ def unflatten(structure: Any, columns: Mapping[str, Any]) -> Any:
     kind, names, children, type_name = node
     if kind == "dict":
       return {k: build(c, _join(path, k)) for k, c in zip(names, children, strict=True)}
+    if kind == "namedtuple":
+      values = [build(c, _join(path, f)) for f, c in zip(names, children, strict=True)]
+      return _namedtuple_class(type_name, names)(*values)
     values = [build(c, _join(path, str(i))) for i, c in enumerate(children)]
-    if kind == "list":
-      return values
-    if kind == "tuple":
-      return tuple(values)
-    return _namedtuple_class(type_name, names)(*values)
+    return values if kind == "list" else tuple(values)
 
   return build(structure, "")
 

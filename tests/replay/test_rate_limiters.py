@@ -69,6 +69,44 @@ DATA = {"x": [(1, slice(0, 2))]}
 # Decisions without threads.
 
 
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: rl.MinSize(3),
+    lambda: rl.Queue(5),
+    lambda: rl.SampleToInsertRatio(2.0, 4, 6.0),
+    lambda: rl.SampleToInsertRatio(0.5, 2, (-3.0, 3.0)),
+    lambda: rl.RateLimiter(1.0, 3, -1.0, 2.0),
+  ],
+)
+def test_inserts_allowed_is_what_one_insert_at_a_time_would_be_allowed(make):
+  """Against the one-at-a-time rule, from many states, with and without evictions."""
+  rng = np.random.default_rng(5)
+  for _ in range(200):
+    limiter = make()
+    inserts = int(rng.integers(0, 12))
+    limiter.restore_counters(
+      {
+        "inserts": inserts,
+        "deletes": int(rng.integers(0, inserts + 1)),
+        "samples": int(rng.integers(0, 3 * inserts + 1)),
+      }
+    )
+    size = limiter.inserts - limiter.deletes
+    max_size = int(rng.integers(max(size, 1), size + 4))
+    limit = int(rng.integers(0, 10))
+    expected, table_size, state = 0, size, limiter.snapshot()
+    while expected < limit and limiter.can_insert():
+      limiter.record_insert()
+      expected += 1
+      table_size += 1
+      if table_size > max_size:
+        limiter.record_delete()
+        table_size -= 1
+    limiter.restore_counters(state)
+    assert limiter.inserts_allowed(limit, size, max_size) == expected, (state, size, max_size)
+
+
 def test_min_size_blocks_samples_until_enough_items():
   limiter = rl.MinSize(3)
   for _ in range(2):

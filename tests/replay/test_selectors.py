@@ -204,8 +204,10 @@ def test_bulk_operations_match_one_at_a_time():
   one, bulk = Prioritized(0.9, initial_capacity=8), Prioritized(0.9, initial_capacity=8)
   for key, priority in zip(keys, priorities, strict=True):
     one.insert(key, priority)
-  bulk.insert_many(keys[:1000], priorities[:1000])
-  bulk.insert_many(keys[1000:], priorities[1000:])
+  # Batches that grow the tree (a full rebuild) and batches that fit (the nodes above them).
+  for start, end in ((0, 1000), (1000, 1010), (1010, 2000), (2000, 2001), (2001, 3000)):
+    bulk.insert_many(keys[start:end], priorities[start:end])
+    check_tree(bulk, dict(zip(keys[:end], priorities[:end], strict=True)))
   updated = keys[::7]
   new_priorities = rng.uniform(0, 3, size=len(updated)).tolist()
   for key, priority in zip(updated, new_priorities, strict=True):
@@ -320,6 +322,39 @@ def test_deterministic_selectors_match_a_reference_model(name):
     else:
       expected = min(live, key=lambda k: (live[k][0], live[k][2]))
     assert selector.sample() == (expected, 1.0)
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_insert_many_matches_one_at_a_time_and_is_all_or_nothing(name):
+  one, bulk = ALL[name](), ALL[name]()
+  priorities = [float(p % 7) for p in range(300)]
+  for key, priority in enumerate(priorities):
+    one.insert(key, priority)
+  for start in range(0, 300, 37):
+    bulk.insert_many(list(range(start, min(start + 37, 300))), priorities[start : start + 37])
+  for key in range(0, 300, 3):
+    one.delete(key)
+    bulk.delete(key)
+  assert len(one) == len(bulk) == 200 and all(k in bulk for k in range(1, 300, 3))
+  if one.is_deterministic:
+    while len(one):  # both give the same items in the same order
+      key, probability = one.sample()
+      assert bulk.sample() == (key, probability)
+      one.delete(key)
+      bulk.delete(key)
+  elif name == "Prioritized":
+    assert all(bulk.probability(k) == pytest.approx(one.probability(k)) for k in range(1, 300, 3))
+  bulk.insert(5000, 1.0)
+  for keys, values, error in (
+    ([1000, 1000], [1.0, 1.0], KeyError),  # twice in the batch
+    ([1000, 5000], [1.0, 1.0], KeyError),  # already there
+    ([1000, 1001], [1.0, math.nan], ValueError),
+    ([1000], [1.0, 2.0], ValueError),
+  ):
+    size = len(bulk)
+    with pytest.raises(error):
+      bulk.insert_many(keys, values)
+    assert len(bulk) == size and 1000 not in bulk
 
 
 # Errors and options.

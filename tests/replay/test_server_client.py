@@ -196,6 +196,21 @@ def test_reset_and_server_info(servers):
   assert (a["rate_limiter"]["inserts"], a["rate_limiter"]["samples"]) == (0, 0)
 
 
+def test_table_stats_are_size_max_size_and_lifetime_counts(servers):
+  server, client = servers([uniform("a", max_size=7), Table.queue("q", 3)])
+  client.insert_batch([step(i) for i in range(3)], {"a": 1.0})
+  client.sample("a", 2)
+  client.reset("a")  # empties the table; the counts go on
+  client.insert(step(9), {"a": 1.0, "q": 1.0})
+  expected = {
+    "a": {"size": 1, "max_size": 7, "num_inserts": 4, "num_samples": 2},
+    "q": {"size": 1, "max_size": 3, "num_inserts": 1, "num_samples": 0},
+  }
+  assert server.table_stats() == expected
+  assert client.table_stats() == expected
+  assert server.tables["q"].stats() == expected["q"]
+
+
 # Blocking, timeouts, stopping.
 
 
@@ -219,6 +234,14 @@ def test_insert_into_a_full_queue_times_out(servers):
     client.insert(step(2), {"q": 1.0}, timeout=0.05)
   assert caught.value.operation == "insert"
   assert sizes(client) == {"q": 2}
+
+
+def test_a_batch_timing_out_in_its_second_table_says_how_far_it_got(servers):
+  _, client = servers([uniform("a"), Table.queue("q", 2)])
+  with pytest.raises(RateLimiterTimeoutError) as caught:
+    client.insert_batch([step(i) for i in range(3)], {"a": 1.0, "q": 1.0}, timeout=0.05)
+  assert "table 'q': 2 of the batch's 3 items were inserted" in caught.value.__notes__
+  assert sizes(client) == {"a": 3, "q": 2}
 
 
 def test_sample_returns_what_the_limiter_allows_within_the_timeout(servers):

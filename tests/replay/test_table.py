@@ -6,6 +6,7 @@ import gc
 import math
 import pickle
 import re
+import threading
 import weakref
 
 import numpy as np
@@ -523,3 +524,130 @@ def test_restore_checks_the_signature():
   with pytest.raises(ValueError, match="column 'obs' does not match the signature"):
     target.restore(source.snapshot())
   assert len(target) == 0 and store.refcount(1) == 1
+
+
+# Batches: insert_many.
+
+
+def put_rows(store: ChunkStore, key: int, count: int) -> int:
+  """Stores chunk `key`: `count` rows, row i a 3-vector of i + 100 (not ChunkStore's chunk 1)."""
+  store.put(key, np.repeat(np.arange(100, 100 + count, dtype=np.float32)[:, None], 3, axis=1))
+  return key
+
+
+def test_insert_many_items_are_rows_of_the_chunks_in_order():
+  table, store = table_with_chunk(max_times_sampled=1)
+  put_rows(store, 5, 10)
+  store.put(2, np.arange(10, dtype=np.int64))
+  table.insert_many(list(range(100, 110)), 1.5, {"obs": 5, "step": 2}, timeout=0)
+  assert store.refcount(5) == store.refcount(2) == 1 + 10  # one reference per item
+  store.release([1, 5, 2])
+  items = table.sample(10, timeout=0)  # Fifo: in order
+  assert [item.key for item in items] == list(range(100, 110))
+  for row, item in enumerate(items):
+    assert item.data["obs"].shape == (3,) and item.data["obs"][0] == 100 + row  # no step axis
+    assert item.data["step"] == row and item.priority == 1.5
+  assert table.info()["num_inserts"] == 10
+  table.reset()
+  assert len(store) == 0
+
+
+@pytest.mark.parametrize(
+  "remover", [sel.Fifo(), sel.Lifo(), sel.MinHeap(), sel.MaxHeap()], ids=lambda s: repr(s)
+)
+def test_insert_many_does_what_inserts_one_at_a_time_do(remover):
+  """Same items, priorities, evictions and limiter counters, into a table that overflows."""
+  one, store_one = table_with_chunk(remover=remover, max_size=4, limiter=rl.Queue(20))
+  many, store_many = table_with_chunk(remover=type(remover)(), max_size=4, limiter=rl.Queue(20))
+  priorities = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+  for table in (one, many):
+    table.insert(1, 2.5, step(0), timeout=0)
+    table.sample(timeout=0)
+  for key, priority in enumerate(priorities, start=10):
+    one.insert(key, priority, {"obs": [(1, key - 10)]}, timeout=0)  # also one row each
+  many.insert_many(list(range(10, 18)), priorities, {"obs": put_rows(store_many, 2, 8)}, timeout=0)
+  store_many.release([2])
+
+  def contents(table):
+    items = [(i["key"], i["priority"]) for i in table.snapshot()["items"]]
+    info = table.info()
+    return items, info["num_evictions"], info["rate_limiter"]["diff"], info["num_inserts"]
+
+  assert contents(many) == contents(one)
+  assert store_one.refcount(1) == store_many.refcount(1) + store_many.refcount(2) == 1 + 4
+
+
+def test_insert_many_waits_for_the_limiter_item_by_item():
+  table, store = table_with_chunk(limiter=rl.Queue(3), max_size=10, max_times_sampled=1)
+  inserter = threading.Thread(
+    target=table.insert_many,
+    args=(list(range(6)), 1.0, {"obs": put_rows(store, 2, 6)}),
+    kwargs={"timeout": 10},
+  )
+  inserter.start()
+  taken = []
+  while len(taken) < 6:  # each sample lets one more item in
+    taken += [item.key for item in table.sample(timeout=10)]
+  inserter.join(10)
+  assert not inserter.is_alive() and taken == list(range(6))
+  assert table.info()["rate_limiter"]["insert_stats"]["limited"] >= 1
+
+
+def test_insert_many_timing_out_part_way_leaves_the_first_items_in():
+  table, store = table_with_chunk(limiter=rl.Queue(3), max_size=10, max_times_sampled=1)
+  with pytest.raises(RateLimiterTimeoutError) as raised:
+    table.insert_many(list(range(5)), 1.0, {"obs": put_rows(store, 2, 5)}, timeout=0.05)
+  assert "table 't': 3 of the batch's 5 items were inserted" in raised.value.__notes__
+  assert [item.key for item in table.sample(3, timeout=0)] == [0, 1, 2]
+  assert store.refcount(2) == 1  # the sampled items went; no reference is left behind
+
+
+def test_insert_many_of_a_present_key_updates_its_priority_only():
+  table, store = table_with_chunk(sampler=sel.MaxHeap())
+  table.insert(5, 1.0, step(9), timeout=0)
+  table.insert_many([4, 5, 6], [2.0, 7.0, 3.0], {"obs": put_rows(store, 2, 3)}, timeout=0)
+  [item] = table.sample(timeout=0)
+  assert (item.key, item.priority, float(item.data["obs"][0, 0])) == (5, 7.0, 9.0)
+  info = table.info()
+  assert (info["size"], info["num_inserts"], info["num_updates"]) == (3, 3, 1)
+
+
+@pytest.mark.parametrize(
+  ("keys", "priorities", "columns", "message"),
+  [
+    ([1, 1], 1.0, {"obs": 2}, "not distinct"),
+    ([1, -2], 1.0, {"obs": 2}, "item key must be in"),
+    ([1, 2], [1.0], {"obs": 2}, "2 items but 1 priorities"),
+    ([1, 2], [1.0, math.nan], {"obs": 2}, "item 1 of the batch: priority must be finite"),
+    ([1, 2], [1.0, True], {"obs": 2}, "item 1 of the batch: priority must be a real number"),
+    ([1, 2], "1.0", {"obs": 2}, "priority must be a real number"),
+    ([1, 2], 1.0, {"obs": 9}, "references chunk 9, which is not stored"),
+    ([1, 2], 1.0, {"obs": 1}, "has 10 rows, not one per item of the batch (2)"),
+    ([1, 2], 1.0, {}, "non-empty mapping column -> chunk key"),
+    ([1, 2], 1.0, {3: 2}, "column names must be strings"),
+  ],
+)
+def test_bad_batches_raise_and_change_nothing(keys, priorities, columns, message):
+  table, store = table_with_chunk()  # chunk 1 has ten rows
+  store.put(2, np.zeros((2, 3), np.float32))  # chunk 2 has two: one per item of the batch
+  table.insert(7, 1.0, step(0), timeout=0)
+  before = state(table, store)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    table.insert_many(keys, priorities, columns, timeout=0)
+  assert state(table, store) == before
+
+
+def test_insert_many_checks_the_signature_and_the_structure_once():
+  table, store = signature_table()
+  store.put(4, np.zeros((2, 3), np.float32))
+  store.put(5, np.zeros(2, np.float32))
+  before = state(table, store)
+  with pytest.raises(ValueError, match="column 'obs' does not match the signature"):
+    table.insert_many([1, 2], 1.0, {"obs": 4, "reward": 5}, timeout=0)  # rows (3,), not (n, 3)
+  assert state(table, store) == before
+  plain, store = table_with_chunk()
+  put_rows(store, 2, 2)
+  before = state(plain, store)
+  with pytest.raises(ValueError, match="structure's paths \\('x'\\) are not the item's columns"):
+    plain.insert_many([1, 2], 1.0, {"obs": 2}, structure=("dict", ("x",), ((),), ""))
+  assert state(plain, store) == before
