@@ -39,6 +39,7 @@ from launchpad.launch import process_main, signals, worker
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 from launchpad.resources import RayResources
+from launchpad.tls import TlsConfig
 
 # Ray merges look-alike lines of different actors (the producers' lines) by
 # default; launchpad shows every node's lines, as in the other modes. Read
@@ -69,7 +70,7 @@ def launch(
   local_resources: dict[str, Any] | None = None,
   *,
   address: str | None = None,
-  tls: bool = False,
+  tls: bool | TlsConfig = False,
   handle_signals: bool = True,
 ) -> Controller:
   """Starts one Ray actor per node of `plan` and returns once all are created.
@@ -79,20 +80,20 @@ def launch(
       Default: the cluster this process joined already (ray.init), else the
       one $RAY_ADDRESS names, else a new local cluster that ends with the
       program.
-    tls: not applied by this launcher yet; a warning says so.
+    tls: encrypt traffic between nodes and with the coordinator: True makes a
+      certificate for this launch; or give lp.TlsConfig.from_files(...).
     handle_signals: Ctrl-C and SIGTERM stop the program gracefully (main
       thread only); a failure after the main thread returned exits with 1.
   """
   resources = _group_resources(plan, local_resources or {})
-  if tls:
-    log.warning("program %s: --tls is not applied in ray mode yet; traffic is plain", plan.program)
+  tls = TlsConfig.for_launch(tls)
   cluster = _session.join(
     address, sum(_resource(resources, w.label).num_cpus for w in plan.workers)
   )
   try:
     if cluster.started:
       _check_fits(resources, ray.cluster_resources())
-    return _launch(plan, grace_period, resources, cluster, handle_signals)
+    return _launch(plan, grace_period, resources, cluster, tls, handle_signals)
   except BaseException:
     _session.leave()
     raise
@@ -103,19 +104,24 @@ def _launch(
   grace_period: float,
   resources: dict[str, RayResources],
   cluster: _Cluster,
+  tls: TlsConfig | None,
   handle_signals: bool,
 ) -> Controller:
   coordinator = Coordinator(
-    plan.program, plan.node_names, plan.secret, host=LOOPBACK if cluster.local else ANY_INTERFACE
+    plan.program,
+    plan.node_names,
+    plan.secret,
+    host=LOOPBACK if cluster.local else ANY_INTERFACE,
+    tls=tls,
   )
   port = coordinator.start().rpartition(":")[2]
   address = f"{LOOPBACK if cluster.local else ray.util.get_node_ip_address()}:{port}"
   run = runs.create(plan.program)
-  run.write(address, plan.secret)
-  actors = _Actors(plan, resources, coordinator, address, cluster.local, run)
+  run.write(address, plan.secret, tls)
+  actors = _Actors(plan, resources, coordinator, address, cluster.local, run, tls)
   restarter = restarts.Restarter(coordinator, plan.restart_policies, actors.respawn)
   coordinator.set_failure_policy(restarter.on_failure)
-  runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source)
+  runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source, tls=tls)
   controller = Controller(plan, coordinator, runtime, actors, grace_period, run_dir=run.path)
   try:
     actors.start_all()
@@ -314,8 +320,10 @@ class _Actors:
     address: str,
     local: bool,
     run: runs.Run,
+    tls: TlsConfig | None,
   ):
     self._plan = plan
+    self._tls = tls
     self._resources = resources
     self._coordinator = coordinator
     self._address = address
@@ -365,7 +373,7 @@ class _Actors:
     with self._changed:
       self._actors[name] = actor
     spec = process_main.WorkerSpec(
-      self._plan.program, self._address, self._plan.secret, node, dict(self._env)
+      self._plan.program, self._address, self._plan.secret, node, dict(self._env), self._tls
     )
     ended = handle.run.remote(
       cloudpickle.dumps(spec), sys.path if self._local else [], not self._local

@@ -35,6 +35,8 @@ pytest.importorskip("launchpad.launch.ray", reason="needs ray")
 import ray
 
 import launchpad as lp
+from launchpad import runs
+from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import FINISHED
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -163,6 +165,18 @@ def test_consumer_producers_example_runs_to_completion_in_actors(launched):
   assert {r.state for r in nodes.values()} == {FINISHED}
   pids = {r.pid for r in nodes.values()}
   assert len(pids) == 3 and os.getpid() not in pids
+
+
+def test_with_tls_nodes_reach_the_coordinator_over_tls_only(launched):
+  program, service = program_with("ray_tls", lp.PyNode(ignore_stop), "idle")
+  controller = launched(program, tls=True)
+  assert client(service).where()["actor"] == "service[0]"
+  run = runs.Run(controller.run_dir)
+  assert run.control_client().status().program == "ray_tls"
+  plain = ControlClient(run.info()["coordinator"], token=run.token())
+  with pytest.raises(lp.ProgramStoppedError, match="cannot be reached"):
+    plain.status()
+  plain.close()
 
 
 def test_replay_example_runs_to_completion_in_actors(launched):
