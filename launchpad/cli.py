@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 import runpy
+import socket
 import sys
 import threading
 import time
@@ -477,21 +478,30 @@ def _print_run(run: runs.Run) -> None:
     reply = client.status()
   finally:
     client.close()
+  # Nodes report their own usage once a second; nodes of this host that have
+  # not reported yet are measured here.
+  here = socket.gethostname()
   processes = {}
   for node in reply.nodes:
+    if node.HasField("usage") or node.host != here:
+      continue
     try:
       processes[node.node] = psutil.Process(node.pid)
       processes[node.node].cpu_percent(None)
     except (psutil.Error, ValueError):
       continue
-  time.sleep(0.2)  # CPU percent is measured over this interval
+  if processes:
+    time.sleep(0.2)  # CPU percent is measured over this interval
   state = f"stopping: {reply.reason}" if reply.stopping else "running"
   print(f"{run.name}  program={reply.program}  {state}  launcher pid={info['launcher_pid']}")
   print(f"  {'NODE':24} {'STATE':9} {'PID':>7} {'RESTARTS':>8} {'CPU%':>6} {'MEM MB':>8}")
   for node in reply.nodes:
     cpu, mem = "-", "-"
     process = processes.get(node.node)
-    if process is not None:
+    if node.HasField("usage"):
+      cpu = f"{node.usage.cpu_percent:.0f}"
+      mem = f"{node.usage.memory_bytes / 2**20:.0f}"
+    elif process is not None:
       try:
         cpu = f"{process.cpu_percent(None):.0f}"
         mem = f"{process.memory_info().rss / 2**20:.0f}"
