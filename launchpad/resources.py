@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from launchpad import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class PythonProcess:
@@ -68,3 +70,22 @@ def _check_amount(what: str, amount: Any) -> None:
     raise TypeError(f"RayResources {what} must be a number, got {amount!r}.")
   if not amount >= 0:
     raise ValueError(f"RayResources {what} must be >= 0, got {amount!r}.")
+
+
+def by_group(
+  program: str, groups: set[str], local_resources: dict[str, Any], kind: type, launcher: str
+) -> dict[str, Any]:
+  """Checks a launcher's `local_resources`: each key a group of the program,
+  each value a `kind`; returns them as a dict."""
+  for group, resource in local_resources.items():
+    if group not in groups:
+      raise errors.ProgramError(
+        f"local_resources names group {group!r}, which program {program} does not "
+        f"have; its groups are: {', '.join(sorted(groups))}."
+      )
+    if not isinstance(resource, kind):
+      raise TypeError(
+        f"local_resources[{group!r}] is a {type(resource).__name__}; the {launcher} "
+        f"launcher takes lp.{kind.__name__}(...)."
+      )
+  return dict(local_resources)

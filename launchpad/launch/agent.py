@@ -175,7 +175,7 @@ class _Agent:
     with self._lock:
       pids = [pid for pid, n in self._names.items() if n == name]
     for pid in pids:
-      _kill_session(pid)
+      zygote.kill_session(pid)
 
   def _exited(self, pid: int, returncode: int) -> None:
     with self._lock:
@@ -212,18 +212,9 @@ class _Agent:
     with self._lock:
       pids = list(self._names)
     for pid in pids:
-      _kill_session(pid)
+      zygote.kill_session(pid)
     self._fork_server.close()
     shutil.rmtree(self._code, ignore_errors=True)
-
-
-def _kill_session(pid: int) -> None:
-  for kill in (os.killpg, os.kill):
-    try:
-      kill(pid, signal.SIGKILL)
-      return
-    except OSError:
-      continue
 
 
 def _ssh_addresses() -> tuple[str, str]:

@@ -41,6 +41,18 @@ class WorkerSpec:
   env: dict[str, str]
   tls: TlsConfig | None = None
 
+  def run(self) -> None:
+    """Runs the node in the calling thread, in this process's environment
+    plus the spec's, and returns when it ended (its outcome reported)."""
+    os.environ.update(self.env)
+    runtime = self.runtime()
+    try:
+      worker.run_node(self.node, runtime)
+    finally:
+      runtime.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
   def runtime(self) -> ProgramRuntime:
     """The program as this node's process sees it. Its servers bind
     $LAUNCHPAD_HOST, which remote launchers set to an address the other
@@ -55,14 +67,7 @@ def run(payload: bytes, output_fd: int | None) -> None:
   if output_fd is not None:
     _redirect_output(output_fd)
   spec: WorkerSpec = cloudpickle.loads(payload)
-  os.environ.update(spec.env)
-  runtime = spec.runtime()
-  try:
-    worker.run_node(spec.node, runtime)
-  finally:
-    runtime.close()
-  sys.stdout.flush()
-  sys.stderr.flush()
+  spec.run()
   os._exit(0)  # node threads the user left behind must not keep the process
 
 

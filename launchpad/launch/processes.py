@@ -25,6 +25,7 @@ from typing import Any
 import cloudpickle
 
 from launchpad import errors, restarts, runs
+from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
@@ -87,18 +88,9 @@ def _close_run(output: OutputMux, run: runs.Run, terminal: str) -> None:
 
 def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, PythonProcess]:
   groups = {worker.label for worker in plan.workers}
-  for group, resource in local_resources.items():
-    if group not in groups:
-      raise errors.ProgramError(
-        f"local_resources names group {group!r}, which program {plan.program} does not "
-        f"have; its groups are: {', '.join(sorted(groups))}."
-      )
-    if not isinstance(resource, PythonProcess):
-      raise TypeError(
-        f"local_resources[{group!r}] is a {type(resource).__name__}; the multiprocess "
-        "launcher takes lp.PythonProcess(env=..., args=..., interpreter=...)."
-      )
-  return dict(local_resources)
+  return resources_lib.by_group(
+    plan.program, groups, local_resources, PythonProcess, "multiprocess"
+  )
 
 
 def _child_environment() -> dict[str, str]:
@@ -119,12 +111,7 @@ class _Child:
   def kill(self) -> None:
     """SIGKILL to the node's whole session: its own children die with it."""
     self.killed = True
-    for kill in (os.killpg, os.kill):
-      try:
-        kill(self.pid, signal.SIGKILL)
-        return
-      except OSError:
-        continue
+    zygote.kill_session(self.pid)
 
 
 class _Processes:

@@ -32,6 +32,7 @@ from typing import Any
 import cloudpickle
 
 from launchpad import errors, restarts, runs
+from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
@@ -146,18 +147,7 @@ def _end(actors: _Actors, run: runs.Run) -> None:
 
 def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, RayResources]:
   groups = {worker.label for worker in plan.workers}
-  for group, resource in local_resources.items():
-    if group not in groups:
-      raise errors.ProgramError(
-        f"local_resources names group {group!r}, which program {plan.program} does not "
-        f"have; its groups are: {', '.join(sorted(groups))}."
-      )
-    if not isinstance(resource, RayResources):
-      raise TypeError(
-        f"local_resources[{group!r}] is a {type(resource).__name__}; the ray launcher "
-        "takes lp.RayResources(num_cpus=..., num_gpus=..., resources=...)."
-      )
-  return dict(local_resources)
+  return resources_lib.by_group(plan.program, groups, local_resources, RayResources, "ray")
 
 
 def _resource(resources: dict[str, RayResources], group: str) -> RayResources:
@@ -282,16 +272,9 @@ class NodeActor:
     """
     sys.path[:0] = [path for path in import_paths if path not in sys.path]
     spec: process_main.WorkerSpec = cloudpickle.loads(payload)
-    os.environ.update(spec.env)
     if bind_node_ip:
       os.environ[process_main.HOST_VARIABLE] = ray.util.get_node_ip_address()
-    runtime = spec.runtime()
-    try:
-      worker.run_node(spec.node, runtime)
-    finally:
-      runtime.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    spec.run()
     ray.actor.exit_actor()
 
 

@@ -160,12 +160,18 @@ def serve(sock: socket.socket) -> None:
         send_message(sock, ("started", pid))
   finally:
     for pid in children:
-      for kill in (os.killpg, os.kill):
-        try:
-          kill(pid, signal.SIGKILL)
-          break
-        except OSError:
-          continue
+      kill_session(pid)
+
+
+def kill_session(pid: int) -> None:
+  """SIGKILL to a node process's whole session (its own children die with
+  it), or to the process alone if it has no session of its own yet."""
+  for kill in (os.killpg, os.kill):
+    try:
+      kill(pid, signal.SIGKILL)
+      return
+    except OSError:
+      continue
 
 
 def _drain(sock: socket.socket) -> None:
