@@ -33,7 +33,15 @@ def dumps(
       are stored or forwarded as one byte string (exceptions, reports).
   """
   buffers: list[pickle.PickleBuffer] = []
-  callback = buffers.append if out_of_band else None
+
+  def keep(buffer: pickle.PickleBuffer) -> bool:
+    """Out of band (False) while a frame can list the buffers; in band after."""
+    if len(buffers) < protocol.MAX_BUFFERS:
+      buffers.append(buffer)
+      return False
+    return True
+
+  callback = keep if out_of_band else None
   try:
     data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
   except Exception:  # noqa: BLE001 - any failure of the fast path gets a second try
@@ -46,8 +54,6 @@ def dumps(
         "picklable values (numpy arrays, builtins, dataclasses, module-level "
         "classes) through RPC calls."
       ) from e
-  if len(buffers) > protocol.MAX_BUFFERS:  # more than a frame can list: send them in band
-    return dumps(obj, what, out_of_band=False)
   return data, [b.raw() for b in buffers]
 
 

@@ -244,7 +244,7 @@ MANY = 70_000
 
 def test_argument_with_more_than_65535_arrays(child_server):
   """Either it arrives whole or the caller gets a SerializationError; nothing else."""
-  client = child_client(child_server)
+  client = child_client(child_server, timeout=60)  # 70k arrays take seconds to pickle
   arrays = [np.full(1, i) for i in range(MANY)]
   try:
     got = client.echo(arrays)
