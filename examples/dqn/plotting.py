@@ -25,7 +25,7 @@ def save_learning_curve(
   returns = [p.mean_return for p in points]
   for axes, xs, label in (
     (steps_axes, [p.env_steps for p in points], "environment steps"),
-    (time_axes, [p.seconds for p in points], "wall time (s)"),
+    (time_axes, [p.seconds for p in points], "wall time since the start (s)"),
   ):
     axes.plot(xs, returns, marker="o", markersize=3)
     axes.axhline(target_return, color="grey", linestyle="--", label=f"target {target_return:g}")
