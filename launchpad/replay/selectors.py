@@ -98,8 +98,15 @@ class ItemSelector(abc.ABC):
 
   def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """Inserts several keys, all or none (validates everything first)."""
-    values = self._check_new(keys, priorities)
-    for key, priority in zip(keys, values, strict=True):
+    self._add_new(keys, self._check_new(keys, priorities))
+
+  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+    """insert_many without its checks: the keys are new and distinct, the priorities checked.
+
+    A table that checked them itself calls this directly. All or none still:
+    it may raise ValueError (an overflowing weight) before changing anything.
+    """
+    for key, priority in zip(keys, priorities, strict=True):
       self.insert(key, priority)
 
   def update_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
@@ -180,8 +187,7 @@ class Uniform(ItemSelector):
     keys = self._keys
     return [(keys[i], 1.0 / n) for i in self._np_rng.integers(0, n, num_samples).tolist()]
 
-  def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
-    self._check_new(keys, priorities)
+  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     start = len(self._keys)
     self._keys.extend(keys)
     self._index.update(zip(keys, range(start, start + len(keys)), strict=True))
@@ -343,15 +349,14 @@ class Prioritized(ItemSelector):
     probabilities = (tree[node] / total).tolist()
     return list(zip(self._keys[node - capacity].tolist(), probabilities, strict=True))
 
-  def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """Vectorised: fills the next leaves, then recomputes the nodes above them level by level.
 
     O(m + log n) numpy work for m keys, or O(n) when the tree has to grow.
     """
-    values = self._check_new(keys, priorities)
-    if not values:
+    if not keys:
       return
-    weights = [self.weight(p) for p in values]
+    weights = [self.weight(p) for p in priorities]
     start = len(self._index)
     end = start + len(weights)
     grow = end > self._capacity
@@ -450,8 +455,7 @@ class _Ordered(ItemSelector):
     if key not in self._keys:
       raise KeyError(f"key {key} not found")
 
-  def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
-    self._check_new(keys, priorities)
+  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     self._keys.update(dict.fromkeys(keys))
 
   def delete(self, key: int) -> None:

@@ -39,6 +39,7 @@ import numpy as np
 
 from launchpad.courier import server as courier_server
 from launchpad.replay import checkpoint as checkpoint_lib
+from launchpad.replay import selectors
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key, new_keys
 from launchpad.replay.client import Client
@@ -437,7 +438,7 @@ class ReplayService:
 
   def _prepare(
     self, structure: Any, columns: Any, priorities: Any
-  ) -> tuple[Any, dict[str, np.ndarray], dict[Table, list[float]], int]:
+  ) -> tuple[Any, dict[str, np.ndarray], dict[Table, float | list[float]], int]:
     """Checks one run of items completely: (structure, arrays, table -> priorities, count)."""
     if not isinstance(columns, Mapping) or not columns:
       raise ValueError(f"item data must be a non-empty mapping column -> array, got {columns!r}")
@@ -468,11 +469,14 @@ class ReplayService:
       raise ValueError(
         f"priorities must be a non-empty mapping table -> priority, got {priorities!r}"
       )
-    targets: dict[Table, list[float]] = {}
+    targets: dict[Table, float | list[float]] = {}
     for name, values in priorities.items():
       table = self._table(name)
       try:
-        targets[table] = _priority_list(values, count)
+        if isinstance(values, Sequence | np.ndarray) and not isinstance(values, str):
+          targets[table] = _priority_list(values, count)
+        else:
+          targets[table] = selectors.check_priority(values)  # one for every item
       except ValueError as e:
         raise ValueError(f"table {name!r}: {e}") from None
       table._check_signature(specs)

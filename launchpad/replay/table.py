@@ -68,29 +68,51 @@ class SampledItem(NamedTuple):
 
 
 class _Item:
+  """An item of the table. Its data is `refs` into `chunks`, in one of two forms:
+
+  row < 0   refs is column -> canonical [(chunk_key, slice or index), ...]
+  row >= 0  refs is column -> chunk_key, and the item is that row of each
+            chunk: the compact form of insert_many, whose items share one
+            refs dict and one chunks dict (no objects of their own for data)
+  """
+
   __slots__ = (
     "chunks",
     "inserted_seq",
     "key",
     "priority",
     "refs",
+    "row",
     "structure",
     "times_sampled",
     "updated_seq",
   )
 
   def __init__(
-    self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq, structure
+    self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq, structure, row=-1
   ):
     self.key: int = key
     self.priority: float = priority
     self.times_sampled: int = times_sampled
-    self.refs: dict[str, tuple[ChunkRef, ...]] = refs
-    # One reference held in the store for each; items of one batch share this dict.
-    self.chunks: dict[int, np.ndarray] = chunks
+    self.refs: Mapping[str, Any] = refs
+    self.chunks: dict[int, np.ndarray] = chunks  # one reference held in the store for each
     self.inserted_seq: int = inserted_seq
     self.updated_seq: int = updated_seq
     self.structure: Any = structure
+    self.row: int = row
+
+  def data_refs(self) -> dict[str, tuple[ChunkRef, ...]]:
+    """The item's canonical data references, whichever form it is stored in."""
+    if self.row < 0:
+      return dict(self.refs)
+    return {column: ((chunk, self.row),) for column, chunk in self.refs.items()}
+
+  def resolve(self) -> dict[str, np.ndarray]:
+    """The item's arrays (read-only views of its chunks where no copy is needed)."""
+    if self.row < 0:
+      return chunk_store_lib.resolve(self.refs, self.chunks)
+    row, chunks = self.row, self.chunks
+    return {column: chunks[chunk][row, ...] for column, chunk in self.refs.items()}
 
 
 class _CallStats:
@@ -396,11 +418,13 @@ class Table:
         raise ValueError(
           f"table {self._name!r}: {e.args[0]} (released while the insert waited)"
         ) from None
+      try:
+        self._add_to_selectors([key], [priority])
+      except ValueError:
+        self._store.release(chunk_keys)
+        raise
       seq = self._next_seq()
-      item = _Item(key, priority, 0, refs, chunks, seq, seq, structure)
-      self._items[key] = item
-      self._sampler.insert(key, priority)
-      self._remover.insert(key, priority)
+      self._items[key] = _Item(key, priority, 0, refs, chunks, seq, seq, structure)
       self._limiter.record_insert()
       self._stats["inserts"] += 1
       self._evict()
@@ -438,7 +462,12 @@ class Table:
       RateLimiterTimeoutError, TableClosedError: the items before the one that
         could not go in are in the table (the error's notes say how many).
     """
-    keys = [self._checked(check_key, key, "item key") for key in keys]
+    keys = list(keys)
+    plain = all(type(key) is int for key in keys) and (
+      not keys or (min(keys) >= 0 and max(keys) < 2**64)
+    )
+    if not plain:  # check one by one, for the error message (and numpy integers)
+      keys = [self._checked(check_key, key, "item key") for key in keys]
     count = len(keys)
     if len(set(keys)) != count:
       raise ValueError(f"table {self._name!r}: the batch's item keys are not distinct")
@@ -514,7 +543,7 @@ class Table:
     return [
       SampledItem(
         item.key,
-        chunk_store_lib.resolve(item.refs, item.chunks),
+        item.resolve(),
         p,
         size,
         priority,
@@ -638,7 +667,7 @@ class Table:
             "key": item.key,
             "priority": item.priority,
             "times_sampled": item.times_sampled,
-            "data": {column: list(entries) for column, entries in item.refs.items()},
+            "data": {column: list(entries) for column, entries in item.data_refs().items()},
             "inserted_seq": item.inserted_seq,
             "updated_seq": item.updated_seq,
             "structure": item.structure,
@@ -838,19 +867,37 @@ class Table:
         raise ValueError(
           f"table {self._name!r}: {e.args[0]} (released during the insert)"
         ) from None
-      pairs = list(columns.items())
+      try:
+        self._add_to_selectors(keys, priorities)
+      except ValueError:
+        self._store.release(list(arrays) * len(keys))
+        raise
       seq = self._seq
       for row, key, priority in zip(rows, keys, priorities, strict=True):
         seq += 1
-        refs = {column: ((chunk, row),) for column, chunk in pairs}
-        items[key] = _Item(key, priority, 0, refs, arrays, seq, seq, structure)
+        items[key] = _Item(key, priority, 0, columns, arrays, seq, seq, structure, row)
       self._seq = seq
-      self._sampler.insert_many(keys, priorities)
-      self._remover.insert_many(keys, priorities)
       self._limiter.record_insert(len(keys))
       self._stats["inserts"] += len(keys)
       self._evict()
     self._notify()
+
+  def _add_to_selectors(self, keys: list[int], priorities: list[float]) -> None:
+    """(lock held) Adds new keys to the sampler and the remover: both or neither.
+
+    Raises:
+      ValueError: a selector refused a priority (a weight that overflows).
+    """
+    try:
+      self._sampler._add_new(keys, priorities)
+    except ValueError as e:
+      raise ValueError(f"table {self._name!r}: sampler: {e}") from None
+    try:
+      self._remover._add_new(keys, priorities)
+    except ValueError as e:
+      for key in keys:
+        self._sampler.delete(key)
+      raise ValueError(f"table {self._name!r}: remover: {e}") from None
 
   def _evict(self) -> None:
     """(lock held) Removes the remover's choices until the table fits max_size."""

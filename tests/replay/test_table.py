@@ -651,3 +651,20 @@ def test_insert_many_checks_the_signature_and_the_structure_once():
   with pytest.raises(ValueError, match="structure's paths \\('x'\\) are not the item's columns"):
     plain.insert_many([1, 2], 1.0, {"obs": 2}, structure=("dict", ("x",), ((),), ""))
   assert state(plain, store) == before
+
+
+@pytest.mark.parametrize("role", ["sampler", "remover"])
+def test_a_weight_that_overflows_changes_nothing(role):
+  """1e200 ** 3 overflows a Prioritized selector's float weight, after the table's checks."""
+  selector = {role: sel.Prioritized(3.0)}
+  table, store = table_with_chunk(**selector)
+  put_rows(store, 2, 2)
+  table.insert(7, 1.0, step(0), timeout=0)
+  before = state(table, store)
+  with pytest.raises(ValueError, match=f"table 't': {role}: priority 1e\\+200 .* overflows"):
+    table.insert(8, 1e200, step(1), timeout=0)
+  with pytest.raises(ValueError, match="overflows"):
+    table.insert_many([8, 9], [1.0, 1e200], {"obs": 2}, timeout=0)
+  assert state(table, store) == before
+  table.insert_many([8, 9], [1.0, 2.0], {"obs": 2}, timeout=0)  # the selectors are consistent
+  assert len(table) == 3 and len(table.sample(3, timeout=0)) == 3
