@@ -7,9 +7,12 @@ This package holds the in-process core that a replay server builds on:
   rate_limiters  when inserts and samples may proceed (MinSize,
                  SampleToInsertRatio, Queue, Stack, RateLimiter)
   chunk_store    ChunkStore: reference-counted step data, stored once
-  table          Table: items, priorities, blocking with timeouts, snapshots
+  table          Table: items, priorities, blocking with timeouts, batches
+                 (insert_many), snapshots, stats
+  structure      nested items flattened to columns, and nested again
   errors         RateLimiterTimeoutError, TableClosedError
-  server         Server: tables on one ChunkStore, served over courier
+  server         Server: tables on one ChunkStore, served over courier;
+                 trajectory writers' chunks held under leases
   client         Client: insert, sample, mutate_priorities, reset, server_info
   writer         TrajectoryWriter: items from slices of a stream of steps
 

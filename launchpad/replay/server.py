@@ -19,10 +19,12 @@ for `writer_lease_seconds` (its process died) loses them.
 
 Input is checked completely (tables exist, priorities valid, data matches
 every target table's signature) before anything changes, so bad input
-raises ValueError and leaves every table as it was. Rate limiting is per
-table, as in Reverb: an item sent to several tables goes into each in turn,
-and a RateLimiterTimeoutError or TableClosedError from one table leaves the
-inserts that already happened in place (the error's notes say how many).
+raises ValueError and leaves every table as it was. Each run of items goes
+into each of its tables with Table.insert_many (one lock hold per run the
+rate limiter allows). Rate limiting is per table, as in Reverb: a run sent
+to several tables goes into each in turn, and a RateLimiterTimeoutError or
+TableClosedError from one table leaves the inserts that already happened in
+place (the error's notes say how many).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ shared `ChunkStore` (see chunk_store.py). A table has
 Items sampled `max_times_sampled` times are removed. Every operation takes
 the table's one lock; data is resolved to arrays outside it, from read-only
 chunks that cannot change, so a large sample does not hold up writers.
+`insert_many` inserts a batch whose items are the rows of stored chunks
+under one lock hold (per run the limiter allows), with per-run work; the
+server inserts `Client.insert_batch` batches with it. `stats()` is the
+cheap reading for live views.
 
 `snapshot()` captures everything a checkpoint needs (items in insertion
 order with their priorities and times sampled, the chunks they reference,
