@@ -94,10 +94,6 @@ class Evaluator:
     )
     return evaluation
 
-  def evaluations(self) -> list[Evaluation]:
-    """Every evaluation so far, oldest first."""
-    return list(self._evaluations)
-
   def run(self) -> None:
     try:
       solved = self._evaluate_until_solved()
