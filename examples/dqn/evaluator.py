@@ -55,7 +55,7 @@ class Evaluator:
   """Evaluates the learner's network every `config.eval_period` environment steps.
 
   Each evaluation runs `config.eval_episodes` greedy episodes at once and
-  appends a row to dqn_evaluations.csv. Once the mean return reaches
+  adds a row to dqn_evaluations.csv. Once the mean return reaches
   `config.target_return` the evaluator stops the program; however the
   program ends, it draws the learning curve (dqn_curve.png) first.
   Served by a CourierNode so that a test can call `evaluate()`.
@@ -76,6 +76,7 @@ class Evaluator:
     self._seeds = np.random.default_rng(config.seed + 1)
     self._start = time.monotonic()
     self._evaluations: list[Evaluation] = []
+    self._write_rows([Evaluation._fields], mode="w")  # a new file: rows of this run only
 
   def evaluate(self) -> Evaluation:
     """Runs the episodes with the learner's current network and records the result."""
@@ -86,7 +87,7 @@ class Evaluator:
       env_steps, learner_steps, time.monotonic() - self._start, float(returns.mean())
     )
     self._evaluations.append(evaluation)
-    self._append_row(evaluation)
+    self._write_rows([evaluation], mode="a")
     print(
       f"Evaluator: return {evaluation.mean_return:6.1f} after {env_steps} environment steps, "
       f"{learner_steps} learner steps, {evaluation.seconds:.1f} s",
@@ -120,14 +121,9 @@ class Evaluator:
       next_due = evaluation.env_steps + self._config.eval_period
     return False
 
-  def _append_row(self, evaluation: Evaluation) -> None:
-    path = self._directory / EVALUATIONS_FILE
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-      writer = csv.writer(f)
-      if new:
-        writer.writerow(Evaluation._fields)
-      writer.writerow(evaluation)
+  def _write_rows(self, rows: list[tuple], mode: str) -> None:
+    with (self._directory / EVALUATIONS_FILE).open(mode, newline="") as f:
+      csv.writer(f).writerows(rows)
 
   def _save_curve(self) -> None:
     if self._evaluations:
