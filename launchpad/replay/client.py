@@ -282,6 +282,10 @@ class Client:
     limit = self._limit(timeout)
     return self._call(limit).insert_trajectories(writer, chunks, items, releases, limit, held)
 
+  def with_timeout(self, timeout: Timeout) -> Client:
+    """A client on the same connections whose calls default to `timeout`."""
+    return Client(self._courier, timeout=timeout)
+
   def close(self) -> None:
     """Closes the connections (later calls open new ones)."""
     self._courier.close()

@@ -414,3 +414,14 @@ def test_a_client_in_a_child_process(servers):
   assert client.server_info()["u"]["num_inserts"] == 5
   assert {s.info.priority for s in client.sample("u", 5)} == {3.0}
   assert child.exitcode == 0
+
+
+def test_with_timeout_sets_the_default_timeout_of_every_call(servers):
+  _, client = servers([Table.queue("q", 1)])
+  quick = client.with_timeout(0.05)
+  start = time.monotonic()
+  with pytest.raises(RateLimiterTimeoutError):
+    quick.sample("q")  # the queue is empty: waits 0.05 s, not the client's TIMEOUT
+  assert time.monotonic() - start < TIMEOUT
+  quick.insert(step(0), {"q": 1.0})
+  assert sizes(client) == {"q": 1}  # the same server, through the same connections
