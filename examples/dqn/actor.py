@@ -47,7 +47,7 @@ class Actor:
     config: DQNConfig,
     actor_id: int,
   ) -> None:
-    self._replay = replay_client
+    self._replay = replay_client.with_timeout(config.timeout_seconds)
     self._learner = learner.with_timeout(config.timeout_seconds)
     self._counter = counter.with_timeout(config.timeout_seconds)
     self._config = config
@@ -88,8 +88,6 @@ class Actor:
       errors = losses.td_errors(self._params, self._params, batch)
       priorities = np.abs(errors) + PRIORITY_EPSILON
       items = [transition._asdict() for transition in self._completed]
-      self._replay.insert_batch(
-        items, [{TABLE: float(p)} for p in priorities], timeout=self._config.timeout_seconds
-      )
+      self._replay.insert_batch(items, [{TABLE: float(p)} for p in priorities])
       self._completed = []
     self._total_env_steps = self._counter.increment(**{ENV_STEPS: env_steps})[ENV_STEPS]

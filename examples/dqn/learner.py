@@ -34,7 +34,7 @@ class Learner:
   """
 
   def __init__(self, replay_client: replay.Client, config: DQNConfig) -> None:
-    self._replay = replay_client
+    self._replay = replay_client.with_timeout(config.timeout_seconds)
     self._config = config
     observation_size, num_actions = environment.environment_sizes(config.env_name)
     sizes = [observation_size, *config.hidden_sizes, num_actions]
@@ -52,7 +52,7 @@ class Learner:
   def step(self) -> float:
     """One update on a sampled batch; returns its loss (before the update)."""
     config = self._config
-    sample = self._replay.sample_batch(TABLE, config.batch_size, timeout=config.timeout_seconds)
+    sample = self._replay.sample_batch(TABLE, config.batch_size)
     batch = Transition(**sample.data)
     weights = importance_weights(
       sample.info.probability, sample.info.table_size, config.importance_sampling_exponent
