@@ -263,3 +263,31 @@ def test_stop_from_the_launcher_is_ambiguous_with_two_programs(launched):
   assert "first" in message and "second" in message
   assert first_controller.wait(0.05) is False
   assert second_controller.wait(0.05) is False
+
+
+class Stopper:
+  """A courier node whose method stops the program it serves."""
+
+  def stop(self):
+    lp.stop()
+    return "stopping"
+
+
+def call_remote_stop(stopper, out):
+  out.set_result(stopper.stop())
+
+
+def test_stop_inside_an_rpc_handler_stops_the_handlers_own_program(launched):
+  other = lp.Program("other")
+  other.add_node(lp.CourierNode(Idle), label="idle")
+  other_controller = launched(other)
+
+  out = futures.Future()
+  program = lp.Program("rpc_stopper")
+  stopper = program.add_node(lp.CourierNode(Stopper), label="stopper")
+  program.add_node(lp.PyNode(call_remote_stop, stopper, out), label="caller")
+  controller = launched(program, serialize_py_nodes=False)
+  assert out.result(timeout=TIMEOUT) == "stopping"  # not "2 programs run in this process"
+  assert controller.wait(TIMEOUT) is True
+  assert "stopper[0]" in controller.status().reason
+  assert other_controller.wait(0.1) is False

@@ -71,6 +71,8 @@ class Server:
     host: the interface to bind; loopback unless other hosts must call in.
     port: the port to bind; 0 lets the system choose.
     tls: the program's TLS settings; TCP connections must then use TLS.
+    initializer: runs first in every thread that handles requests (a node
+      marks its threads as its own, for lp.stop() and handles called there).
   """
 
   def __init__(
@@ -82,7 +84,9 @@ class Server:
     host: str = "127.0.0.1",
     port: int = 0,
     tls: TlsConfig | None = None,
+    initializer: Callable[[], None] | None = None,
   ):
+    self._initializer = initializer
     self._methods = public_methods(obj)
     self._secret = secret
     self._tls = tls
@@ -162,9 +166,7 @@ class Server:
         sock, _ = listener.accept()
       except OSError:
         return
-      threading.Thread(
-        target=self._open_connection, args=(sock,), name=f"{self._label}-conn", daemon=True
-      ).start()
+      self._start_thread(self._open_connection, sock)
 
   def _open_connection(self, sock: socket.socket) -> None:
     try:
@@ -217,9 +219,17 @@ class Server:
 
   def hand_off(self, conn: _Connection) -> None:
     """Starts a new reading thread for `conn`, whose reader is stuck in a call."""
-    threading.Thread(
-      target=self._read_loop, args=(conn, conn.generation), name=f"{self._label}-conn", daemon=True
-    ).start()
+    self._start_thread(self._read_loop, conn, conn.generation)
+
+  def _start_thread(self, target: Callable[..., None], *args: Any) -> None:
+    """A thread that handles requests: the initializer runs first in it."""
+
+    def run() -> None:
+      if self._initializer is not None:
+        self._initializer()
+      target(*args)
+
+    threading.Thread(target=run, name=f"{self._label}-conn", daemon=True).start()
 
   def drain(self, timeout: float) -> bool:
     """Waits up to `timeout` seconds until no request is being handled (its

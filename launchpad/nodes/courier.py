@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from launchpad import handles
+from launchpad import context, handles
 from launchpad.control.client import host_id
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server
@@ -41,6 +42,7 @@ class CourierNode(PyClassNode):
       label=self.name or "courier",
       host=runtime.host,
       tls=runtime.tls,
+      initializer=functools.partial(context.set_node, context.NodeContext(self.name, runtime)),
     )
     server.start(previous=runtime.control.previous_addresses(self.name))
     runtime.stats.track_server(self.name, server)
