@@ -8,6 +8,7 @@ import pathlib
 import re
 import signal
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -136,6 +137,18 @@ def launch_command(hosts_file: pathlib.Path, run_dir: pathlib.Path, *args: str) 
   ]
 
 
+def wait_for_stats(run: runs.Run, node: str, timeout: float = 30.0):
+  """The node's status once its process has reported stats (once a second)."""
+  client = run.control_client()
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    status = next(n for n in client.status().nodes if n.node == node)
+    if status.HasField("usage"):
+      return status
+    time.sleep(0.1)  # nothing signals a report: poll the coordinator
+  pytest.fail(f"node {node} reported no stats within {timeout} s")
+
+
 def test_tls_between_hosts(hosts, marker, tmp_path):
   hosts["groups"] = {"echo": "alpha", "caller": "beta"}
   hosts_file = write_hosts_file(hosts, tmp_path / "hosts.toml")
@@ -154,6 +167,8 @@ def test_tls_between_hosts(hosts, marker, tmp_path):
     plain = ControlClient(run.info()["coordinator"], token=run.token())
     with pytest.raises(errors.ProgramStoppedError, match="cannot be reached"):
       plain.status()
+    echo = wait_for_stats(run, "echo[0]")  # what lp top shows comes over TLS too
+    assert echo.usage.memory_bytes > 0 and echo.stats.calls >= 1
   finally:
     child.process.send_signal(signal.SIGINT)
     assert child.process.wait(60) == 128 + signal.SIGINT, child.output()
