@@ -62,6 +62,8 @@ class Setup:
   address: str | None
   # Where nodes run (created if missing); None: beside the unpacked code.
   workdir: str | None
+  # A bundle of files to put in the working directory (bundle.make_files).
+  files: bytes
 
 
 class Channel:
@@ -126,6 +128,7 @@ class _Agent:
     env[process_main.HOST_VARIABLE] = address
     workdir = pathlib.Path(setup.workdir).expanduser() if setup.workdir else self._code
     workdir.mkdir(parents=True, exist_ok=True)
+    bundle.extract(setup.files, workdir)
     os.chdir(workdir)
     self._names: dict[int, str] = {}
     self._closed: dict[str, threading.Event] = {}

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pathlib
 import site
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Sequence
 
 import launchpad
 
@@ -37,21 +39,43 @@ def make() -> bytes:
     stored = _stored_name(name, path)
     if stored is not None:
       files.setdefault(stored, path)
+  return _pack(files, "code bundle")
+
+
+def make_files(paths: Sequence[pathlib.Path]) -> bytes:
+  """A zip of files and folders (executables, configurations) to put in the
+  nodes' working directory, each under its own name; modes are kept."""
+  files: dict[str, pathlib.Path] = {}
+  for path in paths:
+    if path.is_dir():
+      for member in path.rglob("*"):
+        if member.is_file():
+          files[f"{path.name}/{member.relative_to(path).as_posix()}"] = member
+    else:
+      files[path.name] = path
+  return _pack(files, "files to ship")
+
+
+def extract(data: bytes, directory: pathlib.Path) -> list[str]:
+  """Unpacks a bundle into `directory`, with the files' modes; returns its names."""
+  with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    for info in archive.infolist():
+      target = archive.extract(info, directory)
+      mode = info.external_attr >> 16
+      if mode:
+        os.chmod(target, mode & 0o7777)
+    return archive.namelist()
+
+
+def _pack(files: dict[str, pathlib.Path], what: str) -> bytes:
   buffer = io.BytesIO()
   with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
     for name, path in sorted(files.items()):
       archive.write(path, name)
   data = buffer.getvalue()
   if len(data) > WARN_BYTES:
-    log.warning("the program's code bundle is %.0f MB; it is sent to every host", len(data) / 2**20)
+    log.warning("the program's %s is %.0f MB; it is sent to every host", what, len(data) / 2**20)
   return data
-
-
-def extract(data: bytes, directory: pathlib.Path) -> list[str]:
-  """Unpacks a bundle into `directory`; returns the module files it held."""
-  with zipfile.ZipFile(io.BytesIO(data)) as archive:
-    archive.extractall(directory)
-    return archive.namelist()
 
 
 def _source_of(module: object) -> pathlib.Path | None:

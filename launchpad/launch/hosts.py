@@ -15,7 +15,10 @@
     learner = "gpu1"
     "*" = ["cpu1", "gpu1"]             # every other group; nodes take turns
 
-Nodes of a group spread over its hosts in turn. Optional per host:
+Nodes of a group spread over its hosts in turn. Optional at the top:
+`ship = ["bin/simulator", "configs"]`, files and folders (relative to the
+hosts file) copied into every host's working directory, modes kept.
+Optional per host:
 `address`, the address its nodes bind and the other hosts reach them at
 (default: the address its SSH connection arrived at). Optional at the top:
 `coordinator = "host"`, the launcher's address as the hosts reach it
@@ -61,6 +64,7 @@ class Hosts:
   hosts: Mapping[str, Host]
   groups: Mapping[str, tuple[str, ...]]
   coordinator: str | None = None
+  ship: tuple[pathlib.Path, ...] = ()
 
   def place(self, workers: list[Node]) -> dict[str, list[Node]]:
     """host name -> the nodes that run there; a group's nodes take turns over its hosts."""
@@ -84,8 +88,10 @@ def load(source: str | pathlib.Path | Mapping[str, Any] | Hosts) -> Hosts:
   if isinstance(source, Hosts):
     return source
   where = "the hosts given to lp.launch"
+  base = pathlib.Path.cwd()
   if not isinstance(source, Mapping):
     where = str(source)
+    base = pathlib.Path(source).resolve().parent
     try:
       with open(source, "rb") as f:
         source = tomllib.load(f)
@@ -94,15 +100,17 @@ def load(source: str | pathlib.Path | Mapping[str, Any] | Hosts) -> Hosts:
     except tomllib.TOMLDecodeError as e:
       raise errors.ProgramError(f"hosts file {where} is not valid TOML: {e}") from None
   try:
-    return _parse(source)
+    return _parse(source, base)
   except (TypeError, ValueError) as e:
     raise errors.ProgramError(f"{where}: {e} (see docs/remote.md for the format)") from None
 
 
-def _parse(data: Mapping[str, Any]) -> Hosts:
-  unknown = set(data) - {"hosts", "groups", "coordinator"}
+def _parse(data: Mapping[str, Any], base: pathlib.Path) -> Hosts:
+  unknown = set(data) - {"hosts", "groups", "coordinator", "ship"}
   if unknown:
-    raise ValueError(f"unknown top-level keys {sorted(unknown)}; use hosts, groups, coordinator")
+    raise ValueError(
+      f"unknown top-level keys {sorted(unknown)}; use hosts, groups, coordinator, ship"
+    )
   hosts = {name: _host(name, entry) for name, entry in dict(data.get("hosts", {})).items()}
   if not hosts:
     raise ValueError("no [hosts] are defined")
@@ -118,7 +126,11 @@ def _parse(data: Mapping[str, Any]) -> Hosts:
   coordinator = data.get("coordinator")
   if coordinator is not None and not isinstance(coordinator, str):
     raise TypeError(f"coordinator must be a host name or address, got {coordinator!r}")
-  return Hosts(hosts, groups, coordinator)
+  ship = tuple(base / p for p in data.get("ship", ()))
+  missing = [str(p) for p in ship if not p.exists()]
+  if missing:
+    raise ValueError(f"ship names files that do not exist: {missing}")
+  return Hosts(hosts, groups, coordinator, ship)
 
 
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)} - {"name"}

@@ -97,7 +97,7 @@ def launch(
   port = int(coordinator.start().rpartition(":")[2])
   workers = _RemoteWorkers(plan, parsed, placement, output, coordinator, tls)
   try:
-    workers.connect(bundle.make(), port, parsed.coordinator)
+    workers.connect(bundle.make(), bundle.make_files(parsed.ship), port, parsed.coordinator)
   except BaseException:
     workers.close()
     coordinator.close()
@@ -150,10 +150,10 @@ class _RemoteWorkers:
     self._killed: set[str] = set()
     self._changed = threading.Condition()
 
-  def connect(self, code: bytes, port: int, coordinator_host: str | None) -> None:
+  def connect(self, code: bytes, files: bytes, port: int, coordinator_host: str | None) -> None:
     """Opens every host's connection; raises HostError for those that fail."""
     for connection in self._connections:
-      connection.open(code, port, coordinator_host)
+      connection.open(code, files, port, coordinator_host)
     deadline = time.monotonic() + CONNECT_SECONDS
     problems = [p for c in self._connections if (p := c.wait_ready(deadline))]
     if problems:
@@ -263,7 +263,7 @@ class _HostConnection:
     self._closing = False
     self.lost: str | None = None  # why the connection ended, if it ended unasked
 
-  def open(self, code: bytes, port: int, coordinator_host: str | None) -> None:
+  def open(self, code: bytes, files: bytes, port: int, coordinator_host: str | None) -> None:
     self._process = subprocess.Popen(
       ["ssh", *SSH_OPTIONS, *self.host.ssh_options, self.host.ssh, self._remote_command()],
       stdin=subprocess.PIPE,
@@ -272,7 +272,7 @@ class _HostConnection:
       start_new_session=True,  # a Ctrl-C in the terminal must not cut the connection
     )
     self._channel = agent.Channel(self._process.stdout, self._process.stdin)
-    setup = agent.Setup(code, port, coordinator_host, self.host.address, self.host.workdir)
+    setup = agent.Setup(code, port, coordinator_host, self.host.address, self.host.workdir, files)
     name = f"ssh-{self.host.name}"
     threading.Thread(target=self._read, args=(setup,), name=name, daemon=True).start()
     threading.Thread(target=self._read_stderr, name=f"{name}-stderr", daemon=True).start()

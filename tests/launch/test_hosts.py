@@ -100,3 +100,14 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
 def test_the_ssh_launch_type_needs_hosts():
   with pytest.raises(lp.ProgramError, match="needs hosts"):
     lp.launch(program_with({"actor": 1}), launch_type="ssh")
+
+
+def test_shipped_files_are_named_relative_to_the_hosts_file(tmp_path):
+  (tmp_path / "bin").mkdir()
+  (tmp_path / "bin" / "tool").write_text("#!/bin/sh\n")
+  path = tmp_path / "hosts.toml"
+  path.write_text('ship = ["bin", "missing.cfg"]\n[hosts]\na = "a"\n')
+  with pytest.raises(lp.ProgramError, match=r"missing\.cfg"):
+    hosts_lib.load(path)
+  path.write_text('ship = ["bin"]\n[hosts]\na = "a"\n')
+  assert hosts_lib.load(path).ship == (tmp_path / "bin",)

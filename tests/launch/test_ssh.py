@@ -68,11 +68,17 @@ def assert_none_left(marker: str) -> None:
   assert not alive, f"processes left on the hosts: {[p.cmdline() for p in alive]}"
 
 
-def test_nodes_on_two_hosts_exchange_numpy_arrays(hosts, marker, capfd):
+def test_nodes_on_two_hosts_exchange_numpy_arrays(hosts, marker, capfd, tmp_path):
+  tool = tmp_path / "ship" / "bin" / "tool"
+  tool.parent.mkdir(parents=True)
+  tool.write_text("#!/bin/sh\necho TOOL RAN\n")
+  tool.chmod(0o755)
+  hosts["ship"] = [str(tool.parent)]
   hosts["groups"] = {"echo": "alpha", "caller": "beta"}
   controller = lp.launch(remote.make_program(), launch_type="ssh", hosts=hosts)
   assert controller.wait(60)
   log = (controller.run_dir / "caller[0].log").read_text()
+  assert "TOOL RAN" in log, "the shipped executable ran in the node's working directory"
   nbytes = remote.ARRAY_ELEMENTS * 4
   assert f"EXCHANGED {nbytes} bytes with {HOSTS['alpha']} from {HOSTS['beta']}" in log
   module = re.search(r"MODULE (\S+)", log).group(1)

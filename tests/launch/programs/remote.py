@@ -10,6 +10,7 @@ from, which the tests check.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 
@@ -40,6 +41,8 @@ def exchange(echo, then_wait: bool = False) -> None:
   assert np.array_equal(doubled, array * 2), "the array came back changed"
   say(f"EXCHANGED {doubled.nbytes} bytes with {echo_host} from {os.environ['LAUNCHPAD_HOST']}")
   say(f"MODULE {__file__}")
+  if os.path.exists("bin/tool"):  # shipped by the hosts file of some tests
+    say(subprocess.run(["bin/tool"], capture_output=True, text=True, check=True).stdout.strip())
   if then_wait:
     lp.wait_for_stop(LIFETIME_SECONDS)
   else:
