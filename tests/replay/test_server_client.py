@@ -105,6 +105,28 @@ def test_batched_insert_and_sample_are_one_chunk_per_column_and_stack(servers):
   assert client.chunk_store_info() == {"num_chunks": 0, "nbytes": 0, "num_references": 0}
 
 
+def test_batches_of_strided_fortran_byte_swapped_and_string_arrays_round_trip(servers):
+  _, client = servers([Table.queue("q", 100)])
+  rng = np.random.default_rng(0)
+  grid = rng.normal(size=(5, 6, 4))
+  items = [
+    {
+      "strided": grid[i, :, ::2],  # not contiguous
+      "fortran": np.asfortranarray(grid[i]),
+      "big_endian": grid[i, 0].astype(">f4"),
+      "text": np.array(["ab", str(i)]),
+      "scalar": np.float32(i),
+    }
+    for i in range(5)
+  ]
+  client.insert_batch(items, {"q": 1.0})
+  batch = client.sample_batch("q", 5)
+  for column in items[0]:
+    expected = np.stack([item[column] for item in items])
+    np.testing.assert_array_equal(batch.data[column], expected)
+    assert batch.data[column].dtype == expected.dtype
+
+
 def test_batch_of_mixed_structures_and_per_item_priorities(servers):
   _, client = servers([uniform("a"), prioritized("b")])
   items = [step(0), step(1), {"other": np.zeros((2, 2))}, step(3)]
