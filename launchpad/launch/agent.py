@@ -9,8 +9,8 @@ connection dropped), the agent kills every node it started, removes the code
 and exits: nothing outlives the launch on any host.
 
 Launcher -> agent: ("setup", Setup), then ("start", name, payload) and
-("kill", [names]). Agent -> launcher: ("ready", info), ("started", name, pid),
-("output", name, bytes), ("exited", name, pid, returncode).
+("kill", [names]). Agent -> launcher: ("ready", info), ("output", name, bytes),
+("exited", name, pid, returncode).
 """
 
 from __future__ import annotations
@@ -172,7 +172,6 @@ class _Agent:
       self._closed[name] = threading.Event()
     self._selector.register(ours, selectors.EVENT_READ, name)
     self._wake_w.send(b"x")
-    self._channel.send(("started", name, pid))
 
   def _kill(self, name: str) -> None:
     with self._lock:
