@@ -103,7 +103,16 @@ Graphviz's `dot` program (apt-get install graphviz).
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # What follows `--` is the target's: options of ours may come after the
+  # target (`lp graph agent.py --format=svg -- --num_actors=4`).
+  target_args = []
+  if "--" in argv:
+    cut = argv.index("--")
+    argv, target_args = argv[:cut], argv[cut + 1 :]
+  args = _parser().parse_args(argv)
+  if hasattr(args, "target_args"):
+    args.target_args = [*args.target_args, *target_args]
   if args.command == "launch":
     return _launch(args)
   if args.command == "status":
@@ -179,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
   )
   drawing.add_argument("-o", "--output", type=pathlib.Path, help="write here, not to stdout")
   drawing.add_argument("target", help="file.py, file.py:function or package.module:function")
-  drawing.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
+  drawing.add_argument("target_args", nargs="*", help="-- then the target's flags")
   return parser
 
 
@@ -255,7 +264,7 @@ def _launch_and_wait(args: argparse.Namespace) -> int:
   launch_lib = importlib.import_module("launchpad.launch")
 
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  target_args = args.target_args[1:] if args.target_args[:1] == ["--"] else args.target_args
+  target_args = args.target_args
   mode = MODES[args.mode]
   launch_lib.defaults.update(
     grace_period=args.grace_period,
@@ -366,7 +375,7 @@ def _wait_all(controllers: list) -> int:
 
 
 def _graph(args: argparse.Namespace) -> int:
-  target_args = args.target_args[1:] if args.target_args[:1] == ["--"] else args.target_args
+  target_args = args.target_args
   suffix = args.output.suffix.lstrip(".") if args.output else ""
   fmt = args.format or {"gv": "dot", "mmd": "mermaid"}.get(suffix, suffix)
   fmt = fmt if fmt in graph.FORMATS else "dot"

@@ -183,6 +183,14 @@ def test_lp_graph_of_a_file_draws_the_program_its_main_would_launch_without_runn
   assert "Step" not in text  # the consumer never ran
 
 
+def test_lp_graph_options_may_follow_the_target():
+  result = lp_graph("examples/consumer_producers.py", "--format=mermaid", "--", "--num_producers=2")
+  assert result.returncode == 0, result.stderr.decode()
+  text = result.stdout.decode()
+  assert text.startswith("flowchart LR")
+  assert len(re.findall(r"^\s*n\d+ --> n\d+$", text, re.M)) == 2
+
+
 def test_lp_graph_of_a_function_as_mermaid(tmp_path):
   output = tmp_path / "program.mmd"
   result = lp_graph("-o", str(output), "examples/consumer_producers.py:make_program")
