@@ -94,7 +94,22 @@ def _flat_dict_structure(keys: tuple[str, ...]) -> tuple:
 
 
 def paths(structure: Any) -> list[str]:
-  """The column names of a structure, in order; ValueError if it is malformed."""
+  """The column names of a structure, in order; ValueError if it is malformed.
+
+  Cached: a server sees the same few structures over and over.
+  """
+  try:
+    return list(_cached_paths(structure))
+  except TypeError:  # unhashable, so not a structure flatten makes: checked uncached, to raise
+    return _paths(structure)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_paths(structure: Any) -> tuple[str, ...]:
+  return tuple(_paths(structure))
+
+
+def _paths(structure: Any) -> list[str]:
   found: list[str] = []
 
   def visit(node: Any, path: str) -> None:
