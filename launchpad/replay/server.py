@@ -374,7 +374,7 @@ class ReplayService:
     with self._writers_lock:
       lease = self._writers.get(writer)
       if lease is None:
-        lease = self._writers[writer] = _Lease()
+        lease = self._writers[writer] = _Lease(time.monotonic() + self._lease_seconds)
         self._start_reaper()
       lost = [k for k in held if k not in lease.held]
       if lost:  # the lease expired; chunks still stored (for items) are held again
@@ -490,10 +490,10 @@ class _Lease:
 
   __slots__ = ("active", "expires", "held")
 
-  def __init__(self):
+  def __init__(self, expires: float):
     self.held: set[int] = set()
     self.active = 0  # calls running
-    self.expires = math.inf
+    self.expires = expires
 
 
 def _triple(group: Any) -> tuple[Any, Any, Any]:

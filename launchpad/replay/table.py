@@ -462,7 +462,9 @@ class Table:
 
     Raises:
       ValueError: bad keys, priorities, chunks, structure or signature
-        mismatch (nothing changes).
+        mismatch (nothing changes). Only a selector refusing a priority (a
+        Prioritized weight that overflows a float) is found as its run goes
+        in: the runs before it stay in, as after a timeout.
       RateLimiterTimeoutError, TableClosedError: the items before the one that
         could not go in are in the table (the error's notes say how many).
     """
@@ -493,7 +495,7 @@ class Table:
           end = done + allowed
           self._insert_rows(keys[done:end], values[done:end], done, columns, arrays, structure)
           done = end
-    except (RateLimiterTimeoutError, TableClosedError) as e:
+    except (RateLimiterTimeoutError, TableClosedError, ValueError) as e:
       if done:
         e.add_note(f"table {self._name!r}: {done} of the batch's {count} items were inserted")
       raise
