@@ -32,6 +32,9 @@ keep-alive window lives in it (the server drops the reference after that
 call's items took theirs), so a chunk lives exactly as long as the window or
 an item needs it. `close()` releases all of them. Chunks nothing can refer
 to (their steps left the window before any item used them) are never sent.
+The server holds them under a lease (server.py) that a writer's process
+dying lets expire; the writer keeps its own copy of the chunks it holds, so
+after a lease expired (an idle writer) it sends again those the server lost.
 
 Errors leave the writer usable: after a RateLimiterTimeoutError or
 TableClosedError the items that were not inserted stay queued for the next
