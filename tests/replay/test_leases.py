@@ -146,3 +146,15 @@ def test_bad_lease_durations_are_refused(lease):
     replay.Server([Table.queue("q", 1)], writer_lease_seconds=lease)
   with pytest.raises(ValueError, match="writer_lease_seconds"):
     lp.ReplayNode([Table.queue("q", 1)], writer_lease_seconds=lease)
+
+
+def test_a_replay_node_holds_writers_chunks_under_its_lease(lp_launch):
+  program = lp.Program("leases")
+  handle = program.add_node(lp.ReplayNode([Table.queue("q", 10)], writer_lease_seconds=LEASE))
+  lp_launch(program)
+  client = handle.dereference().with_timeout(TIMEOUT)
+  writer = client.trajectory_writer(num_keep_alive_refs=2)
+  writer.append({"obs": np.zeros(4, np.float32)})
+  writer.flush()  # sent and held, then the writer goes quiet, as a dead one would
+  assert client.chunk_store_info()["num_chunks"] == 1
+  wait_until(lambda: client.chunk_store_info()["num_chunks"] == 0, "the node's lease expiring")
