@@ -35,6 +35,7 @@ import numpy as np
 from launchpad.courier import client as courier_client
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.table import _seconds
+from launchpad.tls import TlsConfig
 
 if TYPE_CHECKING:
   from launchpad.replay.writer import TrajectoryWriter
@@ -140,6 +141,7 @@ class Client:
       (what a ReplayNode's handle gives is already a replay Client).
     secret: the server's secret (`server.secret`); needed with an address.
     timeout: the default timeout of every call (see the module docstring).
+    tls: the server's TLS settings (`server.tls`), if it serves over TLS.
   """
 
   def __init__(
@@ -147,13 +149,16 @@ class Client:
     address_or_client: str | courier_client.Client,
     secret: bytes | None = None,
     timeout: Timeout = None,
+    tls: TlsConfig | None = None,
   ):
     if isinstance(address_or_client, courier_client.Client):
       self._courier = address_or_client
     elif isinstance(address_or_client, str):
       if secret is None:
         raise ValueError("a replay Client given an address needs the server's secret")
-      self._courier = courier_client.Client(address_or_client, secret=secret, label="replay")
+      self._courier = courier_client.Client(
+        address_or_client, secret=secret, label="replay", tls=tls
+      )
     else:
       raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
     self._timeout = _seconds(timeout)

@@ -47,6 +47,7 @@ from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.table import Table, _priority_list, _seconds
+from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +538,8 @@ class Server:
       start; `Client.checkpoint()` (or `server.checkpoint()`) writes one.
     writer_lease_seconds: how long a trajectory writer's chunks outlive its
       last call, so that a writer that died does not hold them for good.
+    tls: serve TCP clients over TLS (launchpad.TlsConfig); clients then
+      need the same settings.
   """
 
   def __init__(
@@ -547,13 +550,15 @@ class Server:
     secret: bytes | None = None,
     checkpoint_dir: str | None = None,
     writer_lease_seconds: float = WRITER_LEASE_SECONDS,
+    tls: TlsConfig | None = None,
   ):
     self.secret: bytes = os.urandom(32) if secret is None else secret
+    self.tls = tls
     self._service = ReplayService(
       tables, checkpoint_dir=checkpoint_dir, writer_lease_seconds=writer_lease_seconds
     )
     self._courier = courier_server.Server(
-      self._service, secret=self.secret, label="replay", host=host, port=port
+      self._service, secret=self.secret, label="replay", host=host, port=port, tls=tls
     )
     self.address: str = self._courier.start()
     self._stopped = False
@@ -587,7 +592,7 @@ class Server:
 
   def localhost_client(self, timeout: float | None = None) -> Client:
     """A `replay.Client` of this server from this host (Reverb's `Server.localhost_client`)."""
-    return Client(self.address, secret=self.secret, timeout=timeout)
+    return Client(self.address, secret=self.secret, timeout=timeout, tls=self.tls)
 
   def stop(self) -> None:
     """Closes every table (blocked callers get TableClosedError), then stops serving. Idempotent."""

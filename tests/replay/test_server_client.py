@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from launchpad import replay
+from launchpad import errors, replay
 from launchpad.replay import RateLimiterTimeoutError, Table, TableClosedError
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
 from launchpad.replay.client import ReplaySample
 from launchpad.replay.structure import flatten
+from launchpad.tls import TlsConfig
 
 TIMEOUT = 10.0  # bound on every wait
 
@@ -447,3 +448,16 @@ def test_with_timeout_sets_the_default_timeout_of_every_call(servers):
   assert time.monotonic() - start < TIMEOUT
   quick.insert(step(0), {"q": 1.0})
   assert sizes(client) == {"q": 1}  # the same server, through the same connections
+
+
+def test_a_standalone_server_over_tls():
+  tls = TlsConfig.generate()
+  server = replay.Server([replay.Table.queue("q", 10)], tls=tls)
+  try:
+    client = server.localhost_client(timeout=10)
+    client.insert({"obs": np.arange(3)}, {"q": 1.0})
+    assert np.array_equal(client.sample("q")[0].data["obs"], np.arange(3))
+    with pytest.raises(errors.CallTimeoutError):  # a client without TLS is never greeted
+      replay.Client(server.address, secret=server.secret, timeout=2).server_info()
+  finally:
+    server.stop()
