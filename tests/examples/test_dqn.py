@@ -11,13 +11,13 @@ import dataclasses
 import importlib.util
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import launchpad as lp
+from tests.examples.commands import run_ok
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("matplotlib")
@@ -228,18 +228,7 @@ def _lp_launch(*args: str, env: dict[str, str] | None = None) -> str:
   lp = pathlib.Path(sys.executable).parent / "lp"
   if not lp.exists():
     pytest.skip(f"no lp command next to {sys.executable}")
-  command = [str(lp), "launch", *args]
-  try:
-    result = subprocess.run(
-      command, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_SECONDS, env=env
-    )
-  except subprocess.TimeoutExpired as e:
-    pytest.fail(f"{' '.join(command)} did not end within {SCRIPT_TIMEOUT_SECONDS} s: {e}")
-  assert result.returncode == 0, (
-    f"{' '.join(command)} exited with {result.returncode}.\n"
-    f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-  )
-  return result.stdout
+  return run_ok([str(lp), "launch", *args], SCRIPT_TIMEOUT_SECONDS, env)
 
 
 def test_script_in_threads_stops_at_the_target_return(tmp_path):

@@ -5,7 +5,6 @@ import importlib.util
 import os
 import pathlib
 import re
-import subprocess
 import sys
 import types
 from unittest import mock
@@ -13,6 +12,8 @@ from unittest import mock
 import numpy as np
 import pytest
 from absl import flags
+
+from tests.examples.commands import run_ok
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "replay_actors_learner.py"
@@ -51,22 +52,7 @@ example = _load_example()
 
 
 def _run(command: list[str], env: dict[str, str] | None = None) -> str:
-  try:
-    result = subprocess.run(
-      command,
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=SCRIPT_TIMEOUT_SECONDS,
-      env=env,
-    )
-  except subprocess.TimeoutExpired as e:
-    pytest.fail(f"{' '.join(command)} did not end within {SCRIPT_TIMEOUT_SECONDS} s: {e}")
-  assert result.returncode == 0, (
-    f"{' '.join(command)} exited with {result.returncode}.\n"
-    f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-  )
-  return result.stdout
+  return run_ok(command, SCRIPT_TIMEOUT_SECONDS, env)
 
 
 def _check_summary(stdout: str, num_steps: int) -> None:

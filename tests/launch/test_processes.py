@@ -32,14 +32,6 @@ TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS_DIR = pathlib.Path(__file__).resolve().parent / "programs"
 
 
-@pytest.fixture(autouse=True)
-def launchpad_home(tmp_path, monkeypatch):
-  """Run directories go to a temporary home, never the real one."""
-  home = tmp_path / "lphome"
-  monkeypatch.setenv("LAUNCHPAD_HOME", str(home))
-  return home
-
-
 @pytest.fixture
 def launched():
   """lp.launch in processes; every program launched is stopped at teardown."""

@@ -70,14 +70,6 @@ def cluster() -> Iterator[str]:
   ray.shutdown()
 
 
-@pytest.fixture(autouse=True)
-def launchpad_home(tmp_path, monkeypatch):
-  """Run directories go to a temporary home, never the real one."""
-  home = tmp_path / "lphome"
-  monkeypatch.setenv("LAUNCHPAD_HOME", str(home))
-  return home
-
-
 @pytest.fixture
 def launched(cluster):
   """lp.launch in ray mode; every program launched is stopped at teardown."""
