@@ -27,7 +27,7 @@ import peers
 import launchpad as lp
 
 sys.path.insert(0, str(peers.ROOT))
-from tests.sshd import HOSTS, LoopbackSshd  # noqa: E402 - the repository's test sshd
+from tests.sshd import HOSTS, LoopbackSshd  # the repository's test sshd
 
 N_CALLS = 2000
 N_ECHOES = 5

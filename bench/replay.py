@@ -17,7 +17,8 @@ Both sides use the same table (Uniform sampler, Fifo remover, max_size
   insert_batch  client.insert_batch, --batch items per RPC
   sample_batch  client.sample_batch, --batch items per RPC
 The peer inserts through a trajectory writer (one item per step) and samples
-with one streaming `client.sample(num_samples=n)`. Targets: the one-item
+with one streaming `client.sample(num_samples=n)`; for our one-RPC insert
+the peer figure is its own one-RPC `client.insert` (bench/reverb_client_insert.py). Targets: the one-item
 calls >= 1.0x the peer's figure, the batched calls >= 3x.
 
 Usage: python bench/replay.py [--runs 3] [--batch 256] [--peer-python PATH]
@@ -38,6 +39,7 @@ from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
 
 TIMEOUT = 60.0
+CLIENT_INSERT_SCRIPT = pathlib.Path(__file__).with_name("reverb_client_insert.py")
 # label -> (shape, dtype, items per measurement of the one-item calls, of the batched calls)
 ITEMS = {
   "small": ((4,), np.float32, 5000, 20000),
@@ -46,7 +48,7 @@ ITEMS = {
 # Our call -> the peer's figure it is compared with (the peer inserts through
 # its trajectory writer and samples with one streaming call).
 CALLS = {
-  "insert": "insert",
+  "insert": "client_insert",
   "writer_insert": "insert",
   "sample": "sample",
   "sample_n": "sample",
@@ -176,7 +178,9 @@ def main() -> None:
     # Interleaved, so that a noisy minute hurts both sides alike.
     cross.append(measure_cross_process(args.batch))
     if have_peer:
-      peer.append(run_peer(args.peer_python, script, 300))
+      figures = run_peer(args.peer_python, script, 300)
+      figures.update(run_peer(args.peer_python, CLIENT_INSERT_SCRIPT, 300))
+      peer.append(figures)
     if not args.no_same_process:
       same.append(measure_same_process(args.batch))
     print(f"run {run + 1}/{args.runs} done", flush=True)

@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
   )
   launch.add_argument("--tls-key", type=pathlib.Path, help="with --tls-cert: its private key")
   launch.add_argument(
-    "--tls-ca", type=pathlib.Path, help="with --tls-cert: the CA that signed every node's certificate"
+    "--tls-ca",
+    type=pathlib.Path,
+    help="with --tls-cert: the CA that signed every node's certificate",
   )
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")

@@ -169,9 +169,7 @@ def remote_exception(reply: tuple, label: str) -> BaseException:
 class _Channel:
   """The connections of one client (and its views) to one server."""
 
-  def __init__(
-    self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None
-  ):
+  def __init__(self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None):
     self.label = label
     self._resolver = resolver
     self._secret = secret
