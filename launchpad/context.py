@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from launchpad import errors, stats
@@ -183,7 +184,28 @@ def wait_for_stop(timeout: float | None = None) -> bool:
 
   Returns True if the program is stopping, False on timeout.
   """
-  return current_runtime().stop_event.wait(timeout)
+  return wait_event(current_runtime().stop_event, timeout)
+
+
+# How long the main thread sleeps at a time in wait_event.
+MAIN_THREAD_SLICE_SECONDS = 0.1
+
+
+def wait_event(event: threading.Event, timeout: float | None) -> bool:
+  """`event.wait(timeout)`, except that the main thread wakes up every
+  MAIN_THREAD_SLICE_SECONDS: the kernel may hand a Ctrl-C or SIGTERM to
+  another thread (gRPC's, say), and then Python runs its handler only when
+  the main thread next runs, which a long wait would put off to its end."""
+  if threading.current_thread() is not threading.main_thread():
+    return event.wait(timeout)
+  deadline = None if timeout is None else time.monotonic() + timeout
+  while True:
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is not None and remaining <= 0:
+      return event.is_set()
+    slice_seconds = MAIN_THREAD_SLICE_SECONDS
+    if event.wait(slice_seconds if remaining is None else min(remaining, slice_seconds)):
+      return True
 
 
 def register_stop_handler(handler: Callable[[], None]) -> None:

@@ -10,6 +10,7 @@ from concurrent import futures
 import pytest
 
 import launchpad as lp
+from launchpad import context as lp_context
 from launchpad import errors
 
 TIMEOUT = 10.0
@@ -291,3 +292,11 @@ def test_stop_inside_an_rpc_handler_stops_the_handlers_own_program(launched):
   assert controller.wait(TIMEOUT) is True
   assert "stopper[0]" in controller.status().reason
   assert other_controller.wait(0.1) is False
+
+
+def test_wait_event_in_the_main_thread_still_waits_and_returns():
+  event = threading.Event()
+  assert lp_context.wait_event(event, 0.25) is False
+  threading.Timer(0.05, event.set).start()
+  assert lp_context.wait_event(event, TIMEOUT) is True
+  assert lp_context.wait_event(event, None) is True

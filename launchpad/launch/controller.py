@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from launchpad import errors
+from launchpad import context, errors
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
@@ -108,7 +108,7 @@ class Controller:
     Raises:
       NodeFailedError: a node failed; the first failure, with its traceback.
     """
-    if not self._done.wait(timeout):
+    if not context.wait_event(self._done, timeout):
       return False
     self.raise_failure()
     return True
@@ -121,7 +121,7 @@ class Controller:
     if not self._done.is_set():
       self._coordinator.request_stop("the launcher's controller.stop() was called")
     wait = self._grace_period + 10.0 if timeout is None else timeout
-    if not self._done.wait(wait):
+    if not context.wait_event(self._done, wait):
       raise errors.CallTimeoutError(
         f"program {self.program} did not end within {wait:.3g} s of stop(): nodes "
         f"{', '.join(self._running_nodes()) or '(none; their workers did not exit)'} are "

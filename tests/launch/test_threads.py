@@ -313,6 +313,39 @@ if __name__ == "__main__":
   main()
 """
 
+SIGNAL_TO_ANOTHER_THREAD_SCRIPT = r"""
+import os
+import signal
+import threading
+
+import launchpad as lp
+
+
+def say(*words):
+  os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
+
+def idle():
+  threading.Event().wait(60)
+
+
+def main():
+  program = lp.Program("stubborn")
+  program.add_node(lp.PyNode(idle), label="stubborn")
+  controller = lp.launch(program, launch_type="local_mt", grace_period=1)
+  lp.register_stop_handler(lambda: say("STOPPING"))
+  bystander = threading.Thread(target=threading.Event().wait, args=(60,), daemon=True)
+  bystander.start()
+  # As the kernel may do with a Ctrl-C: the signal lands on another thread
+  # while the main thread waits.
+  signal.pthread_kill(bystander.ident, signal.SIGINT)
+  say("WAIT_RETURNED", controller.wait(timeout=60))
+
+
+if __name__ == "__main__":
+  main()
+"""
+
 LATE_FAILURE_SCRIPT = r"""
 import os
 import threading
@@ -421,6 +454,12 @@ def test_second_sigint_exits_at_once(script):
   status = child.finish()
   assert status == 128 + signal.SIGINT, child.output()
   assert "WAIT_RETURNED" not in "".join(child.stdout)
+
+
+def test_a_signal_delivered_to_another_thread_stops_the_program_promptly(script):
+  child = script(SIGNAL_TO_ANOTHER_THREAD_SCRIPT)
+  child.wait_for_line("STOPPING")  # not after controller.wait's 60 s
+  child.wait_for_line("WAIT_RETURNED True")
 
 
 def test_node_failing_after_main_returned_exits_with_status_1(script):
