@@ -162,6 +162,7 @@ class FrameReader:
     self._end = 0
     self._poller = select.poll()
     self._poller.register(sock, select.POLLIN)
+    self._pending = getattr(sock, "pending", None)  # TLS sockets only
 
   def read(self, deadline: float | None = None, spin: float = 0.0) -> Frame:
     """Reads a whole frame; EOFError when the peer closed.
@@ -225,8 +226,7 @@ class FrameReader:
 
   def _decrypted(self) -> bool:
     """Whether a TLS socket holds decrypted bytes, which polling cannot see."""
-    pending = getattr(self._sock, "pending", None)
-    return bool(pending and pending())
+    return self._pending is not None and self._pending() > 0
 
   def _fill(self, n: int) -> None:
     if self._end - self._start >= n:
