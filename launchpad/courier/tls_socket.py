@@ -1,126 +1,164 @@
 """Courier connections over TLS (see launchpad/tls.py for what TLS protects).
 
-An OpenSSL connection must not be read and written by two threads at once,
-and courier connections are (a reader thread, and callers or handlers
-writing). `TlsSocket` serialises every OpenSSL call of a connection while
-waiting for the network outside the lock, and offers what the protocol
-uses of a plain socket.
+The TLS state lives in an `ssl.SSLObject` over memory buffers, and this
+module moves the bytes between those buffers and the socket itself:
+
+- OpenSSL objects must not be used by two threads at once, and courier
+  connections are (a reader thread, and callers or handlers writing). Every
+  call into the SSLObject holds a lock; the socket is read and written
+  outside it, so a writer never waits for the network under the lock a
+  reader needs, or the other way round.
+- Reads take up to READ_BYTES of ciphertext per system call and decrypt
+  every whole record in it into the caller's buffer. (Measured against an
+  SSLSocket used the same way: the same throughput and round trip; large
+  arrays are bound by encryption itself, about 1 GB/s per direction here.)
+
+`TlsSocket` offers what the courier protocol uses of a plain socket.
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import threading
-import time
 
 from launchpad.tls import TlsConfig
 
-_SLICE_SECONDS = 0.05
+# Ciphertext read per system call, and plaintext encrypted per lock hold.
+READ_BYTES = 256 * 1024
+WRITE_BYTES = 256 * 1024
 
 
 def wrap_client(sock: socket.socket, tls: TlsConfig, timeout: float | None) -> TlsSocket:
   """Runs the TLS handshake as the client on a connected TCP socket."""
-  return _wrap(tls.client_context, sock, timeout, server_hostname=tls.server_name)
+  return TlsSocket(sock, tls.client_context, timeout, server_hostname=tls.server_name)
 
 
 def wrap_server(sock: socket.socket, tls: TlsConfig, timeout: float | None) -> TlsSocket:
   """Runs the TLS handshake as the server on an accepted TCP socket."""
-  return _wrap(tls.server_context, sock, timeout, server_side=True)
-
-
-def _wrap(context: ssl.SSLContext, sock: socket.socket, timeout: float | None, **kw) -> TlsSocket:
-  sock.settimeout(timeout)
-  wrapped = context.wrap_socket(sock, **kw)
-  return TlsSocket(wrapped, timeout)
+  return TlsSocket(sock, tls.server_context, timeout, server_side=True)
 
 
 class TlsSocket:
-  """An SSL socket that one reader and several writers may use at once."""
+  """A TLS connection that one reader and several writers may use at once.
 
-  def __init__(self, sock: ssl.SSLSocket, timeout: float | None):
-    sock.setblocking(False)
+  Reads come from one thread at a time (as courier's do); writes from any.
+  Timeouts are the socket's own (`settimeout`).
+  """
+
+  def __init__(
+    self, sock: socket.socket, context: ssl.SSLContext, timeout: float | None, **wrap_kwargs
+  ):
     self._sock = sock
-    self._lock = threading.Lock()
-    self._timeout = timeout
+    self._incoming = ssl.MemoryBIO()
+    self._outgoing = ssl.MemoryBIO()
+    self._tls = context.wrap_bio(self._incoming, self._outgoing, **wrap_kwargs)
+    self._lock = threading.Lock()  # the SSLObject and its buffers
+    # Keeps each write's records together and in order (sendmsg holds it
+    # across its parts' sendall calls, hence reentrant).
+    self._write_lock = threading.RLock()
+    self._raw = bytearray(READ_BYTES)
     self.family = sock.family
+    sock.settimeout(timeout)
+    self._handshake()
+
+  def _handshake(self) -> None:
+    while True:
+      with self._lock:
+        try:
+          self._tls.do_handshake()
+          done = True
+        except ssl.SSLWantReadError:
+          done = False
+      self._flush()
+      if done:
+        return
+      if not self._receive(0):
+        raise ConnectionError("the peer closed the connection during the TLS handshake")
 
   def settimeout(self, timeout: float | None) -> None:
-    self._timeout = timeout
+    self._sock.settimeout(timeout)
 
   def fileno(self) -> int:
     return self._sock.fileno()
 
   def pending(self) -> int:
-    """Bytes already decrypted: readable although the socket may not poll so."""
+    """Bytes received but not yet read, which polling the socket cannot see."""
     with self._lock:
-      return self._sock.pending()
+      return self._tls.pending() + self._incoming.pending
 
   def recv(self, n: int) -> bytes:
     buffer = bytearray(n)
     return bytes(buffer[: self.recv_into(buffer)])
 
   def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
-    deadline = self._deadline()
+    """Reads at least one byte into `buffer` (0 at the end of the stream);
+    with MSG_DONTWAIT, BlockingIOError when nothing has arrived."""
+    view = memoryview(buffer).cast("B")
+    view = view[: nbytes or view.nbytes]
     while True:
-      with self._lock:
-        try:
-          return self._sock.recv_into(buffer, nbytes)
-        except ssl.SSLWantReadError:
-          event = select.POLLIN
-        except ssl.SSLWantWriteError:
-          event = select.POLLOUT
-        except ssl.SSLZeroReturnError:
-          return 0
-      if flags & socket.MSG_DONTWAIT:
-        raise BlockingIOError
-      self._wait(event, deadline)
+      got = self._decrypt_into(view)
+      if got is not None:
+        return got
+      if not self._receive(flags):
+        return 0
 
   def sendall(self, data) -> None:
     view = memoryview(data).cast("B")
-    deadline = self._deadline()
-    while view.nbytes:
-      with self._lock:
-        try:
-          view = view[self._sock.send(view) :]
-          continue
-        except ssl.SSLWantWriteError:
-          event = select.POLLOUT
-        except ssl.SSLWantReadError:
-          event = select.POLLIN
-      self._wait(event, deadline)
+    with self._write_lock:
+      for start in range(0, view.nbytes, WRITE_BYTES):
+        with self._lock:
+          self._tls.write(view[start : start + WRITE_BYTES])
+          records = self._outgoing.read()
+        self._sock.sendall(records)
 
   def sendmsg(self, parts) -> int:
-    """Sends every part in turn (OpenSSL has no gathered write)."""
+    """Sends every part in turn (there is no gathered write through TLS)."""
     total = 0
-    for part in parts:
-      self.sendall(part)
-      total += memoryview(part).nbytes
+    with self._write_lock:
+      for part in parts:
+        self.sendall(part)
+        total += memoryview(part).nbytes
     return total
 
   def setsockopt(self, *args) -> None:
     self._sock.setsockopt(*args)
 
   def shutdown(self, how: int) -> None:
-    # The plain socket's shutdown: SSLSocket's would drop its SSL state under
-    # a reader in another thread.
-    socket.socket.shutdown(self._sock, how)
+    self._sock.shutdown(how)
 
   def close(self) -> None:
     self._sock.close()
 
-  def _deadline(self) -> float | None:
-    return None if self._timeout is None else time.monotonic() + self._timeout
+  def _decrypt_into(self, view: memoryview) -> int | None:
+    """Decrypts what has arrived into `view`; None if nothing whole has."""
+    got = 0
+    with self._lock:
+      try:
+        while got < view.nbytes:
+          got += self._tls.read(view.nbytes - got, view[got:])
+      except ssl.SSLWantReadError:
+        pass
+      except ssl.SSLZeroReturnError:  # the peer ended the TLS stream
+        return got
+      answered = self._outgoing.pending  # e.g. a key update to acknowledge
+    if answered:
+      self._flush()
+    return got or None
 
-  def _wait(self, event: int, deadline: float | None) -> None:
-    """Waits for the network, at most one slice: then the caller tries again,
-    in case another thread's OpenSSL call took in what this one waits for."""
-    poller = select.poll()
-    poller.register(self._sock.fileno(), event)
-    wait = _SLICE_SECONDS
-    if deadline is not None:
-      wait = min(wait, deadline - time.monotonic())
-      if wait <= 0:
-        raise TimeoutError("the TLS connection timed out")
-    poller.poll(wait * 1000)
+  def _receive(self, flags: int) -> bool:
+    """Reads ciphertext from the socket into the TLS buffer; False at its end."""
+    got = self._sock.recv_into(self._raw, READ_BYTES, flags & socket.MSG_DONTWAIT)
+    if not got:
+      return False
+    with self._lock:
+      self._incoming.write(memoryview(self._raw)[:got])
+    return True
+
+  def _flush(self) -> None:
+    """Sends what the TLS state produced by itself (handshake, alerts)."""
+    with self._write_lock:
+      with self._lock:
+        records = self._outgoing.read()
+      if records:
+        self._sock.sendall(records)
