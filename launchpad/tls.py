@@ -1,9 +1,9 @@
 """TLS between hosts: a certificate made for each launch, or one you give.
 
 The program secret already authenticates every connection (nobody without
-it gets a call served or a reply unpickled) but travels nothing secret in
-clear: TLS adds encryption, so what nodes send each other over the network
-cannot be read on the way. Both ends present the launch's certificate and
+it gets a call served or a reply unpickled), but it does not encrypt: calls
+and replies cross the network in clear. TLS adds encryption, so what nodes
+send each other cannot be read on the way. Both ends present the launch's certificate and
 check the other's against it (mutual TLS), for node-to-node calls and for the
 coordinator alike. Calls between nodes of one host go over Unix sockets,
 which never leave the kernel, and are not encrypted.
