@@ -2,7 +2,7 @@
 
 A node added with `restart='on-failure'` is started again when it fails,
 at most `max_restarts` times, after a backoff that doubles each time. The
-launcher only supplies how to start a node again (`respawn`). A restarted
+launcher only supplies how to start a node again (`Workers.start`). A restarted
 node binds the addresses it had when it can, and registers again either way,
 so handles that others hold keep working.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import traceback
 from collections.abc import Callable
 
 from launchpad.control import control_pb2
@@ -90,11 +91,12 @@ class Restarter:
     self._coordinator.node_restarted(name)
     try:
       self._respawn(name)
-    except Exception as e:  # noqa: BLE001 - reported as the node's failure, which the policy handles
+    except Exception as e:  # noqa: BLE001 - in a timer thread: the policy must hear of it
       self._coordinator.report(
         control_pb2.NodeEvent(
           node=name,
           kind=control_pb2.NodeEvent.FAILED,
-          description=f"node {name} could not be started again: {e}",
+          description=f"node {name} could not be started again: {type(e).__name__}: {e}",
+          traceback="".join(traceback.format_exception(e)),
         )
       )

@@ -17,10 +17,11 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from launchpad import context, errors
+from launchpad import context, errors, restarts
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
+from launchpad.launch import signals
 from launchpad.launch.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 class Workers(Protocol):
   """What a launcher started: threads, processes, actors."""
+
+  def start(self, name: str) -> None:
+    """Starts node `name` again after it failed (the restart policy's call)."""
 
   def join(self, timeout: float) -> bool:
     """Waits up to `timeout` seconds for every worker to exit; True if they did."""
@@ -49,6 +53,7 @@ class Controller:
     run_dir: pathlib.Path | None = None,
   ):
     self.program = plan.program
+    self._worker_names = [worker.name for worker in plan.workers]
     self.run_dir = run_dir  # where process launchers keep node logs
     self.stopped_by: int | None = None  # the signal that stopped the program, if one did
     self._coordinator = coordinator
@@ -57,6 +62,8 @@ class Controller:
     self._grace_period = grace_period
     self._done = threading.Event()
     self._failure_raised = False
+    restarter = restarts.Restarter(coordinator, plan.restart_policies, workers.start)
+    coordinator.set_failure_policy(restarter.on_failure)
 
   @property
   def done(self) -> bool:
@@ -64,19 +71,25 @@ class Controller:
     return self._done.is_set()
 
   def start_supervisor(
-    self, exit_on_failure: bool, cleanup: Callable[[], None] = lambda: None
+    self, handle_signals: bool, cleanup: Callable[[], None] = lambda: None
   ) -> None:
     """Runs `supervise` in a thread that keeps the process alive until the
-    program is over, then `cleanup()`.
+    program is over, then `cleanup()`. Call it once the nodes are started.
 
-    With `exit_on_failure`, a failure found when the main thread has already
+    With `handle_signals`: Ctrl-C and SIGTERM stop the program gracefully
+    (when called from the main thread), a second one kills every worker and
+    exits at once; and a failure found when the main thread has already
     returned ends the process with status 1: nobody is left to raise it to.
     """
+    if handle_signals and threading.current_thread() is threading.main_thread():
+      signals.install(
+        self, self._coordinator, on_second=lambda: self._workers.kill(self._worker_names)
+      )
 
     def run():
       self.supervise()
       cleanup()
-      if exit_on_failure and self.failures() and not threading.main_thread().is_alive():
+      if handle_signals and self.failures() and not threading.main_thread().is_alive():
         sys.stderr.flush()
         os._exit(1)
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import cloudpickle
 
-from launchpad import errors, restarts, runs
+from launchpad import errors, runs
 from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
-from launchpad.launch import process_main, signals, tmux, zygote
+from launchpad.launch import process_main, tmux, zygote
 from launchpad.launch.controller import Controller
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
@@ -64,8 +64,6 @@ def launch(
   output = OutputMux(run.path, sys.stdout if terminal == "current_terminal" else None)
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   processes = _Processes(plan, resources, output, coordinator)
-  restarter = restarts.Restarter(coordinator, plan.restart_policies, processes.respawn)
-  coordinator.set_failure_policy(restarter.on_failure)
   address = coordinator.start()
   run.write(address, plan.secret)
   runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source)
@@ -73,8 +71,6 @@ def launch(
   processes.start_all()
   if terminal == "tmux_session":
     tmux.open_windows(run, list(processes.pids()))
-  if handle_signals and threading.current_thread() is threading.main_thread():
-    signals.install(controller, coordinator, on_second=processes.kill_all)
   controller.start_supervisor(handle_signals, lambda: _close_run(output, run, terminal))
   return controller
 
@@ -140,7 +136,8 @@ class _Processes:
     for index, name in enumerate(self._nodes):
       self._start(name, index)
 
-  def respawn(self, name: str) -> None:
+  def start(self, name: str) -> None:
+    """Starts node `name` again (after a failure)."""
     self._start(name, list(self._nodes).index(name))
 
   def _start(self, name: str, index: int) -> None:
@@ -197,9 +194,6 @@ class _Processes:
       children = [self._children[n] for n in names if n in self._children]
     for child in children:
       child.kill()
-
-  def kill_all(self) -> None:
-    self.kill(list(self.pids()))
 
   def _exited_pid(self, pid: int, returncode: int) -> None:
     with self._changed:

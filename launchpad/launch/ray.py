@@ -31,12 +31,12 @@ from typing import Any
 
 import cloudpickle
 
-from launchpad import errors, restarts, runs
+from launchpad import errors, runs
 from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
-from launchpad.launch import process_main, signals, worker
+from launchpad.launch import process_main
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 from launchpad.resources import RayResources
@@ -120,8 +120,6 @@ def _launch(
   run = runs.create(plan.program)
   run.write(address, plan.secret, tls)
   actors = _Actors(plan, resources, coordinator, address, cluster.local, run, tls)
-  restarter = restarts.Restarter(coordinator, plan.restart_policies, actors.respawn)
-  coordinator.set_failure_policy(restarter.on_failure)
   runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source, tls=tls)
   controller = Controller(plan, coordinator, runtime, actors, grace_period, run_dir=run.path)
   try:
@@ -132,8 +130,6 @@ def _launch(
     coordinator.close()
     run.finish()
     raise
-  if handle_signals and threading.current_thread() is threading.main_thread():
-    signals.install(controller, coordinator, on_second=actors.kill_all)
   controller.start_supervisor(handle_signals, functools.partial(_end, actors, run))
   return controller
 
@@ -320,16 +316,10 @@ class _Actors:
 
   def start_all(self) -> None:
     for name in self._nodes:
-      self._start(name)
+      self.start(name)
 
-  def respawn(self, name: str) -> None:
-    """Starts node `name` again (the restart policy's call); a refusal is its failure."""
-    try:
-      self._start(name)
-    except Exception as e:  # noqa: BLE001 - in a timer thread: the policy must hear of it
-      self._coordinator.report(worker.failure_event(name, e))
-
-  def _start(self, name: str) -> None:
+  def start(self, name: str) -> None:
+    """Starts node `name` in a new actor (again, after a failure)."""
     node = self._nodes[name]
     resource = _resource(self._resources, node.label)
     with self._changed:
@@ -396,12 +386,9 @@ class _Actors:
     for actor in actors:
       ray.kill(actor.handle)
 
-  def kill_all(self) -> None:
-    self.kill(list(self._nodes))
-
   def close(self) -> None:
     """Ends every actor still there (one whose node could not start outlives its run)."""
-    self.kill_all()
+    self.kill(list(self._nodes))
 
 
 _IMPORT_HINT = (

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from launchpad.control.coordinator import Coordinator
-from launchpad.launch.controller import Controller
+if TYPE_CHECKING:
+  from launchpad.control.coordinator import Coordinator
+  from launchpad.launch.controller import Controller
 
 # Exit status after a second signal: the shell convention for death by signal.
 FORCED_EXIT = 128

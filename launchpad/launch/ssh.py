@@ -28,10 +28,10 @@ from typing import Any
 
 import cloudpickle
 
-from launchpad import errors, restarts, runs
+from launchpad import errors, runs
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
-from launchpad.launch import agent, bundle, process_main, processes, signals
+from launchpad.launch import agent, bundle, process_main, processes
 from launchpad.launch import hosts as hosts_lib
 from launchpad.launch.controller import Controller
 from launchpad.launch.output import OutputMux
@@ -103,16 +103,12 @@ def launch(
     coordinator.close()
     run.finish()
     raise
-  restarter = restarts.Restarter(coordinator, plan.restart_policies, workers.start)
-  coordinator.set_failure_policy(restarter.on_failure)
   local_address = f"127.0.0.1:{port}"
   run.write(local_address, plan.secret, tls)
   runtime = ProgramRuntime(plan.program, local_address, plan.secret, source=plan.source, tls=tls)
   controller = Controller(plan, coordinator, runtime, workers, grace_period, run_dir=run.path)
   for node in plan.workers:
     workers.start(node.name)
-  if handle_signals and threading.current_thread() is threading.main_thread():
-    signals.install(controller, coordinator, on_second=workers.kill_all)
 
   def cleanup() -> None:
     workers.close()
@@ -187,12 +183,9 @@ class _RemoteWorkers:
     with self._changed:
       self._killed.update(names)
     for connection in self._connections:
-      mine = [n for n in names if self._by_node[n] is connection]
+      mine = [n for n in names if self._by_node.get(n) is connection]
       if mine:
         connection.send(("kill", mine))
-
-  def kill_all(self) -> None:
-    self.kill(list(self._nodes))
 
   def close(self) -> None:
     """Closes every connection: the agents kill what still runs and exit."""

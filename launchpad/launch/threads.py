@@ -10,10 +10,9 @@ import logging
 import threading
 import time
 
-from launchpad import restarts
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
-from launchpad.launch import signals, worker
+from launchpad.launch import worker
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 
@@ -30,14 +29,10 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
   workers = _Threads(plan, runtime)
-  restarter = restarts.Restarter(coordinator, plan.restart_policies, workers.start)
-  coordinator.set_failure_policy(restarter.on_failure)
   controller = Controller(plan, coordinator, runtime, workers, grace_period)
   for node in plan.workers:
     workers.start(node.name)
-  if handle_signals and threading.current_thread() is threading.main_thread():
-    signals.install(controller, coordinator)
-  controller.start_supervisor(exit_on_failure=handle_signals)
+  controller.start_supervisor(handle_signals)
   return controller
 
 
