@@ -3,7 +3,6 @@ stop handlers."""
 
 from __future__ import annotations
 
-import signal
 import threading
 from concurrent import futures
 
@@ -12,6 +11,7 @@ import pytest
 import launchpad as lp
 from launchpad import context as lp_context
 from launchpad import errors
+from tests.launching import launching
 
 TIMEOUT = 10.0
 
@@ -23,25 +23,7 @@ class Idle:
     return "pong"
 
 
-@pytest.fixture
-def launched():
-  """Launches programs and stops whatever is still running at teardown;
-  restores the signal handlers the threads launcher installs."""
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  controllers = []
-
-  def _launch(program, launch_type="test_mt", **kwargs):
-    controller = lp.launch(program, launch_type=launch_type, **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  try:
-    for controller in controllers:
-      controller.stop(timeout=TIMEOUT)
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+launched = launching(launch_type="test_mt")
 
 
 def call_stop(out):

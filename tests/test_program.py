@@ -9,24 +9,12 @@ import pytest
 
 import launchpad as lp
 from launchpad import errors
+from tests.launching import launching
 
 TIMEOUT = 10.0
 
 
-@pytest.fixture
-def launch_expecting_failure():
-  """Launches in test mode and stops at teardown without raising node failures
-  (the test checks them itself)."""
-  controllers = []
-
-  def _launch(program, **kwargs):
-    controller = lp.launch(program, launch_type="test_mt", **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+launch_expecting_failure = launching(launch_type="test_mt")
 
 
 def worker_fn():

@@ -1,17 +1,6 @@
 """Fixtures for the launcher tests."""
 
-import signal
-
 import pytest
-
-
-@pytest.fixture(autouse=True)
-def restore_signal_handlers():
-  """Launchers install SIGINT/SIGTERM handlers in the main thread; undo them."""
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  yield
-  for sig, handler in previous.items():
-    signal.signal(sig, handler)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import threading
 from concurrent import futures
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 import launchpad as lp
 from launchpad import errors
 from launchpad.launch import plan as plan_lib
+from tests.launching import launching
 
 TIMEOUT = 10.0
 
@@ -56,23 +56,7 @@ class Service:
     return "pong"
 
 
-@pytest.fixture
-def launched():
-  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-  controllers = []
-
-  def _launch(program, **kwargs):
-    controller = lp.launch(program, **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  try:
-    for controller in controllers:
-      controller.stop(timeout=TIMEOUT)
-  finally:
-    for sig, handler in previous.items():
-      signal.signal(sig, handler)
+launched = launching()
 
 
 def assert_nothing_runs():

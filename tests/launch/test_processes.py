@@ -24,6 +24,7 @@ import pytest
 import launchpad as lp
 from launchpad import runs
 from launchpad.control.client import ControlClient
+from tests.launching import launching
 
 from .programs import nodes
 
@@ -32,21 +33,7 @@ TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS_DIR = pathlib.Path(__file__).resolve().parent / "programs"
 
 
-@pytest.fixture
-def launched():
-  """lp.launch in processes; every program launched is stopped at teardown."""
-  controllers = []
-
-  def _launch(program, launch_type="local_mp", **kwargs):
-    kwargs.setdefault("terminal", "output_to_files")
-    kwargs.setdefault("grace_period", 2.0)
-    controller = lp.launch(program, launch_type=launch_type, **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+launched = launching(launch_type="local_mp", terminal="output_to_files", grace_period=2.0)
 
 
 def client(handle):

@@ -8,6 +8,7 @@ import unittest
 import pytest
 
 import launchpad as lp
+from tests.launching import launching
 
 TIMEOUT = 10.0
 
@@ -30,18 +31,7 @@ def fail_at_once():
   raise RuntimeError("failed at once 8")
 
 
-@pytest.fixture
-def launched():
-  controllers = []
-
-  def _launch(program, **kwargs):
-    controller = lp.launch(program, launch_type="test_mt", **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+launched = launching(launch_type="test_mt")
 
 
 def test_handles_dereferenced_in_the_test_thread_can_be_called(launched):

@@ -14,6 +14,7 @@ from child_process import Child
 
 import launchpad as lp
 from launchpad import errors
+from tests.launching import launching
 
 TIMEOUT = 10.0
 SUBPROCESS_TIMEOUT = 15.0
@@ -46,18 +47,7 @@ def returns_value(x):
   return x * 2
 
 
-@pytest.fixture
-def launched():
-  controllers = []
-
-  def _launch(program, launch_type="local_mt", **kwargs):
-    controller = lp.launch(program, launch_type=launch_type, **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+launched = launching(launch_type="local_mt")
 
 
 def serving_program(name="served"):
