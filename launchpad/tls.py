@@ -54,11 +54,17 @@ class TlsConfig:
         "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
         f"-days {DAYS} -subj /CN={SERVER_NAME} -addext subjectAltName=DNS:{SERVER_NAME}"
       ).split()
-      subprocess.run(
+      made = subprocess.run(
         [*command, "-keyout", str(key), "-out", str(cert)],
-        check=True,
         capture_output=True,
+        text=True,
+        timeout=60,
       )
+      if made.returncode != 0:
+        raise errors.LaunchpadError(
+          f"openssl could not make the launch's TLS certificate ({made.stderr.strip()}); "
+          "install OpenSSL 1.1.1 or later, or give a certificate (TlsConfig.from_files)."
+        )
       return cls(cert.read_bytes(), key.read_bytes(), cert.read_bytes())
 
   @classmethod

@@ -290,6 +290,8 @@ class _HostConnection:
     return f"host {self.host.name!r} (ssh {self.host.ssh}): {what}. Nodes meant for it: {nodes}."
 
   def send(self, message: object) -> None:
+    # Bounded without a timeout of its own: if the host stops reading, ssh's
+    # keep-alives end the connection within 15 s, and the write fails.
     try:
       self._channel.send(message)
     except OSError:
