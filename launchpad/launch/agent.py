@@ -16,7 +16,6 @@ Launcher -> agent: ("setup", Setup), then ("start", name, payload) and
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import pathlib
 import pickle
@@ -30,6 +29,7 @@ import tempfile
 import threading
 from typing import BinaryIO
 
+from launchpad import version
 from launchpad.launch import bundle, process_main, zygote
 
 MAGIC = b"\x00LPAGENT1\x00"
@@ -146,7 +146,7 @@ class _Agent:
           "address": address,
           "hostname": socket.gethostname(),
           "python": sys.executable,
-          "launchpad": importlib.metadata.version("launchpad"),
+          "launchpad": version.installed_version(),
         },
       )
     )

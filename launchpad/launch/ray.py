@@ -36,6 +36,7 @@ from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
+from launchpad.courier import serialization
 from launchpad.launch import process_main
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
@@ -50,7 +51,7 @@ try:
   import ray
 except ImportError as e:
   raise ImportError(
-    "launch_type='ray' needs Ray: install it with pip install 'launchpad[ray]'."
+    "launch_type='ray' needs Ray: install it with pip install 'launchpad-rl[ray]'."
   ) from e
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,7 @@ class _Actors:
       self._plan.program, self._address, self._plan.secret, node, dict(self._env), self._tls
     )
     ended = handle.run.remote(
-      cloudpickle.dumps(spec), sys.path if self._local else [], not self._local
+      serialization.cloudpickle_dumps(spec), sys.path if self._local else [], not self._local
     )
     ended.future().add_done_callback(functools.partial(self._ended, actor))
 
