@@ -6,11 +6,23 @@ writes those buffers straight from the array's memory with `sendmsg` and reads
 them into fresh memory that the unpickled arrays adopt. So an array is copied
 only by the kernel. The fast C pickler is tried first; cloudpickle handles
 what it cannot (lambdas, local classes, interactively defined functions).
+
+Code that cloudpickle sends by value (those, and the launched script's and
+other modules registered by value, which is how nodes travel) keeps its file
+name, lines and source text (`Pickler`), so that tracebacks of nodes name the
+user's file and line and show the line, wherever the node runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import linecache
+import marshal
 import pickle
+import sys
+import types
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -19,6 +31,8 @@ from launchpad import errors
 from launchpad.courier import protocol
 
 PROTOCOL = 5
+# The Python whose bytecode pickled code carries; code runs only under the same.
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def dumps(
@@ -47,7 +61,7 @@ def dumps(
   except Exception:  # noqa: BLE001 - any failure of the fast path gets a second try
     buffers.clear()
     try:
-      data = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+      data = cloudpickle_dumps(obj, buffer_callback=callback)
     except Exception as e:
       raise errors.SerializationError(
         f"cannot serialize the {what}: {type(e).__name__}: {e}. Pass only "
@@ -60,3 +74,97 @@ def dumps(
 def loads(data: bytes | memoryview, buffers: list[Any]) -> Any:
   """Inverse of `dumps`: the unpickled object adopts `buffers` without copies."""
   return pickle.loads(data, buffers=buffers)
+
+
+def cloudpickle_dumps(
+  obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None
+) -> bytes:
+  """`cloudpickle.dumps`, with code that keeps its file, lines and source (`Pickler`).
+
+  Everything launchpad sends by value goes through here: node payloads to
+  their processes, hosts and actors, and what the fast pickler cannot take.
+  Plain `pickle.loads` reads the result where launchpad is installed.
+  """
+  with io.BytesIO() as file:
+    Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
+
+
+class Pickler(cloudpickle.Pickler):
+  """cloudpickle whose code objects name their real file and bring its source.
+
+  cloudpickle 3.1 renames every code object it sends by value
+  "<dynamic-code>", so a traceback from a node would show neither the user's
+  file nor the line. Here a code object travels as its marshal, which keeps
+  the file name, first line, line table and nested code. The source text of
+  each file whose code travels goes along once per pickle (a `Source` shared
+  by that file's code objects through the pickle memo); loading puts it in
+  `linecache`, where tracebacks read lines.
+
+  The source travels in the pickle rather than in the SSH code bundle
+  (`launch/bundle.py`) because by-value code is exactly the code whose file
+  need not exist where the node runs: the launched script, modules that
+  `lp launch` registers by value, on SSH hosts, Ray clusters and in fresh
+  interpreters alike, while the bundle only reaches SSH hosts and holds the
+  modules nodes import by name. The text is also the one read when the node
+  was pickled, so it matches the code that runs even if the file has been
+  edited since.
+  """
+
+  def __init__(self, file: io.BytesIO, protocol: int = PROTOCOL, buffer_callback=None):
+    super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+    # One Source per file: pickled once, referred to by the memo after that.
+    self._sources: dict[str, Source | None] = {}
+
+  def reducer_override(self, obj: Any) -> Any:
+    if type(obj) is types.CodeType:
+      return self._reduce_code(obj)
+    return super().reducer_override(obj)
+
+  def _reduce_code(self, code: types.CodeType) -> Any:
+    try:
+      marshalled = marshal.dumps(code)
+    except ValueError:  # constants marshal cannot write (code built by hand)
+      return NotImplemented  # cloudpickle's own reduction, without the file name
+    return load_code, (marshalled, PYTHON, self._source(code.co_filename))
+
+  def _source(self, filename: str) -> Source | None:
+    if filename not in self._sources:
+      lines = linecache.getlines(filename)
+      self._sources[filename] = Source(filename, sum(map(len, lines)), lines) if lines else None
+    return self._sources[filename]
+
+
+@dataclasses.dataclass
+class Source:
+  """The text of a file whose code travels by value, as linecache holds it."""
+
+  filename: str
+  size: int
+  lines: list[str]
+
+  def remember(self) -> None:
+    """Puts the text in linecache under the code's file name. With no
+    modification time, `linecache.checkcache` keeps the entry even where no
+    such file exists, and prefers it to a file of that name: it is the text of
+    the code that runs."""
+    linecache.cache[self.filename] = (self.size, None, self.lines, self.filename)
+
+
+def load_code(marshalled: bytes, python: str, source: Source | None) -> types.CodeType:
+  """A code object pickled by `Pickler`; its source goes into linecache.
+
+  Raises:
+    SerializationError: the code was pickled by another Python version,
+      whose bytecode this interpreter cannot run.
+  """
+  if python != PYTHON:
+    raise errors.SerializationError(
+      f"code from {source.filename if source else 'the launcher'} was pickled by Python "
+      f"{python} and cannot run in Python {PYTHON}: bytecode differs between Python versions. "
+      f"Run the node with Python {python}, like the launcher (the hosts file's `python`, "
+      "lp.PythonProcess(interpreter=...) or the Ray cluster's Python)."
+    )
+  if source is not None:
+    source.remember()
+  return marshal.loads(marshalled)

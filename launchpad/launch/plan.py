@@ -12,9 +12,8 @@ import dataclasses
 import os
 from typing import Any
 
-import cloudpickle
-
 from launchpad import errors, handles
+from launchpad.courier import serialization
 from launchpad.nodes.base import Node
 from launchpad.program import Program
 from launchpad.restarts import RestartPolicy
@@ -68,7 +67,7 @@ def check_serializable(node: Node) -> None:
   """Raises SerializationError naming `node` and the path of the part that
   cannot be pickled."""
   try:
-    cloudpickle.dumps(node.arguments())
+    serialization.cloudpickle_dumps(node.arguments())
   except Exception as e:
     path, error = _find_unpicklable(node.arguments(), "", set()) or ("", e)
     raise errors.SerializationError(
@@ -88,7 +87,7 @@ def _find_unpicklable(value: Any, path: str, seen: set[int]) -> tuple[str, Excep
   if id(value) in seen:
     return None
   try:
-    cloudpickle.dumps(value)
+    serialization.cloudpickle_dumps(value)
     return None
   except Exception as e:  # noqa: BLE001
     error = e

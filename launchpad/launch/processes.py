@@ -22,13 +22,12 @@ import sys
 import threading
 from typing import Any
 
-import cloudpickle
-
 from launchpad import errors, runs
 from launchpad import resources as resources_lib
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
+from launchpad.courier import serialization
 from launchpad.launch import process_main, tmux, zygote
 from launchpad.launch.controller import Controller
 from launchpad.launch.output import OutputMux
@@ -147,7 +146,7 @@ class _Processes:
     spec = process_main.WorkerSpec(
       self._plan.program, self.coordinator.address, self._plan.secret, node, env
     )
-    payload = cloudpickle.dumps(spec)
+    payload = serialization.cloudpickle_dumps(spec)
     output = self._output.attach(name, index)
     if resource.interpreter or resource.args:
       pid = self._spawn(resource, payload, output)

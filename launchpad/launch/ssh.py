@@ -26,11 +26,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-import cloudpickle
-
 from launchpad import errors, runs
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
+from launchpad.courier import serialization
 from launchpad.launch import agent, bundle, process_main, processes
 from launchpad.launch import hosts as hosts_lib
 from launchpad.launch.controller import Controller
@@ -173,7 +172,7 @@ class _RemoteWorkers:
       self._running.add(name)
       self._killed.discard(name)
       self._streams[name] = stream
-    connection.send(("start", name, cloudpickle.dumps(spec)))
+    connection.send(("start", name, serialization.cloudpickle_dumps(spec)))
 
   def join(self, timeout: float) -> bool:
     with self._changed:
