@@ -25,10 +25,11 @@ from launchpad.replay.chunk_store import ChunkStore, new_key
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.server import Server
-from launchpad.replay.table import SampledItem, Table
+from launchpad.replay.table import MAX_SAMPLES_PER_CALL, SampledItem, Table
 from launchpad.replay.writer import TrajectoryColumn, TrajectoryWriter
 
 __all__ = [
+  "MAX_SAMPLES_PER_CALL",
   "ChunkStore",
   "Client",
   "RateLimiterTimeoutError",

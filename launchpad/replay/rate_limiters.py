@@ -173,6 +173,14 @@ class RateLimiter:
   def record_delete(self, count: int = 1) -> None:
     self._deletes += count
 
+  def undo_sample(self, count: int = 1) -> None:
+    """Takes back `count` recorded samples (a table undoing a failed call's samples)."""
+    self._samples -= count
+
+  def undo_delete(self, count: int = 1) -> None:
+    """Takes back `count` recorded deletes (the items came back into the table)."""
+    self._deletes -= count
+
   def reset(self) -> None:
     """Forgets every insert, sample and delete (`Table.reset`)."""
     self._inserts = self._samples = self._deletes = 0

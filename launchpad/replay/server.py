@@ -46,7 +46,7 @@ from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key, new_keys
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
-from launchpad.replay.table import Table, _priority_list, _seconds
+from launchpad.replay.table import SampledItem, Table, _priority_list, _seconds
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -253,6 +253,9 @@ class ReplayService:
     Returns as many items as the rate limiter allowed within the timeout (at
     least one: with none it raises RateLimiterTimeoutError, or
     TableClosedError), since items already sampled have counted as sampled.
+    The call is one sampling transaction (Table.sampling) that includes
+    building the reply: if that fails (items that cannot be stacked, a
+    MemoryError), the call's samples are undone and nothing changed.
 
     Returns:
       a dict: "info" (key, probability, table_size, priority, times_sampled:
@@ -262,44 +265,15 @@ class ReplayService:
       "structures" (one per item).
     """
     target = self._table(table)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     deadline = _deadline(timeout)
-    items = target.sample(num_samples, timeout=_remaining(deadline))
-    while len(items) < num_samples:
-      try:
-        items += target.sample(num_samples - len(items), timeout=_remaining(deadline))
-      except (RateLimiterTimeoutError, TableClosedError):
-        break  # the items already drawn have been counted as sampled: return them
-    info = {
-      "key": np.array([i.key for i in items], dtype=np.uint64),
-      "probability": np.array([i.probability for i in items], dtype=np.float64),
-      "table_size": np.array([i.table_size for i in items], dtype=np.int64),
-      "priority": np.array([i.priority for i in items], dtype=np.float64),
-      "times_sampled": np.array([i.times_sampled for i in items], dtype=np.int64),
-    }
-    if not stack:
-      return {
-        "info": info,
-        "data": [i.data for i in items],
-        "structures": [i.structure for i in items],
-      }
-    first = items[0]
-    first_specs = {c: (a.dtype, a.shape) for c, a in first.data.items()}
-    for item in items[1:]:
-      if item.structure is not first.structure and item.structure != first.structure:
-        raise ValueError(
-          f"table {table!r}: the sampled items do not all have the same structure, so they "
-          "cannot be stacked; use sample()"
-        )
-      specs = {c: (a.dtype, a.shape) for c, a in item.data.items()}
-      if specs != first_specs:
-        raise ValueError(
-          f"table {table!r}: the sampled items do not all have the same columns, dtypes and "
-          f"shapes ({first_specs} and {specs}), so they cannot be stacked; use sample()"
-        )
-    data = {c: np.stack([i.data[c] for i in items]) for c in first.data}
-    return {"info": info, "data": data, "structure": first.structure}
+    with target.sampling() as sampling:
+      items = sampling.sample(num_samples, timeout=_remaining(deadline))
+      while len(items) < num_samples:
+        try:
+          items += sampling.sample(num_samples - len(items), timeout=_remaining(deadline))
+        except (RateLimiterTimeoutError, TableClosedError):
+          break  # the items already drawn have been counted as sampled: return them
+      return _sample_reply(table, items) if stack else _sample_list(items)
 
   def mutate_priorities(
     self,
@@ -521,6 +495,46 @@ def _deadline(timeout: Any) -> float | None:
 
 def _remaining(deadline: float | None) -> float | None:
   return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _sample_info(items: Sequence[SampledItem]) -> dict[str, np.ndarray]:
+  """The sampled items' info fields, one array each."""
+  return {
+    "key": np.array([i.key for i in items], dtype=np.uint64),
+    "probability": np.array([i.probability for i in items], dtype=np.float64),
+    "table_size": np.array([i.table_size for i in items], dtype=np.int64),
+    "priority": np.array([i.priority for i in items], dtype=np.float64),
+    "times_sampled": np.array([i.times_sampled for i in items], dtype=np.int64),
+  }
+
+
+def _sample_list(items: Sequence[SampledItem]) -> dict[str, Any]:
+  """A `sample` reply: the items one by one."""
+  return {
+    "info": _sample_info(items),
+    "data": [i.data for i in items],
+    "structures": [i.structure for i in items],
+  }
+
+
+def _sample_reply(table: str, items: Sequence[SampledItem]) -> dict[str, Any]:
+  """A `sample_batch` reply: the items' columns stacked, or ValueError if they differ."""
+  first = items[0]
+  first_specs = {c: (a.dtype, a.shape) for c, a in first.data.items()}
+  for item in items[1:]:
+    if item.structure is not first.structure and item.structure != first.structure:
+      raise ValueError(
+        f"table {table!r}: the sampled items do not all have the same structure, so they "
+        "cannot be stacked; use sample()"
+      )
+    specs = {c: (a.dtype, a.shape) for c, a in item.data.items()}
+    if specs != first_specs:
+      raise ValueError(
+        f"table {table!r}: the sampled items do not all have the same columns, dtypes and "
+        f"shapes ({first_specs} and {specs}), so they cannot be stacked; use sample()"
+      )
+  data = {c: np.stack([i.data[c] for i in items]) for c in first.data}
+  return {"info": _sample_info(items), "data": data, "structure": first.structure}
 
 
 class Server:

@@ -20,6 +20,12 @@ under one lock hold (per run the limiter allows), with per-run work; the
 server inserts `Client.insert_batch` batches with it. `stats()` is the
 cheap reading for live views.
 
+Sampling is a transaction (`Table.sampling`): what a call samples counts at
+once, so that concurrent callers see the rate limiter as it is, and is
+undone if the call fails before it ends (a reply that cannot be built, a
+MemoryError), so a failed call changes nothing. `sample` is one such call.
+One call asks for at most MAX_SAMPLES_PER_CALL items.
+
 `snapshot()` captures everything a checkpoint needs (items in insertion
 order with their priorities and times sampled, the chunks they reference,
 the limiter's counters, the order heaps break ties in) as plain Python and
@@ -52,6 +58,14 @@ Signature = Mapping[str, tuple[Any, Sequence[int | None]]]
 
 SNAPSHOT_FORMAT = "launchpad.replay.Table"
 SNAPSHOT_VERSION = 1
+
+MAX_SAMPLES_PER_CALL = 65_536
+"""The most items one sample call may ask for.
+
+A call's items, their data and its reply are all in memory at once, on the
+server and on the client: a larger request is refused (ValueError) before
+anything changes. Sample in calls of at most this many items instead.
+"""
 
 
 class SampledItem(NamedTuple):
@@ -288,6 +302,7 @@ class Table:
     self._can_sample = threading.Condition(self._lock)
     self._items: dict[int, _Item] = {}  # in insertion order (dicts keep it)
     self._seq = 0  # orders inserts and updates, for snapshots
+    self._epoch = 0  # counts resets and restores, which make pending samples' undo moot
     self._closed = False
     self._stats = dict.fromkeys(
       ("inserts", "updates", "samples", "deletes", "evictions", "expired", "resets"), 0
@@ -506,58 +521,37 @@ class Table:
     The first sample waits up to `timeout` for the rate limiter; the others
     are taken only if the limiter allows them at once, so the list holds at
     least one item and at most `num_samples`. Each sample counts towards the
-    item's `times_sampled` (and may remove it, see `max_times_sampled`).
+    item's `times_sampled` (and may remove it, see `max_times_sampled`). It
+    is one `sampling()` transaction: if it fails (a MemoryError), nothing
+    changed.
 
     Raises:
-      ValueError: `num_samples` is not a positive integer.
+      ValueError: `num_samples` is not an integer in [1, MAX_SAMPLES_PER_CALL].
       RateLimiterTimeoutError: the limiter allowed no sample in time.
       TableClosedError: the table is closed, or was closed while waiting.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(
-        f"table {self._name!r}: num_samples must be a positive integer, got {num_samples!r}"
-      )
-    seconds = _seconds(timeout)
-    picked: list[tuple] = []
-    with self._lock:
-      self._await("sample", self._can_sample, self._limiter.can_sample, seconds)
-      items, limiter = self._items, self._limiter
-      if self._max_times_sampled < 1:
-        # Nothing leaves the table while sampling: draw the whole batch at once.
-        count = limiter.samples_allowed(num_samples)
-        draws = self._sampler.sample_many(count) if count > 1 else [self._sampler.sample()]
-        size = len(items)
-        for key, probability in draws:
-          item = items[key]
-          item.times_sampled += 1
-          picked.append((item, probability, size, item.priority, item.times_sampled))
-        limiter.record_sample(len(draws))
-      else:
-        for i in range(num_samples):
-          if i and not limiter.can_sample():
-            break
-          key, probability = self._sampler.sample()
-          item = items[key]
-          item.times_sampled += 1
-          picked.append((item, probability, len(items), item.priority, item.times_sampled))
-          limiter.record_sample()
-          if item.times_sampled >= self._max_times_sampled:
-            self._remove(item, "expired")
-      self._stats["samples"] += len(picked)
-      self._notify()
-    # Outside the lock: chunks are immutable and the item kept its arrays.
-    return [
-      SampledItem(
-        item.key,
-        item.resolve(),
-        p,
-        size,
-        priority,
-        times,
-        item.structure,
-      )
-      for item, p, size, priority, times in picked
-    ]
+    with self.sampling() as sampling:
+      return sampling.sample(num_samples, timeout)
+
+  def sampling(self) -> Sampling:
+    """A transaction of samples: `with table.sampling() as s: items = s.sample(n, timeout)`.
+
+    Each `s.sample()` takes its samples at once, as `Table.sample` does (they
+    count towards `times_sampled`, the rate limiter and the table's counts,
+    and items sampled `max_times_sampled` times leave the table), so callers
+    running alongside see the table as it is. If the block raises, every
+    sample of the transaction is undone: counts, the limiter's counters and
+    `times_sampled` go back, and the items that left come back where they
+    were (FIFO/LIFO order and heap tie-breaking as before; the selectors are
+    rebuilt for that, O(n log n) in the table's size). A reset or restore
+    in between makes the undo moot: what it wiped stays wiped. What other
+    calls did meanwhile stays done. The rate limiter's call statistics
+    (`insert_stats`, `sample_stats`) keep the calls.
+
+    A server samples through one transaction per RPC, building its reply
+    inside it, so a call whose reply cannot be built changes nothing.
+    """
+    return Sampling(self)
 
   def mutate_priorities(
     self, updates: Mapping[int, float] | None = None, deletes: Iterable[int] = ()
@@ -598,6 +592,7 @@ class Table:
       self._store.release(released)
       self._limiter.reset()
       self._stats["resets"] += 1
+      self._epoch += 1
       self._notify()
 
   def close(self) -> None:
@@ -724,14 +719,11 @@ class Table:
           key, priority, times_sampled, refs, arrays, inserted_seq, updated_seq, structure
         )
       self._store.release(chunks)  # the references _store_all took; the items hold their own
-      for selector in (self._sampler, self._remover):
-        order = list(self._items.values())
-        if selector.restore_order == "updated":
-          order.sort(key=lambda item: item.updated_seq)
-        selector.insert_many([item.key for item in order], [item.priority for item in order])
+      self._rebuild_selectors()
       self._limiter.restore_counters(counters)
       self._stats.update(stats)
       self._seq = next_seq
+      self._epoch += 1
       self._notify()
 
   @classmethod
@@ -911,14 +903,122 @@ class Table:
       victim, _ = self._remover.sample()
       self._remove(self._items[victim], "evictions")
 
-  def _remove(self, item: _Item, reason: str) -> None:
-    """(lock held) Removes an item and drops its chunk references."""
+  def _remove(self, item: _Item, reason: str, release: bool = True) -> None:
+    """(lock held) Removes an item and, unless told not to, drops its chunk references."""
     del self._items[item.key]
     self._sampler.delete(item.key)
     self._remover.delete(item.key)
-    self._store.release(item.chunks)
+    if release:
+      self._store.release(item.chunks)
     self._limiter.record_delete()
     self._stats[reason] += 1
+
+  def _rebuild_selectors(self) -> None:
+    """(lock held) Refills both selectors from the items, in the order each restores from."""
+    for selector in (self._sampler, self._remover):
+      selector.clear()
+      order = list(self._items.values())
+      if selector.restore_order == "updated":
+        order.sort(key=lambda item: item.updated_seq)
+      selector.insert_many([item.key for item in order], [item.priority for item in order])
+
+  def _check_num_samples(self, num_samples: Any) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+      raise ValueError(
+        f"table {self._name!r}: num_samples must be a positive integer, got {num_samples!r}"
+      )
+    if num_samples > MAX_SAMPLES_PER_CALL:
+      raise ValueError(
+        f"table {self._name!r}: num_samples={num_samples} is more than one call may ask for "
+        f"(at most {MAX_SAMPLES_PER_CALL}, launchpad.replay.MAX_SAMPLES_PER_CALL): a call's "
+        "items are all in memory at once. Sample in chunks: call sample() or sample_batch() "
+        f"repeatedly with at most {MAX_SAMPLES_PER_CALL} items each"
+      )
+    return num_samples
+
+  def _take(self, sampling: Sampling, num_samples: Any, timeout: Timeout) -> list[SampledItem]:
+    """Samples for `sampling` (see `sampling()`), logging in it what it did."""
+    num_samples = self._check_num_samples(num_samples)
+    seconds = _seconds(timeout)
+    picked: list[tuple] = []
+    with self._lock:
+      self._await("sample", self._can_sample, self._limiter.can_sample, seconds)
+      if sampling.epoch != self._epoch:
+        self._forget(sampling)  # a reset or restore wiped what it took before
+        sampling.epoch = self._epoch
+      drawn = sampling.drawn
+      before = len(drawn)
+      items, limiter = self._items, self._limiter
+      try:
+        if self._max_times_sampled < 1:
+          # Nothing leaves the table while sampling: draw the whole batch at once.
+          count = limiter.samples_allowed(num_samples)
+          draws = self._sampler.sample_many(count) if count > 1 else [self._sampler.sample()]
+          size = len(items)
+          for key, probability in draws:
+            item = items[key]
+            drawn.append(item)
+            item.times_sampled += 1
+            picked.append((item, probability, size, item.priority, item.times_sampled))
+        else:
+          for i in range(num_samples):
+            if i and not limiter.can_sample(len(drawn) - before + 1):
+              break
+            key, probability = self._sampler.sample()
+            item = items[key]
+            drawn.append(item)
+            item.times_sampled += 1
+            picked.append((item, probability, len(items), item.priority, item.times_sampled))
+            if item.times_sampled >= self._max_times_sampled:
+              sampling.expired.append(item)
+              self._remove(item, "expired", release=False)  # released when it commits
+      finally:  # counts what was drawn, even if drawing failed part-way
+        taken = len(drawn) - before
+        limiter.record_sample(taken)
+        self._stats["samples"] += taken
+        self._notify()
+    # Outside the lock: chunks are immutable and the item kept its arrays.
+    return [
+      SampledItem(item.key, item.resolve(), p, size, priority, times, item.structure)
+      for item, p, size, priority, times in picked
+    ]
+
+  def _commit(self, sampling: Sampling) -> None:
+    """Makes a transaction's samples final: the items it took out drop their chunks."""
+    released = [key for item in sampling.expired for key in item.chunks]
+    sampling.drawn, sampling.expired = [], []
+    self._store.release(released)
+
+  def _undo(self, sampling: Sampling) -> None:
+    """Undoes a transaction's samples (see `sampling()`)."""
+    with self._lock:
+      if sampling.epoch != self._epoch:
+        self._forget(sampling)
+        return
+      drawn, expired = sampling.drawn, sampling.expired
+      sampling.drawn, sampling.expired = [], []
+      for item in drawn:
+        item.times_sampled -= 1
+      self._limiter.undo_sample(len(drawn))
+      self._stats["samples"] -= len(drawn)
+      back = [item for item in expired if item.key not in self._items]
+      superseded = [key for item in expired if item.key in self._items for key in item.chunks]
+      if back:
+        for item in back:
+          self._items[item.key] = item
+        self._items = dict(sorted(self._items.items(), key=lambda entry: entry[1].inserted_seq))
+        self._rebuild_selectors()
+        self._limiter.undo_delete(len(back))
+        self._stats["expired"] -= len(back)
+        self._evict()  # inserts that came meanwhile may have filled the places they left
+      self._store.release(superseded)  # their keys were inserted again meanwhile
+      self._notify()
+
+  def _forget(self, sampling: Sampling) -> None:
+    """(lock held) Drops a transaction's log after a reset or restore wiped what it took."""
+    released = [key for item in sampling.expired for key in item.chunks]
+    sampling.drawn, sampling.expired = [], []
+    self._store.release(released)
 
   def _store_all(self, chunks: Mapping[int, np.ndarray]) -> None:
     """(lock held) Puts chunks in the store, each with one reference; all or none."""
@@ -990,3 +1090,32 @@ class Table:
     next_seq = max([next_seq, *(max(entry[4], entry[5]) for entry in prepared)])
     needed = {key: chunks[key] for key in used}  # chunks no item references are not restored
     return prepared, needed, limiter.snapshot(), stats, next_seq
+
+
+class Sampling:
+  """One transaction of samples from a table (`Table.sampling()`): all of them count, or none.
+
+  Use it as a context manager: leaving the block normally commits, an
+  exception undoes every sample taken through it. One thread uses it.
+  """
+
+  __slots__ = ("drawn", "epoch", "expired", "table")
+
+  def __init__(self, table: Table):
+    self.table = table
+    self.drawn: list[_Item] = []  # every item drawn, once per draw
+    self.expired: list[_Item] = []  # items that left the table, their chunks still held
+    self.epoch: int | None = None  # the table's epoch when it last sampled
+
+  def sample(self, num_samples: int = 1, timeout: Timeout = None) -> list[SampledItem]:
+    """Samples as `Table.sample` does, as part of this transaction."""
+    return self.table._take(self, num_samples, timeout)
+
+  def __enter__(self) -> Sampling:
+    return self
+
+  def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+    if exc_type is None:
+      self.table._commit(self)
+    else:
+      self.table._undo(self)
