@@ -8,13 +8,19 @@
 
 Exit status of `lp launch`: 0 when the program ended normally (its nodes
 ended, or lp.stop() was called); 1 when a node failed (its traceback or exit
-reason is printed); 2 for a bad command line or target; 128+N when stopped
-by signal N (130 for Ctrl-C, 143 for SIGTERM), after a graceful stop.
+reason is printed) or the target itself raised (its traceback is printed);
+2 when the program could not be launched (a bad command line, target, run
+directory or hosts file, a node that cannot be pickled: one paragraph says
+what to do); 128+N when stopped by signal N (130 for Ctrl-C, 143 for
+SIGTERM), after a graceful stop. Every command exits 2 on a bad command
+line, 141 (128 + SIGPIPE) when its output is closed (`lp status | head -1`),
+and prints no traceback of its own; docs/launching.md lists them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import importlib
 import importlib.util
@@ -22,6 +28,7 @@ import logging
 import os
 import pathlib
 import runpy
+import signal
 import socket
 import sys
 import threading
@@ -36,6 +43,7 @@ from absl import flags as absl_flags
 
 import launchpad
 from launchpad import errors, graph, live_view, runs
+from launchpad.control import control_pb2
 from launchpad.program import Program
 from launchpad.tls import TlsConfig
 
@@ -77,8 +85,9 @@ Ctrl-C or SIGTERM stops the program gracefully: stop handlers run and
 lp.wait_for_stop() returns in every node; nodes still running after
 --grace-period seconds are killed. A second Ctrl-C kills them at once.
 
-exit status: 0 program ended normally; 1 a node failed; 2 bad command line
-or target; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM).
+exit status: 0 program ended normally; 1 a node failed, or the target
+raised; 2 bad command line or target, nothing ran; 128+N stopped by signal N
+(130 Ctrl-C, 143 SIGTERM).
 """
 
 GRAPH_HELP = """\
@@ -103,6 +112,26 @@ Graphviz's `dot` program (apt-get install graphviz).
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Runs one `lp` command; returns its exit status.
+
+  A closed stdout (`lp status | head -1`) ends the command quietly with
+  128 + SIGPIPE, as it would a shell tool; Ctrl-C with 128 + SIGINT.
+  """
+  try:
+    status = _command(argv)
+    sys.stdout.flush()  # a closed pipe shows here rather than at exit
+    return status
+  except BrokenPipeError:
+    # The interpreter flushes stdout once more at exit: let that go nowhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+  except KeyboardInterrupt:
+    return 128 + signal.SIGINT
+
+
+def _command(argv: list[str] | None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   # What follows `--` is the target's: options of ours may come after the
   # target (`lp graph agent.py --format=svg -- --num_actors=4`).
@@ -134,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   launch.add_argument("--mode", default="multiprocess", choices=sorted(MODES), help="launcher")
-  launch.add_argument("--grace-period", type=float, default=10.0, metavar="SECONDS")
+  launch.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
   launch.add_argument("--log-dir", type=pathlib.Path, help="run directory for node logs")
   launch.add_argument(
     "--terminal",
@@ -208,14 +237,22 @@ def _add_watch_options(parser: argparse.ArgumentParser) -> None:
 
 def _positive(kind: type) -> Callable[[str], Any]:
   """An argparse type: a number of `kind` greater than 0."""
+  return _number(kind, lambda value: value > 0, "greater than 0")
 
+
+def _non_negative(kind: type) -> Callable[[str], Any]:
+  """An argparse type: a number of `kind`, 0 or more."""
+  return _number(kind, lambda value: value >= 0, "0 or more")
+
+
+def _number(kind: type, accept: Callable[[Any], bool], wanted: str) -> Callable[[str], Any]:
   def parse(text: str) -> Any:
     try:
       value = kind(text)
     except ValueError:
       value = None
-    if value is None or value <= 0:
-      raise argparse.ArgumentTypeError(f"expected a number greater than 0, got {text!r}")
+    if value is None or not accept(value):
+      raise argparse.ArgumentTypeError(f"expected a number {wanted}, got {text!r}")
     return value
 
   return parse
@@ -266,64 +303,106 @@ def _launch_and_wait(args: argparse.Namespace) -> int:
   launch_lib = importlib.import_module("launchpad.launch")
 
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  target_args = args.target_args
-  mode = MODES[args.mode]
-  launch_lib.defaults.update(
-    grace_period=args.grace_period,
-    log_dir=args.log_dir,
-    terminal=args.terminal,
-    hosts=args.hosts,
-    ray_address=args.ray_address,
-    tls=_tls_option(args),
-  )
-  if args.mode == "ssh" and args.hosts is None:
-    print("lp launch: --mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).", file=sys.stderr)
-    return 2
-  script_status = 0
-  try:
-    path, _, function = args.target.partition(":")
-    if function:
-      program = _program_from(path, function, target_args)
-      launch_lib.launch(program, launch_type=mode)
-    else:
-      script_status = _run_main(path, target_args, mode)
-  except (errors.ProgramError, errors.SerializationError, _BadTarget) as e:
-    print(f"lp launch: {e}", file=sys.stderr)
-    return 2
-  if script_status:  # the target gave up: its programs must not run on
+  status = _start(args, launch_lib)
+  if status:  # the target gave up, or a launch failed: its programs must not run on
     for controller in launch_lib.launched:
       controller.stop()
-  return _wait_all(launch_lib.launched) or script_status
+  return _wait_all(launch_lib.launched) or status
+
+
+def _start(args: argparse.Namespace, launch_lib: Any) -> int:
+  """Launches the target's programs; 0, or the exit status of a target that
+  gave up or could not be launched (after saying why)."""
+  mode = MODES[args.mode]
+  try:
+    if args.mode == "ssh" and args.hosts is None:
+      raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+    launch_lib.defaults.update(
+      grace_period=args.grace_period,
+      log_dir=args.log_dir,
+      terminal=args.terminal,
+      hosts=args.hosts,
+      ray_address=args.ray_address,
+      tls=_tls_option(args),
+    )
+    path, _, function = args.target.partition(":")
+    if not function:
+      return _run_main(path, args.target_args, mode)
+    program = _program_from(path, function, args.target_args)
+    launch_lib.launch(program, launch_type=mode)
+  except Exception as e:  # noqa: BLE001 - the target's error or its launch's: told, then stopped
+    return _failed("lp launch", e)
+  return 0
+
+
+class _UserError(Exception):
+  """The command line names a target or a setting that cannot be used; the
+  message says why and what to do."""
+
+
+# Errors of launchpad raised while a program runs; the others (ProgramError,
+# SerializationError, HostError, private_files.PrivateFileError, ...) mean
+# that a program could not be launched, for a reason the message gives.
+_RUN_TIME_ERRORS = (
+  errors.RemoteError,
+  errors.CallTimeoutError,
+  errors.ConnectionLostError,
+  errors.AuthenticationError,
+  errors.ProgramStoppedError,
+  errors.NodeFailedError,
+)
+
+
+def _failed(command: str, error: Exception) -> int:
+  """Tells how the target, or its launch, failed; the exit status: 2 (one
+  paragraph) when it could not be launched, 1 (with the target's traceback)
+  when the target itself raised."""
+  if isinstance(error, errors.NodeFailedError):
+    print(f"\n{command}: {error}", file=sys.stderr)
+    return 1
+  if isinstance(error, _UserError | errors.LaunchpadError) and not isinstance(
+    error, _RUN_TIME_ERRORS
+  ):
+    print(f"{command}: {error}", file=sys.stderr)
+    return 2
+  traceback.print_exception(error)
+  return 1
 
 
 def _tls_option(args: argparse.Namespace) -> bool | TlsConfig:
   if args.tls_cert is None:
+    if args.tls_key is not None or args.tls_ca is not None:
+      raise _UserError("--tls-key and --tls-ca go with --tls-cert (your own certificate).")
     return args.tls
   if args.tls_key is None:
-    raise SystemExit("lp launch: --tls-cert needs --tls-key (its private key).")
-  return TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_ca)
-
-
-class _BadTarget(Exception):
-  """The target cannot be loaded, or does not give a program."""
+    raise _UserError("--tls-cert needs --tls-key (its private key).")
+  try:
+    return TlsConfig.from_files(args.tls_cert, args.tls_key, args.tls_ca)
+  except OSError as e:
+    raise _UserError(
+      f"cannot read {e.filename} ({e.strerror}); --tls-cert, --tls-key and --tls-ca name PEM files."
+    ) from None
 
 
 def _program_from(path: str, function: str, target_args: list[str]) -> Program:
   module = _load(path)
-  absl_flags.FLAGS([path, *target_args], known_only=False)
+  try:
+    absl_flags.FLAGS([path, *target_args], known_only=False)
+  except absl_flags.Error as e:
+    raise _UserError(f"{path}: {e} (the arguments after -- are the target's flags).") from None
   make = getattr(module, function, None)
   if not callable(make):
-    raise _BadTarget(f"{path} has no function {function!r}.")
+    raise _UserError(f"{path} has no function {function!r}; name one that returns a lp.Program.")
   program = make()
   if not isinstance(program, Program):
-    raise _BadTarget(f"{path}:{function}() returned {program!r}, not a lp.Program.")
+    raise _UserError(f"{path}:{function}() returned {program!r}, not a lp.Program.")
   return program
 
 
 def _load(path: str) -> Any:
   if path.endswith(".py"):
-    if not os.path.exists(path):
-      raise _BadTarget(f"no such file: {path}")
+    if not os.path.isfile(path):
+      raise _UserError(f"no such file: {path}")
     name = pathlib.Path(path).stem
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -334,15 +413,18 @@ def _load(path: str) -> Any:
     try:
       module = importlib.import_module(path)
     except ImportError as e:
-      raise _BadTarget(f"cannot import {path}: {e}") from e
+      raise _UserError(
+        f"cannot import {path}: {e}; name a file.py or a module on the Python path."
+      ) from e
   cloudpickle.register_pickle_by_value(module)  # node processes need not import it
   return module
 
 
 def _run_main(path: str, target_args: list[str], mode: str) -> int:
-  """Runs the file as __main__; returns its exit status."""
-  if not os.path.exists(path):
-    raise _BadTarget(f"no such file: {path}")
+  """Runs the file as __main__; returns its exit status. What it raises,
+  other than SystemExit, goes to the caller."""
+  if not os.path.isfile(path):
+    raise _UserError(f"no such file: {path}")
   if not any(a.startswith("--lp_launch_type") for a in target_args):
     target_args = [*target_args, f"--lp_launch_type={mode}"]
   sys.argv = [path, *target_args]
@@ -355,9 +437,6 @@ def _run_main(path: str, target_args: list[str], mode: str) -> int:
     if not isinstance(e.code, int):
       print(e.code, file=sys.stderr)
     return e.code if isinstance(e.code, int) else 1
-  except Exception:  # noqa: BLE001 - the target's own error: show it, then stop its programs
-    traceback.print_exc()
-    return 1
   return 0
 
 
@@ -382,8 +461,12 @@ def _graph(args: argparse.Namespace) -> int:
   fmt = args.format or {"gv": "dot", "mmd": "mermaid"}.get(suffix, suffix)
   fmt = fmt if fmt in graph.FORMATS else "dot"
   try:
-    data = graph.render(_load_program(args.target, target_args), fmt)
-  except (errors.ProgramError, _BadTarget) as e:
+    program = _load_program(args.target, target_args)
+  except Exception as e:  # noqa: BLE001 - the target's error: told as `lp launch` tells it
+    return _failed("lp graph", e)
+  try:
+    data = graph.render(program, fmt)
+  except errors.ProgramError as e:
     print(f"lp graph: {e}", file=sys.stderr)
     return 2
   except graph.GraphvizError as e:
@@ -393,8 +476,15 @@ def _graph(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
-  else:
+    return 0
+  try:
     args.output.write_bytes(data)
+  except OSError as e:
+    print(
+      f"lp graph: cannot write {args.output} ({e.strerror}); choose another -o FILE.",
+      file=sys.stderr,
+    )
+    return 2
   return 0
 
 
@@ -408,11 +498,11 @@ def _load_program(target: str, target_args: list[str]) -> Program:
       status = _run_main(path, target_args, MODES["threads"])
   except _Captured as captured:
     if not isinstance(captured.program, Program):
-      raise _BadTarget(
+      raise _UserError(
         f"{path} called lp.launch with {captured.program!r}, not a lp.Program."
       ) from None
     return captured.program
-  raise _BadTarget(
+  raise _UserError(
     f"{path} ended (exit status {status}) without calling lp.launch, so there is no program "
     f"to draw; name a function that returns it instead: {path}:make_program."
   )
@@ -451,44 +541,67 @@ def _watch(args: argparse.Namespace) -> int:
   except LookupError as e:
     print(f"{command}: {e}", file=sys.stderr)
     return 2
-  info = run.info()
-  client = run.control_client()
   try:
-    title = f"{run.name}  launcher pid={info['launcher_pid']}"
-    return live_view.watch(client.status, title, sys.stdout, args.interval, args.iterations)
-  finally:
-    client.close()
+    replies = [run.status()]
+  except runs.RunError as e:
+    print(f"{command}: {e}", file=sys.stderr)
+    return 1
+
+  def read() -> control_pb2.StatusReply:
+    if replies:
+      return replies.pop()
+    try:
+      return run.status()
+    except runs.RunError as e:
+      # The launcher removes the token, then its coordinator goes: the end.
+      if e.state in (runs.UNREACHABLE, runs.NO_TOKEN):
+        raise errors.ProgramStoppedError(str(e)) from None
+      raise
+
+  title = f"{run.name}  launcher pid={run.info().get('launcher_pid')}"
+  try:
+    return live_view.watch(read, title, sys.stdout, args.interval, args.iterations)
+  except runs.RunError as e:
+    print(f"{command}: {e}", file=sys.stderr)
+    return 1
 
 
 def _only_run() -> runs.Run:
-  running = runs.running()
-  if len(running) == 1:
-    return running[0]
-  if not running:
+  current = runs.current()
+  if len(current) == 1:
+    return current[0]
+  if not current:
     raise LookupError("no running programs; start one with `lp launch`.")
-  names = ", ".join(r.name for r in running)
-  raise LookupError(f"{len(running)} programs run ({names}); name the one to watch.")
+  names = ", ".join(r.name for r in current)
+  raise LookupError(f"{len(current)} programs run ({names}); name the one to watch.")
 
 
 def _status(args: argparse.Namespace) -> int:
   if args.watch:
     return _watch(args)
-  selected = [runs.find(args.run)] if args.run else runs.running()
+  try:
+    selected = [runs.find(args.run)] if args.run else runs.current()
+  except LookupError as e:
+    print(f"lp status: {e}", file=sys.stderr)
+    return 2
   if not selected:
     print("no running programs")
     return 0
-  for run in selected:
-    _print_run(run)
+  # All at once, each within runs.QUERY_SECONDS: a stuck run holds up no other.
+  with concurrent.futures.ThreadPoolExecutor(len(selected)) as pool:
+    tables = list(pool.map(_run_table, selected))
+  sys.stdout.write("".join(tables))
   return 0
 
 
-def _print_run(run: runs.Run) -> None:
-  info = run.info()
-  client = run.control_client()
+def _run_table(run: runs.Run) -> str:
+  """What `lp status` shows of one run: a line and a table of its nodes, or
+  a line whose state says what is wrong, and why below it."""
   try:
-    reply = client.status()
-  finally:
-    client.close()
+    reply = run.status()
+  except runs.RunError as e:
+    pid = run.info().get("launcher_pid", "-")
+    return f"{run.name}  {e.state}  launcher pid={pid}\n  {e.detail}\n"
   # Nodes report their own usage once a second; nodes of this host that have
   # not reported yet are measured here.
   here = socket.gethostname()
@@ -504,8 +617,10 @@ def _print_run(run: runs.Run) -> None:
   if processes:
     time.sleep(0.2)  # CPU percent is measured over this interval
   state = f"stopping: {reply.reason}" if reply.stopping else "running"
-  print(f"{run.name}  program={reply.program}  {state}  launcher pid={info['launcher_pid']}")
-  print(f"  {'NODE':24} {'STATE':9} {'PID':>7} {'RESTARTS':>8} {'CPU%':>6} {'MEM MB':>8}")
+  lines = [
+    f"{run.name}  program={reply.program}  {state}  launcher pid={run.info()['launcher_pid']}",
+    f"  {'NODE':24} {'STATE':9} {'PID':>7} {'RESTARTS':>8} {'CPU%':>6} {'MEM MB':>8}",
+  ]
   for node in reply.nodes:
     cpu, mem = "-", "-"
     process = processes.get(node.node)
@@ -518,9 +633,10 @@ def _print_run(run: runs.Run) -> None:
         mem = f"{process.memory_info().rss / 2**20:.0f}"
       except psutil.Error:
         pass
-    print(
+    lines.append(
       f"  {node.node:24} {node.state:9} {node.pid or '-':>7} {node.restarts:>8} {cpu:>6} {mem:>8}"
     )
+  return "\n".join(lines) + "\n"
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -529,11 +645,11 @@ def _stop(args: argparse.Namespace) -> int:
   except LookupError as e:
     print(f"lp stop: {e}", file=sys.stderr)
     return 2
-  client = run.control_client()
   try:
-    client.stop(f"`lp stop {run.name}` from pid {os.getpid()}")
-  finally:
-    client.close()
+    run.stop(f"`lp stop {run.name}` from pid {os.getpid()}")
+  except runs.RunError as e:
+    print(f"lp stop: {e}", file=sys.stderr)
+    return 1
   print(f"stopping {run.name}")
   return 0
 

@@ -22,7 +22,7 @@ import tempfile
 
 import grpc
 
-from launchpad import errors
+from launchpad import errors, private_files
 
 # The name in the certificate and the name every client checks it for: nodes
 # reach each other by address, and the certificate is the launch's own.
@@ -114,9 +114,7 @@ class TlsConfig:
     """Keeps the files in `directory` (readable by their owner only), for `lp`
     commands that talk to the running program."""
     for name in ("cert", "key", "ca"):
-      path = directory / f"tls-{name}.pem"
-      path.touch(mode=0o600)
-      path.write_bytes(getattr(self, name))
+      private_files.write(directory / f"tls-{name}.pem", getattr(self, name))
 
   @classmethod
   def read(cls, directory: pathlib.Path) -> TlsConfig | None:

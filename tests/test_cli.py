@@ -7,10 +7,13 @@ receives the signals the tests send.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -237,8 +240,10 @@ def test_bad_target_exits_2_with_a_clear_message(lp_env, target, message):
   assert "Traceback" not in result.stderr
 
 
-def test_unpicklable_node_argument_exits_2_naming_the_node_and_the_path(lp_env):
-  result = run_lp(lp_env, "launch", f"{program('lp_unpicklable.py')}:make_program")
+@pytest.mark.parametrize("mode", ["multiprocess", "threads"])
+@pytest.mark.parametrize("target", ["lp_unpicklable.py", "lp_unpicklable.py:make_program"])
+def test_unpicklable_node_argument_exits_2_naming_the_node_and_the_path(lp_env, mode, target):
+  result = run_lp(lp_env, "launch", f"--mode={mode}", program(target))
   assert result.returncode == 2, result.stdout + result.stderr
   assert result.stderr.startswith("lp launch: node holder[0] cannot be sent"), result.stderr
   assert "['kwargs']['lock']" in result.stderr
@@ -413,3 +418,313 @@ def test_stop_of_an_unknown_run_exits_2(lp_env):
   result = run_lp(lp_env, "status")
   assert result.returncode == 0
   assert result.stdout.strip() == "no running programs"
+
+
+# User errors: every command says what is wrong in one paragraph, with a
+# documented exit status, and never prints a traceback.
+
+GREETING = "tests/launch/programs/lp_greeting.py"
+
+
+@pytest.mark.parametrize(
+  ("args", "status", "message"),
+  [
+    (
+      ["launch", "--tls-cert={tmp}/cert.pem", GREETING],
+      2,
+      "lp launch: --tls-cert needs --tls-key (its private key).\n",
+    ),
+    (
+      ["launch", "--tls-key={tmp}/key.pem", GREETING],
+      2,
+      "lp launch: --tls-key and --tls-ca go with --tls-cert (your own certificate).\n",
+    ),
+    (
+      ["launch", "--tls-cert={tmp}/cert.pem", "--tls-key={tmp}/key.pem", GREETING],
+      2,
+      "lp launch: cannot read {tmp}/cert.pem (No such file or directory); --tls-cert, "
+      "--tls-key and --tls-ca name PEM files.\n",
+    ),
+    (
+      ["launch", "--mode=ssh", GREETING],
+      2,
+      "lp launch: --mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).\n",
+    ),
+    (
+      ["launch", "--mode=ssh", "--hosts={tmp}/hosts.toml", f"{GREETING}:make_program"],
+      2,
+      "lp launch: hosts file {tmp}/hosts.toml does not exist.\n",
+    ),
+    (
+      ["launch", f"{GREETING}:make_program", "--", "--no_such_flag=1"],
+      2,
+      f"lp launch: {GREETING}: Unknown command line flag 'no_such_flag' (the arguments after "
+      "-- are the target's flags).\n",
+    ),
+    (
+      ["launch", "--log-dir={tmp}/a-file", f"{GREETING}:make_program"],
+      2,
+      "lp launch: {tmp}/a-file is not a directory; choose a directory (or a new path).\n",
+    ),
+    (
+      ["launch", "--grace-period=-1", GREETING],
+      2,
+      "lp launch: error: argument --grace-period: expected a number 0 or more, got '-1'\n",
+    ),
+    (
+      ["status", "nosuch"],
+      2,
+      "lp status: no running program matches 'nosuch'; running: none.\n",
+    ),
+    (
+      ["status", "--watch", "nosuch"],
+      2,
+      "lp status: no running program matches 'nosuch'; running: none.\n",
+    ),
+    (
+      ["status", "--watch", "--interval=0"],
+      2,
+      "lp status: error: argument --interval: expected a number greater than 0, got '0'\n",
+    ),
+    (["top", "nosuch"], 2, "lp top: no running program matches 'nosuch'; running: none.\n"),
+    (
+      ["top", "--iterations=x"],
+      2,
+      "lp top: error: argument --iterations: expected a number greater than 0, got 'x'\n",
+    ),
+    (["stop"], 2, "lp stop: error: the following arguments are required: run\n"),
+    (["stop", "nosuch"], 2, "lp stop: no running program matches 'nosuch'; running: none.\n"),
+    (
+      ["graph", "tests/launch/programs/no_such_file.py"],
+      2,
+      "lp graph: no such file: tests/launch/programs/no_such_file.py\n",
+    ),
+    (
+      ["graph", f"{GREETING}:no_such_function"],
+      2,
+      f"lp graph: {GREETING} has no function 'no_such_function'; name one that returns a "
+      "lp.Program.\n",
+    ),
+    (
+      ["graph", "-o", "{tmp}/no_such_dir/program.dot", f"{GREETING}:make_program"],
+      2,
+      "lp graph: cannot write {tmp}/no_such_dir/program.dot (No such file or directory); "
+      "choose another -o FILE.\n",
+    ),
+    (["graph", "--format=pdf", GREETING], 2, "lp graph: error: argument --format: invalid"),
+    (["warp"], 2, "lp: error: argument command: invalid choice: 'warp'"),
+  ],
+  ids=[
+    "launch_cert_without_key",
+    "launch_key_without_cert",
+    "launch_missing_cert",
+    "launch_ssh_without_hosts",
+    "launch_missing_hosts_file",
+    "launch_unknown_target_flag",
+    "launch_log_dir_is_a_file",
+    "launch_negative_grace_period",
+    "status_unknown_run",
+    "status_watch_unknown_run",
+    "status_bad_interval",
+    "top_unknown_run",
+    "top_bad_iterations",
+    "stop_without_run",
+    "stop_unknown_run",
+    "graph_missing_file",
+    "graph_missing_function",
+    "graph_unwritable_output",
+    "graph_bad_format",
+    "unknown_command",
+  ],
+)
+def test_user_errors_exit_with_their_status_and_one_paragraph(
+  lp_env, tmp_path, args, status, message
+):
+  (tmp_path / "a-file").write_text("")
+  args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+  message = message.replace("{tmp}", str(tmp_path))
+  result = run_lp(lp_env, *args)
+  assert result.returncode == status, result.stdout + result.stderr
+  assert "Traceback" not in result.stderr, result.stderr
+  if ": error: " in message:  # argparse's: the usage, then the error
+    assert result.stderr.startswith("usage: lp"), result.stderr
+    assert message in result.stderr, result.stderr
+  else:
+    assert result.stderr == message
+  assert result.stdout == ""
+
+
+def run_lp_into_a_closed_pipe(lp_env, *args, buffered=True) -> subprocess.CompletedProcess:
+  """Runs `lp` as in `lp ARGS | head -1` once head has exited: nothing reads
+  its stdout. Buffered, the broken pipe shows when lp flushes its output;
+  unbuffered, at the first write."""
+  env = {k: v for k, v in lp_env.items() if k != "PYTHONUNBUFFERED"}
+  if not buffered:
+    env["PYTHONUNBUFFERED"] = "1"
+  read_end, write_end = os.pipe()
+  os.close(read_end)
+  try:
+    return subprocess.run(
+      [*lp_command(), *args],
+      stdout=write_end,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=env,
+      cwd=ROOT,
+      timeout=TIMEOUT,
+    )
+  finally:
+    os.close(write_end)
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize(
+  "args", [["status"], ["graph", f"{GREETING}:make_program"]], ids=["status", "graph"]
+)
+def test_a_closed_stdout_ends_lp_quietly_with_sigpipes_status(lp_env, args, buffered):
+  result = run_lp_into_a_closed_pipe(lp_env, *args, buffered=buffered)
+  assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+  assert result.stderr == ""
+
+
+# Run directories: readable by their owner only.
+
+
+@pytest.fixture
+def open_umask():
+  """umask 0 for the test's `lp` processes: only the modes lp asks for count."""
+  old = os.umask(0)
+  yield
+  os.umask(old)
+
+
+def mode(path: pathlib.Path) -> int:
+  return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_run_directory_token_and_logs_are_readable_by_the_owner_only(lp, tmp_path, open_umask):
+  log_dir = tmp_path / "logs"
+  process, pids = start_servers(lp, f"--log-dir={log_dir}")
+  assert mode(log_dir) == 0o700
+  for name in ("token", "run.json", *(f"{node}.log" for node in pids)):
+    assert mode(log_dir / name) == 0o600, name
+  os.kill(process.pid, signal.SIGTERM)
+  assert process.finish() == 143, process.output()
+
+
+@pytest.mark.parametrize("owner", ["another_user", "you"])
+def test_launch_refuses_a_log_dir_others_can_write_and_leaves_its_token_alone(
+  lp_env, tmp_path, owner
+):
+  if owner == "another_user" and os.geteuid() != 0:
+    pytest.skip("handing a directory to another user needs root")
+  theirs = tmp_path / "shared"
+  theirs.mkdir()
+  planted = theirs / "token"
+  planted.write_text("planted")
+  os.chmod(planted, 0o666)
+  if owner == "another_user":
+    os.chown(planted, 65534, 65534)
+    os.chown(theirs, 65534, 65534)
+    expected = (
+      f"lp launch: the directory {theirs} belongs to user nobody (uid 65534), not to you: its "
+      "owner could read or replace the program's token; choose a directory of your own.\n"
+    )
+  else:
+    os.chmod(theirs, 0o777)
+    expected = (
+      f"lp launch: the directory {theirs} can be written by other users (mode 777): they could "
+      f"replace the program's token; make it private (chmod 700 {theirs}) or choose another "
+      "directory.\n"
+    )
+  result = run_lp(lp_env, "launch", f"--log-dir={theirs}", f"{GREETING}:make_program")
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert result.stderr == expected
+  assert [p.name for p in theirs.iterdir()] == ["token"]
+  assert planted.read_text() == "planted"
+
+
+# lp status beside runs it cannot query.
+
+
+def fake_run(runs_dir: pathlib.Path, name: str, info, token: bool = True) -> None:
+  """A run directory as a launcher leaves it, made by hand."""
+  path = runs_dir / name
+  path.mkdir(mode=0o700)
+  (path / "run.json").write_text(info if isinstance(info, str) else json.dumps(info))
+  if token:
+    (path / "token").write_text("not the token")
+
+
+def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_live_one(lp, lp_env):
+  process, pids = start_servers(lp)
+  runs_dir = pathlib.Path(lp_env["LAUNCHPAD_HOME"]) / "runs"
+  [live] = [p.name for p in runs_dir.iterdir()]
+  closed = socket.socket()
+  closed.bind(("127.0.0.1", 0))
+  gone = f"127.0.0.1:{closed.getsockname()[1]}"
+  closed.close()
+  with socket.socket() as black_hole:  # listens, never accepts: connections hang
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    hole = f"127.0.0.1:{black_hole.getsockname()[1]}"
+    # The launchers of these runs "live": the test process stands for them.
+    launcher = {"launcher_pid": os.getpid()}
+    fake_run(runs_dir, "a-coordinator-gone", {"coordinator": gone, **launcher})
+    fake_run(runs_dir, "b-black-hole", {"coordinator": hole, **launcher})
+    fake_run(runs_dir, "c-no-token", {"coordinator": hole, **launcher}, token=False)
+    fake_run(runs_dir, "d-bad-json", "{not json")
+    fake_run(runs_dir, "e-open-to-all", {"coordinator": hole, **launcher})
+    os.chmod(runs_dir / "e-open-to-all", 0o777)
+    fake_run(runs_dir, "f-ended", {"coordinator": hole, **launcher, "ended": time.time()})
+
+    result = run_lp(lp_env, "status", timeout=30.0)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    heads = {line.split()[0]: line.split() for line in lines if not line.startswith(" ")}
+    assert {name: head[1] for name, head in heads.items()} == {
+      "a-coordinator-gone": "unreachable",
+      "b-black-hole": "not-answering",
+      "c-no-token": "no-token",
+      "d-bad-json": "broken",
+      "e-open-to-all": "unsafe",
+      live: "program=serving",
+    }, result.stdout
+    assert heads[live][2] == "running", result.stdout
+    assert heads["a-coordinator-gone"][2:] == ["launcher", f"pid={os.getpid()}"]
+    assert heads["d-bad-json"][2:] == ["launcher", "pid=-"]
+    # Below each row that cannot be queried, why.
+    details = {lines[i - 1].split()[0]: line.strip() for i, line in enumerate(lines) if i}
+    assert details["a-coordinator-gone"].startswith(
+      f"nothing answers at the coordinator's address {gone}"
+    )
+    assert details["b-black-hole"].startswith(f"the coordinator at {hole} did not answer within")
+    assert details["c-no-token"].startswith(f"{runs_dir / 'c-no-token' / 'token'} is missing")
+    assert details["d-bad-json"].startswith(f"{runs_dir / 'd-bad-json' / 'run.json'} cannot be")
+    assert details["e-open-to-all"].startswith(
+      f"the directory {runs_dir / 'e-open-to-all'} can be written by other users"
+    )
+    # The live run's table is whole.
+    nodes = {line.split()[0]: line.split() for line in lines if line.startswith("  server[")}
+    assert {name: row[1] for name, row in nodes.items()} == dict.fromkeys(pids, "running")
+
+    # Commands about one of them say what is wrong, and exit 1.
+    result = run_lp(lp_env, "stop", "b-black-hole", timeout=30.0)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(
+      f"lp stop: b-black-hole: the coordinator at {hole} did not answer within"
+    )
+    result = run_lp(lp_env, "top", "c-no-token", timeout=30.0)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("lp top: c-no-token: ")
+    result = run_lp(lp_env, "status", "d-bad", timeout=30.0)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].split()[:2] == ["d-bad-json", "broken"]
+
+  # The live run's table, into a pipe nobody reads.
+  result = run_lp_into_a_closed_pipe(lp_env, "status", live)
+  assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+  assert result.stderr == ""
+  os.kill(process.pid, signal.SIGTERM)
+  assert process.finish() == 143, process.output()

@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import IO
 
+from launchpad import private_files
+
 _COLOURS = [31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96]
 
 
@@ -47,7 +49,7 @@ class OutputMux:
       if not self._colour
       else (f"\x1b[{_COLOURS[colour_index % len(_COLOURS)]}m{shown_as}\x1b[0m | ")
     )
-    log = open(self.log_path(name), "ab")
+    log = private_files.open_append(self.log_path(name))
     with self._drained:
       self._streams += 1
     self._selector.register(ours, selectors.EVENT_READ, _Stream(name, prefix, log))
