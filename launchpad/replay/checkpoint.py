@@ -9,15 +9,26 @@ consistent on its own (Table.snapshot()); tables are snapshotted one after
 another, not at one instant together.
 
 Writing is atomic: the file is written under a temporary name in the same
-directory, fsynced, then renamed with os.replace (and the directory
-fsynced), so a crash leaves either the whole checkpoint or none. Only the
-KEEP newest checkpoints are kept. Loading takes the newest complete file: a
-truncated or corrupt one (bad header, length or checksum, or unpicklable)
-is skipped with a warning naming it, and the next older one is tried.
+directory (`.<counter>.<random>.tmp`), fsynced, then renamed with os.replace
+(and the directory fsynced), so a crash leaves either the whole checkpoint
+or none. Only the KEEP newest checkpoints are kept. Loading takes the newest
+complete file: a truncated or corrupt one (bad header, length or checksum,
+or unpicklable) is skipped with a warning naming it, and the next older one
+is tried.
+
+Temporary files of interrupted checkpoints: a writer holds an exclusive
+flock on its temporary file while it writes it, and the kernel drops the
+lock when the writer's process dies, however it dies. So a temporary file
+that nobody holds locked is what a crash (SIGKILL, power loss) left behind:
+`remove_stale_temp_files` deletes those, and a server calls it when it
+starts and after each checkpoint it writes. A checkpoint being written, in
+this process or another, is never touched.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -40,6 +51,9 @@ FORMAT_VERSION = 1
 KEEP = 3
 SUFFIX = ".ckpt"
 _NAME = re.compile(r"^(\d+)\.ckpt$")
+_TEMP_NAME = re.compile(r"^\.\d+\.\w+\.tmp$")  # what write() names its temporary files
+# Attempts at a temporary file a concurrent cleanup did not take for stale (see _locked_temp).
+_TEMP_ATTEMPTS = 3
 
 
 class CorruptCheckpointError(ValueError):
@@ -110,19 +124,23 @@ def table_snapshots(data: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def write(directory: str, tables: Iterable[Table], keep: int = KEEP) -> str:
-  """Writes a checkpoint of `tables` atomically; keeps the `keep` newest; returns its path."""
+  """Writes a checkpoint of `tables` atomically; keeps the `keep` newest; returns its path.
+
+  Afterwards it removes the temporary files that interrupted checkpoints
+  left (remove_stale_temp_files).
+  """
   os.makedirs(directory, exist_ok=True)
   blob = encode(tables)
   existing = _numbered(directory)
   counter = existing[0][0] + 1 if existing else 1
   path = os.path.join(directory, f"{counter:012d}{SUFFIX}")
-  fd, tmp = tempfile.mkstemp(prefix=f".{counter:012d}.", suffix=".tmp", dir=directory)
+  fd, tmp = _locked_temp(directory, f".{counter:012d}.")
   try:
-    with os.fdopen(fd, "wb") as f:
+    with os.fdopen(fd, "wb") as f:  # closing it drops the lock, after the rename
       f.write(blob)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+      os.replace(tmp, path)
   except BaseException:
     try:
       os.unlink(tmp)
@@ -135,7 +153,81 @@ def write(directory: str, tables: Iterable[Table], keep: int = KEEP) -> str:
       os.unlink(old)
     except OSError as e:
       log.warning("replay checkpoint: cannot remove old checkpoint %s: %s", old, e)
+  remove_stale_temp_files(directory)
   return path
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+  """Deletes the temporary files of interrupted checkpoints in `directory`; returns their paths.
+
+  Only files named as `write` names them, and only those no live writer
+  holds (see the module docstring): a checkpoint being written survives.
+  """
+  try:
+    names = [n for n in os.listdir(directory) if _TEMP_NAME.match(n)]
+  except FileNotFoundError:
+    return []
+  removed, nbytes = [], 0
+  for name in sorted(names):
+    path = os.path.join(directory, name)
+    try:
+      fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+      continue  # renamed or removed meanwhile
+    except OSError as e:
+      log.warning("replay checkpoint: cannot open temporary file %s to check it: %s", path, e)
+      continue
+    try:
+      if not _try_lock(fd):
+        continue  # a live writer holds it
+      size = os.fstat(fd).st_size
+      os.unlink(path)  # under the lock, so that no writer takes it up meanwhile
+    except FileNotFoundError:
+      continue
+    except OSError as e:
+      log.warning("replay checkpoint: cannot remove stale temporary file %s: %s", path, e)
+      continue
+    finally:
+      os.close(fd)
+    removed.append(path)
+    nbytes += size
+  if removed:
+    log.info(
+      "replay checkpoint: removed %d temporary files (%d bytes) that interrupted checkpoints "
+      "left in %s: %s",
+      len(removed),
+      nbytes,
+      directory,
+      ", ".join(os.path.basename(p) for p in removed),
+    )
+  return removed
+
+
+def _locked_temp(directory: str, prefix: str) -> tuple[int, str]:
+  """A new temporary file in `directory`, open and exclusively flocked: (fd, path).
+
+  A cleanup in another process may open the file between its creation and
+  the lock, find it unlocked and delete it: then the file has no name left
+  (st_nlink 0) and another one is made.
+  """
+  for _ in range(_TEMP_ATTEMPTS):
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    if os.fstat(fd).st_nlink:
+      return fd, path
+    os.close(fd)
+  raise OSError(f"cannot keep a temporary checkpoint file in {directory}: something deletes them")
+
+
+def _try_lock(fd: int) -> bool:
+  """Takes an exclusive flock on `fd` if nobody holds one; False if somebody does."""
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+      return False
+    raise
+  return True
 
 
 def load_latest(directory: str) -> tuple[str, dict[str, Any]] | None:

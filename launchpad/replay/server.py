@@ -101,7 +101,8 @@ class ReplayService:
   Args:
     tables: the tables (or snapshots) to serve; see `build_tables`.
     checkpoint_dir: where checkpoints go; the tables are restored from the
-      newest complete one there.
+      newest complete one there, after the temporary files that interrupted
+      checkpoints left there are removed.
     writer_lease_seconds: how long the chunks a trajectory writer holds
       outlive its last call (see insert_trajectories).
   """
@@ -126,6 +127,7 @@ class ReplayService:
     self._restored_from: str | None = None
     """The checkpoint the tables were restored from, if any."""
     if self._checkpoint_dir is not None:
+      checkpoint_lib.remove_stale_temp_files(self._checkpoint_dir)  # crashes' leftovers
       self._restore_latest()
 
   # RPC methods.
