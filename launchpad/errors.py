@@ -39,6 +39,10 @@ class ConnectionLostError(LaunchpadError, ConnectionError):
   """The connection to a node broke while a call was in flight."""
 
 
+class ClientClosedError(LaunchpadError, RuntimeError):
+  """A call on a courier client after its `close()`, or cut short by it."""
+
+
 class AuthenticationError(LaunchpadError, PermissionError):
   """The peer does not know this program's secret."""
 

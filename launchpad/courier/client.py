@@ -5,6 +5,12 @@ thread's own and reads the reply there: no other thread is woken. `client.
 futures.method(...)` returns a Future at once; those calls share one
 connection per client whose reader thread completes the futures, so many
 calls are in flight at a time.
+
+A call has one deadline (`launchpad.timeouts.Deadline`), fixed when it
+starts, for everything it waits for: the server starting, connecting, the
+handshake, sending the request and the whole reply. A call is only sent while
+its deadline has not passed, so a timeout of 0 fails at once and sends
+nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +21,22 @@ import pickle
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from launchpad import errors
+from launchpad import errors, timeouts
 from launchpad.courier import protocol, serialization
+from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
+
+ADVICE = (
+  "The node may be busy, stuck or overloaded; give the call more time with "
+  "client.with_timeout(seconds)."
+)
+# Why a call raised without being sent.
+NOT_SENT = "it was not sent, having no time left (a timeout of 0 never waits)"
+_NO_REPLY = "no reply had arrived"
 
 
 class AddressResolver(Protocol):
@@ -60,8 +76,9 @@ class Client:
     address: 'host:port', or a resolver that finds the node's address.
     secret: the program's secret.
     label: the node's name, used in errors.
-    timeout: seconds a call may take, waiting for the server included;
-      None waits as long as the program runs.
+    timeout: seconds a call may take, all of it (waiting for the server,
+      connecting, sending, the whole reply); None waits as long as the
+      program runs; 0 lets no call wait, so each fails without being sent.
     tls: the program's TLS settings; TCP connections then use TLS.
   """
 
@@ -75,8 +92,8 @@ class Client:
     tls: TlsConfig | None = None,
   ):
     resolver = StaticAddress(address) if isinstance(address, str) else address
+    self._timeout = _valid_timeout(timeout, label)
     self._channel = _Channel(resolver, secret, label, tls)
-    self._timeout = timeout
 
   def __getattr__(self, name: str) -> _Method:
     if name.startswith("__"):
@@ -94,12 +111,14 @@ class Client:
   def with_timeout(self, timeout: float | None) -> Client:
     """A view of this client whose calls use `timeout`; connections are shared."""
     view = object.__new__(Client)
+    view._timeout = _valid_timeout(timeout, self._channel.label)
     view._channel = self._channel
-    view._timeout = timeout
     return view
 
   def close(self) -> None:
-    """Closes this client's connections; later calls open new ones."""
+    """Closes every connection of this client and of its views, those of
+    every thread and the futures' one, from any thread. Calls in flight fail
+    and later calls raise ClientClosedError; make a new client to call again."""
     self._channel.close()
 
   def __reduce__(self):
@@ -110,6 +129,10 @@ class Client:
 
   def __repr__(self) -> str:
     return f"<courier.Client of {self._channel.label}>"
+
+
+def _valid_timeout(timeout: float | None, label: str) -> float | None:
+  return timeouts.validate(timeout, f"the timeout of the courier client of node {label}")
 
 
 class _Method:
@@ -167,134 +190,187 @@ def remote_exception(reply: tuple, label: str) -> BaseException:
 
 
 class _Channel:
-  """The connections of one client (and its views) to one server."""
+  """The connections of one client (and its views) to one server.
+
+  Each thread's synchronous connection is its own (thread-local); the
+  channel also keeps a weak set of them, so that `close` reaches them all.
+  """
 
   def __init__(self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None):
     self.label = label
+    self.closed = False
     self._resolver = resolver
     self._secret = secret
     self._tls = tls
     self._local = threading.local()
     self._lock = threading.Lock()
+    self._sync: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
     self._pipelined: _PipelinedConnection | None = None
 
   def call(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = Deadline(timeout, f"call {self.label}.{method}", ADVICE)
     conn = getattr(self._local, "conn", None)
     if conn is None:
-      conn = self._local.conn = _SyncConnection(*self._connect(deadline, method))
-    try:
-      frame = conn.call(method, args, kwargs, deadline, self.label)
-    except TimeoutError:
-      self._local.conn = None
-      conn.close()
-      raise errors.CallTimeoutError(
-        f"call {self.label}.{method} got no reply within {timeout} s; the node "
-        "may be busy or stuck. Raise the timeout with client.with_timeout(seconds)."
-      ) from None
-    except (EOFError, OSError) as e:
-      self._local.conn = None
-      conn.close()
-      raise self._lost(method, conn.address, e) from None
+      conn = self._open_sync(deadline, method)
+    with conn.lock:  # close() from another thread waits for no call, but sees this one
+      if self.closed:
+        self._local.conn = None
+        raise self.closed_error(method)
+      if deadline.expired():
+        raise deadline.error(NOT_SENT)
+      try:
+        frame = conn.call(method, args, kwargs, deadline, self.label)
+      except errors.CallTimeoutError:
+        self._drop(conn)  # the connection may be in the middle of a frame
+        raise
+      except (EOFError, OSError) as e:
+        self._drop(conn)
+        if self.closed:
+          raise self.closed_error(method) from None
+        raise self.lost(method, conn.address, e) from None
+    if self.closed:  # close() came during the call and left this connection to us
+      self._drop(conn)
     return decode_reply(frame, self.label)
 
   def submit(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Future:
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = Deadline(timeout, f"call {self.label}.{method}", ADVICE)
     with self._lock:
+      if self.closed:
+        raise self.closed_error(method)
       conn = self._pipelined
       if conn is None or conn.closed:
         conn = self._pipelined = _PipelinedConnection(self, deadline, method)
-    return conn.submit(method, args, kwargs, deadline, timeout)
+    return conn.submit(method, args, kwargs, deadline)
 
   def close(self) -> None:
+    """Closes every connection: idle ones here, busy ones by their callers,
+    whose calls this wakes (a descriptor closed under a blocked call could be
+    reused by another connection before that call returns)."""
     with self._lock:
-      if self._pipelined is not None:
-        self._pipelined.close()
-        self._pipelined = None
-    conn = getattr(self._local, "conn", None)
-    if conn is not None:
-      conn.close()
-      self._local.conn = None
+      self.closed = True
+      pipelined, self._pipelined = self._pipelined, None
+      connections = list(self._sync)
+    if pipelined is not None:
+      pipelined.close()
+    for conn in connections:
+      if conn.lock.acquire(blocking=False):
+        try:
+          conn.close()
+        finally:
+          conn.lock.release()
+      else:
+        conn.wake()
 
-  def _lost(self, method: str, address: str, cause: BaseException) -> errors.ConnectionLostError:
+  def closed_error(self, method: str) -> errors.ClientClosedError:
+    return errors.ClientClosedError(
+      f"call {self.label}.{method}: this courier client of node {self.label} was closed "
+      "(client.close()); make a new client (dereference the node's handle again) to call it."
+    )
+
+  def lost(self, method: str, address: str, cause: BaseException) -> errors.ConnectionLostError:
     return errors.ConnectionLostError(
       f"node {self.label} at {address} closed the connection during call "
       f"{method!r} ({cause or type(cause).__name__}): the node stopped or crashed."
     )
 
-  def _connect(self, deadline: float | None, method: str) -> tuple[socket.socket, str]:
+  def _open_sync(self, deadline: Deadline, method: str) -> _SyncConnection:
+    if self.closed:
+      raise self.closed_error(method)
+    conn = _SyncConnection(*self.connect(deadline, method))
+    with self._lock:
+      if self.closed:
+        conn.close()
+        raise self.closed_error(method)
+      self._sync.add(conn)
+    self._local.conn = conn
+    return conn
+
+  def _drop(self, conn: _SyncConnection) -> None:
+    self._local.conn = None
+    conn.close()
+
+  def connect(self, deadline: Deadline, method: str) -> tuple[socket.socket, str]:
     """Opens an authenticated connection, waiting for the server until `deadline`."""
     delay = 0.005
+    failure = ""  # why the last attempt failed
     while True:
-      remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+      if self.closed:
+        raise self.closed_error(method)
+      if deadline.expired():
+        raise deadline.error(failure or NOT_SENT)
       try:
-        address = self._resolver.resolve(remaining)
+        address = self._resolver.resolve(deadline.remaining())
       except TimeoutError:
-        raise errors.CallTimeoutError(
-          f"call {self.label}.{method}: node {self.label} did not start serving "
-          f"within the call's timeout ({_seconds(remaining)}); check that it is in "
-          "the program and that its constructor finishes."
+        raise deadline.error(
+          f"node {self.label} did not start serving (check that it is in the program "
+          "and that its constructor finishes)"
         ) from None
       try:
-        return _open(address, self._secret, remaining, self._tls), address
+        return _open(address, self._secret, deadline, self._tls), address
+      except errors.AuthenticationError:
+        raise
+      except errors.CallTimeoutError:
+        if failure:  # the last attempt ran out of time: say why the others failed
+          raise deadline.error(failure) from None
+        raise
       except (OSError, EOFError) as e:
-        if isinstance(e, errors.AuthenticationError):
-          raise
         self._resolver.forget()
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if (remaining is not None and remaining <= 0) or (
-          deadline is None and not self._resolver.waits
-        ):
+        failure = f"cannot connect to node {self.label} at {address} ({type(e).__name__}: {e})"
+        if deadline.at is None and not self._resolver.waits:
           raise errors.CallTimeoutError(
-            f"call {self.label}.{method}: cannot connect to node {self.label} at "
-            f"{address} ({type(e).__name__}: {e}); is the node running?"
+            f"call {self.label}.{method}: {failure}; is the node running?"
           ) from None
+        remaining = deadline.remaining()
         time.sleep(delay if remaining is None else min(delay, remaining))  # not listening yet
         delay = min(delay * 2, 0.5)
 
 
-def _seconds(value: float | None) -> str:
-  return "no limit" if value is None else f"{value:.3g} s"
-
-
-def _open(
-  address: str, secret: bytes, timeout: float | None, tls: TlsConfig | None
-) -> socket.socket:
-  sock = protocol.connect(address, timeout or None, tls)
+def _open(address: str, secret: bytes, deadline: Deadline, tls: TlsConfig | None) -> socket.socket:
+  sock = protocol.connect(address, deadline, tls)
   try:
-    protocol.client_handshake(sock, secret, address)
+    protocol.client_handshake(sock, secret, address, deadline)
   except BaseException:
     sock.close()
     raise
-  sock.settimeout(None)
   return sock
 
 
 class _SyncConnection:
-  """A connection used by one thread at a time, one call in flight."""
+  """A connection used by one thread at a time, one call in flight.
+
+  `lock` is held during each call, so that another thread closing the
+  client knows whether it may close the socket itself. A connection whose
+  thread ended is collected with that thread's locals, and its socket closed.
+  """
 
   def __init__(self, sock: socket.socket, address: str):
     self.sock = sock
     self.address = address
+    self.lock = threading.Lock()
+    self.close = weakref.finalize(self, sock.close)  # closes once, by hand or when collected
     self._reader = protocol.FrameReader(sock)
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
   def call(
-    self, method: str, args: tuple, kwargs: dict, deadline: float | None, label: str
+    self, method: str, args: tuple, kwargs: dict, deadline: Deadline, label: str
   ) -> protocol.Frame:
     payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
     call_id = next(self._ids) & 0xFFFFFFFF
     start = time.perf_counter()
-    protocol.send_frame(self.sock, protocol.REQUEST, 0, call_id, payload, buffers)
+    protocol.send_frame(self.sock, protocol.REQUEST, 0, call_id, payload, buffers, deadline)
     frame = self._reader.read(deadline, spin=protocol.spin_for(self._round_trip))
     self._round_trip += 0.2 * (time.perf_counter() - start - self._round_trip)
     if frame.call_id != call_id:
       raise EOFError(f"reply to call {frame.call_id} while waiting for {call_id}")
     return frame
 
-  def close(self) -> None:
-    self.sock.close()
+  def wake(self) -> None:
+    """Ends the connection under a call in progress, which then fails."""
+    try:
+      self.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+      pass
 
 
 class _PipelinedConnection:
@@ -302,16 +378,18 @@ class _PipelinedConnection:
 
   A thread connects it; then a reader thread completes futures as replies
   arrive. Calls submitted before the connection is up wait in a backlog, so
-  submitting a future never blocks on the server starting.
+  submitting a future never blocks on the server starting. Each future has
+  its call's deadline: the deadline watcher fails it when it passes, and a
+  request is only sent before it.
   """
 
-  def __init__(self, channel: _Channel, deadline: float | None, method: str):
+  def __init__(self, channel: _Channel, deadline: Deadline, method: str):
     self.sock: socket.socket | None = None
     self.address = "(connecting)"
     self.closed = False
     self._channel = channel
     self._pending: dict[int, tuple[Future, str]] = {}
-    self._backlog: list[tuple[int, bytes, list[memoryview]]] = []
+    self._backlog: list[tuple[int, bytes, list[memoryview], Deadline]] = []
     self._error: BaseException | None = None  # why connecting failed
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
@@ -319,12 +397,13 @@ class _PipelinedConnection:
       target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
     ).start()
 
-  def submit(
-    self, method: str, args: tuple, kwargs: dict, deadline: float | None, timeout: float | None
-  ) -> Future:
+  def submit(self, method: str, args: tuple, kwargs: dict, deadline: Deadline) -> Future:
     label = self._channel.label
     future: Future = Future()
     payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
+    if deadline.expired():
+      _complete(future, error=deadline.error(NOT_SENT))
+      return future
     with self._write_lock:
       if self._error is not None:
         _complete(future, error=self._error)
@@ -332,28 +411,33 @@ class _PipelinedConnection:
       call_id = next(self._ids) & 0xFFFFFFFF
       self._pending[call_id] = (future, method)
       if self.sock is None:
-        self._backlog.append((call_id, payload, buffers))
+        self._backlog.append((call_id, payload, buffers, deadline))
       else:
-        try:
-          protocol.send_frame(
-            self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
-          )
-        except OSError:
-          self.close()  # the reader fails every pending future, this one included
-    if deadline is not None:
-      _deadlines.add(deadline, self, call_id, timeout)
+        self._send(call_id, payload, buffers, deadline)
+    if deadline.at is not None:
+      _deadlines.add(deadline, self, call_id)
     return future
 
-  def expire(self, call_id: int, timeout: float) -> None:
+  def _send(self, call_id: int, payload: bytes, buffers: list[memoryview], deadline: Deadline):
+    """Sends a request (the write lock held); a failure closes the connection,
+    since the stream may then be cut in the middle of a frame."""
+    try:
+      protocol.send_frame(
+        self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers, deadline
+      )
+    except errors.CallTimeoutError as e:
+      entry = self._pending.pop(call_id, None)
+      if entry is not None:
+        _complete(entry[0], error=e)
+      self.close()  # the reader fails the other pending futures
+    except OSError:
+      self.close()  # the reader fails every pending future, this one included
+
+  def expire(self, call_id: int, deadline: Deadline) -> None:
     entry = self._pending.pop(call_id, None)
     if entry is not None:
-      future, method = entry
-      _complete(
-        future,
-        error=errors.CallTimeoutError(
-          f"call {self._channel.label}.{method} got no reply within {timeout} s."
-        ),
-      )
+      what = _NO_REPLY if self.sock is not None else "it was still waiting to connect to its node"
+      _complete(entry[0], error=deadline.error(what))
 
   def close(self) -> None:
     self.closed = True
@@ -363,12 +447,18 @@ class _PipelinedConnection:
       except OSError:
         pass
 
-  def _connect(self, deadline: float | None, method: str) -> None:
-    try:
-      sock, address = self._channel._connect(deadline, method)
-    except Exception as e:  # noqa: BLE001 - every waiting future gets the reason
-      self._fail_pending(e)
-      return
+  def _connect(self, deadline: Deadline, method: str) -> None:
+    """Connects by the latest deadline of the futures waiting for it."""
+    while True:
+      try:
+        sock, address = self._channel.connect(deadline, method)
+        break
+      except Exception as e:  # noqa: BLE001 - every waiting future gets the reason
+        later = self._later_deadline() if deadline.expired() else None
+        if later is None:
+          self._fail_pending(e)
+          return
+        deadline = later
     with self._write_lock:
       self.sock, self.address = sock, address
       # Replies must be read while the backlog is sent: a server whose
@@ -377,15 +467,23 @@ class _PipelinedConnection:
         target=self._read_loop, name=f"{self._channel.label}-futures", daemon=True
       ).start()
       backlog, self._backlog = self._backlog, []
-      try:
-        for call_id, payload, buffers in backlog:
-          protocol.send_frame(
-            sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
-          )
-      except OSError:
-        pass  # the reader sees the broken connection and fails the futures
+      for call_id, payload, buffers, call_deadline in backlog:
+        if self.closed:
+          break  # the reader fails what is left
+        if call_id in self._pending:  # not expired meanwhile
+          self._send(call_id, payload, buffers, call_deadline)
     if self.closed:
       self.close()
+
+  def _later_deadline(self) -> Deadline | None:
+    """The deadline of a future that waits for the connection and has the
+    most time left; None if none waits (the watcher fails those it expires)."""
+    with self._write_lock:
+      waiting = [d for call_id, _, _, d in self._backlog if call_id in self._pending]
+    waiting = [d for d in waiting if not d.expired()]
+    if not waiting:
+      return None
+    return max(waiting, key=lambda d: float("inf") if d.at is None else d.at)
 
   def _fail_pending(self, error: BaseException) -> None:
     self.closed = True
@@ -415,8 +513,10 @@ class _PipelinedConnection:
       self.sock.close()
       with self._write_lock:
         pending, self._pending = self._pending, {}
+      channel = self._channel
       for future, method in pending.values():
-        _complete(future, error=self._channel._lost(method, self.address, error))
+        lost = channel.closed_error(method) if channel.closed else None
+        _complete(future, error=lost or channel.lost(method, self.address, error))
 
 
 def _complete(future: Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -429,17 +529,17 @@ def _complete(future: Future, result: Any = None, error: BaseException | None = 
 
 
 class _DeadlineWatcher:
-  """Fails futures whose per-call timeout passes; one thread, started on demand."""
+  """Fails futures whose call's deadline passes; one thread, started on demand."""
 
   def __init__(self):
-    self._heap: list[tuple[float, int, _PipelinedConnection, int, float]] = []
+    self._heap: list[tuple[float, int, _PipelinedConnection, int, Deadline]] = []
     self._order = itertools.count()
     self._wake = threading.Condition()
     self._thread: threading.Thread | None = None
 
-  def add(self, deadline: float, conn: _PipelinedConnection, call_id: int, timeout: float) -> None:
+  def add(self, deadline: Deadline, conn: _PipelinedConnection, call_id: int) -> None:
     with self._wake:
-      heapq.heappush(self._heap, (deadline, next(self._order), conn, call_id, timeout))
+      heapq.heappush(self._heap, (deadline.at, next(self._order), conn, call_id, deadline))
       if self._thread is None:
         self._thread = threading.Thread(target=self._run, name="courier-deadlines", daemon=True)
         self._thread.start()
@@ -451,8 +551,8 @@ class _DeadlineWatcher:
       with self._wake:
         while not self._heap or self._heap[0][0] > time.monotonic():
           self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
-        _, _, conn, call_id, timeout = heapq.heappop(self._heap)
-      conn.expire(call_id, timeout)
+        _, _, conn, call_id, deadline = heapq.heappop(self._heap)
+      conn.expire(call_id, deadline)
 
 
 _deadlines = _DeadlineWatcher()

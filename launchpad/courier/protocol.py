@@ -10,6 +10,10 @@ Handshake, before any frame: the server sends MAGIC and a random nonce; the
 client answers with HMAC-SHA256(secret, nonce); the server replies one status
 byte and closes the connection if the proof is wrong. Nothing is unpickled on
 a connection that has not passed it.
+
+Every function that waits for the peer takes a `Deadline` for all of its
+work (a whole handshake, a whole frame), not a timeout per system call; see
+`bounded_io` for how that costs no system call on the fast path.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import select
 import socket
 import struct
 import time
 from typing import NamedTuple
 
 from launchpad import errors
-from launchpad.courier import tls_socket
+from launchpad.courier import bounded_io, tls_socket
+from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
 MAGIC = b"LPC1"
@@ -74,52 +78,74 @@ def proof(secret: bytes, nonce: bytes, role: bytes) -> bytes:
   return hmac.new(secret, role + nonce, hashlib.sha256).digest()
 
 
-def server_handshake(sock: socket.socket, secret: bytes) -> bool:
+def server_handshake(sock: socket.socket, secret: bytes, deadline: Deadline) -> bool:
   """Checks that the client knows `secret`, and proves that this server does.
 
-  True if the client may send frames. The caller sets a timeout on `sock`.
+  True if the client may send frames; the deadline's CallTimeoutError if the
+  whole exchange is not done by then.
   """
+  what = "during the handshake with the client"
   nonce = os.urandom(NONCE_SIZE)
-  sock.sendall(MAGIC + nonce)
-  answer = _recv_exactly(sock, PROOF_SIZE + NONCE_SIZE)
+  send_all(sock, MAGIC + nonce, deadline, what)
+  answer = _recv_exactly(sock, PROOF_SIZE + NONCE_SIZE, deadline, what)
   if not hmac.compare_digest(answer[:PROOF_SIZE], proof(secret, nonce, b"client")):
-    sock.sendall(AUTH_REFUSED)
+    send_all(sock, AUTH_REFUSED, deadline, what)
     return False
-  sock.sendall(AUTH_OK + proof(secret, answer[PROOF_SIZE:], b"server"))
+  send_all(sock, AUTH_OK + proof(secret, answer[PROOF_SIZE:], b"server"), deadline, what)
   return True
 
 
-def client_handshake(sock: socket.socket, secret: bytes, address: str) -> None:
+def client_handshake(sock: socket.socket, secret: bytes, address: str, deadline: Deadline) -> None:
   """Proves to the server that this client knows `secret`, and checks that the
-  server does too: replies are unpickled, so they must come from the program."""
-  greeting = _recv_exactly(sock, len(MAGIC) + NONCE_SIZE)
+  server does too: replies are unpickled, so they must come from the program.
+  The deadline bounds the whole exchange."""
+  what = f"during the handshake with the server at {address}"
+  greeting = _recv_exactly(sock, len(MAGIC) + NONCE_SIZE, deadline, what)
   if greeting[: len(MAGIC)] != MAGIC:
     raise errors.ConnectionLostError(
       f"{address} is not a launchpad courier server (bad greeting); check the address."
     )
   nonce = os.urandom(NONCE_SIZE)
-  sock.sendall(proof(secret, greeting[len(MAGIC) :], b"client") + nonce)
-  if _recv_exactly(sock, 1) != AUTH_OK:
+  send_all(sock, proof(secret, greeting[len(MAGIC) :], b"client") + nonce, deadline, what)
+  if _recv_exactly(sock, 1, deadline, what) != AUTH_OK:
     raise errors.AuthenticationError(
       f"the server at {address} refused this client's secret: the client "
       "belongs to another program or launch. Dereference handles inside the "
       "program they came from."
     )
-  if not hmac.compare_digest(_recv_exactly(sock, PROOF_SIZE), proof(secret, nonce, b"server")):
+  if not hmac.compare_digest(
+    _recv_exactly(sock, PROOF_SIZE, deadline, what), proof(secret, nonce, b"server")
+  ):
     raise errors.AuthenticationError(
       f"the server at {address} does not know the program secret: another process "
       "took the address of the node. Nothing it sent was unpickled."
     )
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-  data = bytearray()
-  while len(data) < n:
-    chunk = sock.recv(n - len(data))
-    if not chunk:
+def _recv_exactly(sock: socket.socket, n: int, deadline: Deadline, what: str) -> bytes:
+  data = bytearray(n)
+  view = memoryview(data)
+  have = 0
+  while have < n:
+    got = bounded_io.recv_into(sock, view[have:], deadline, what)
+    if not got:
       raise EOFError("connection closed during the handshake")
-    data += chunk
+    have += got
   return bytes(data)
+
+
+# What was going on when a client's deadline passed.
+_SENDING = "while sending the request"
+_NO_REPLY = "no reply had arrived"
+_STALLED = "the reply had begun to arrive, then stopped"
+
+
+def send_all(sock: socket.socket, data: bytes, deadline: Deadline | None, what: str) -> None:
+  """Writes `data` to a plain or TLS socket by `deadline` (None: no limit)."""
+  if isinstance(sock, tls_socket.TlsSocket):
+    sock.sendall(data, deadline, what)
+  else:
+    bounded_io.send_all(sock, data, deadline, what)
 
 
 def send_frame(
@@ -129,26 +155,27 @@ def send_frame(
   call_id: int,
   payload: bytes,
   buffers: list[memoryview],
+  deadline: Deadline | None = None,
 ) -> None:
-  """Writes one frame; the buffers go from their own memory to the kernel."""
+  """Writes one frame; the buffers go from their own memory to the kernel.
+
+  Past `deadline` (None: no limit), its CallTimeoutError; part of the frame
+  may have been written, so the connection must then be closed.
+  """
   header = HEADER.pack(kind, flags, len(buffers), call_id, len(payload))
   if not buffers:
-    sock.sendall(header + payload)
+    if deadline is None:
+      sock.sendall(header + payload)
+    else:
+      send_all(sock, header + payload, deadline, _SENDING)
     return
   lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
-  _send_vectored(sock, [memoryview(header + lengths), memoryview(payload), *buffers])
-
-
-def _send_vectored(sock: socket.socket, parts: list[memoryview]) -> None:
+  parts = [memoryview(header + lengths), memoryview(payload), *buffers]
   parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
-  first = 0
-  while first < len(parts):
-    sent = sock.sendmsg(parts[first : first + _IOV_MAX])
-    while first < len(parts) and sent >= parts[first].nbytes:
-      sent -= parts[first].nbytes
-      first += 1
-    if sent:
-      parts[first] = parts[first][sent:]
+  if isinstance(sock, tls_socket.TlsSocket):
+    sock.sendmsg(parts, deadline, _SENDING)
+  else:
+    bounded_io.send_parts(sock, parts, deadline, _SENDING, _IOV_MAX)
 
 
 class FrameReader:
@@ -160,35 +187,34 @@ class FrameReader:
     self._view = memoryview(self._buffer)
     self._start = 0
     self._end = 0
-    self._poller = select.poll()
-    self._poller.register(sock, select.POLLIN)
-    self._pending = getattr(sock, "pending", None)  # TLS sockets only
 
-  def read(self, deadline: float | None = None, spin: float = 0.0) -> Frame:
+  def read(self, deadline: Deadline | None = None, spin: float = 0.0) -> Frame:
     """Reads a whole frame; EOFError when the peer closed.
 
     Args:
-      deadline: time.monotonic() by which the frame's first bytes must
-        arrive, else TimeoutError; None waits as long as it takes.
-      spin: seconds to poll without sleeping before waiting in the kernel.
+      deadline: by when the whole frame must have arrived, else its
+        CallTimeoutError (the connection is then mid-frame: close it);
+        None waits as long as it takes.
+      spin: seconds to poll without sleeping before waiting in the kernel
+        (never past the deadline).
     """
     if self._end == self._start:
       self._start = self._end = 0
       self._wait(deadline, spin)
-    kind, flags, nbuffers, call_id, size = HEADER.unpack(self._take(HEADER.size))
-    lengths = struct.unpack(f"<{nbuffers}Q", self._take(8 * nbuffers)) if nbuffers else ()
-    payload = self._take(size)
-    return Frame(kind, flags, call_id, payload, [self._take_owned(n) for n in lengths])
+    kind, flags, nbuffers, call_id, size = HEADER.unpack(self._take(HEADER.size, deadline))
+    lengths = struct.unpack(f"<{nbuffers}Q", self._take(8 * nbuffers, deadline)) if nbuffers else ()
+    payload = self._take(size, deadline)
+    return Frame(kind, flags, call_id, payload, [self._take_owned(n, deadline) for n in lengths])
 
-  def _take(self, n: int) -> bytes | bytearray:
+  def _take(self, n: int, deadline: Deadline | None) -> bytes | bytearray:
     if n > _CHUNK // 2:
-      return self._take_owned(n)
-    self._fill(n)
+      return self._take_owned(n, deadline)
+    self._fill(n, deadline)
     data = bytes(self._view[self._start : self._start + n])
     self._start += n
     return data
 
-  def _take_owned(self, n: int) -> bytearray:
+  def _take_owned(self, n: int, deadline: Deadline | None) -> bytearray:
     """Reads `n` bytes into new memory, mostly straight from the kernel.
 
     (Anonymous maps would skip bytearray's zero-fill, but measured slower:
@@ -200,17 +226,19 @@ class FrameReader:
     self._start += have
     view = memoryview(out)
     while have < n:
-      got = self._sock.recv_into(view[have:])
+      got = bounded_io.recv_into(self._sock, view[have:], deadline, _STALLED)
       if not got:
         raise EOFError("connection closed in the middle of a frame")
       have += got
     return out
 
-  def _wait(self, deadline: float | None, spin: float) -> None:
+  def _wait(self, deadline: Deadline | None, spin: float) -> None:
     """Reads at least one byte, polling for `spin` seconds first."""
     if spin:
-      end = time.perf_counter() + spin
-      while time.perf_counter() < end:
+      end = time.monotonic() + spin
+      if deadline is not None and deadline.at is not None and deadline.at < end:
+        end = deadline.at
+      while time.monotonic() < end:
         try:
           got = self._sock.recv_into(self._view[self._end :], 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -219,16 +247,12 @@ class FrameReader:
           raise EOFError("connection closed")
         self._end += got
         return
-    if deadline is not None and not self._decrypted():
-      remaining = deadline - time.monotonic()
-      if remaining <= 0 or not self._poller.poll(remaining * 1000):
-        raise TimeoutError("no frame before the deadline")
+    got = bounded_io.recv_into(self._sock, self._view[self._end :], deadline, _NO_REPLY)
+    if not got:
+      raise EOFError("connection closed")
+    self._end += got
 
-  def _decrypted(self) -> bool:
-    """Whether a TLS socket holds decrypted bytes, which polling cannot see."""
-    return self._pending is not None and self._pending() > 0
-
-  def _fill(self, n: int) -> None:
+  def _fill(self, n: int, deadline: Deadline | None) -> None:
     if self._end - self._start >= n:
       return
     if self._start + n > len(self._buffer):
@@ -236,7 +260,7 @@ class FrameReader:
       self._view[:remaining] = self._view[self._start : self._end]
       self._start, self._end = 0, remaining
     while self._end - self._start < n:
-      got = self._sock.recv_into(self._view[self._end :])
+      got = bounded_io.recv_into(self._sock, self._view[self._end :], deadline, _STALLED)
       if not got:
         raise EOFError("connection closed")
       self._end += got
@@ -257,18 +281,27 @@ def socket_address(address: str) -> tuple[socket.AddressFamily, str | tuple[str,
   return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, int(port))
 
 
-def connect(address: str, timeout: float | None, tls: TlsConfig | None = None) -> socket.socket:
-  """Opens a stream socket to a courier address, with TCP_NODELAY where it
-  applies, and TLS over TCP when `tls` is given."""
+def connect(address: str, deadline: Deadline, tls: TlsConfig | None = None) -> socket.socket:
+  """Opens a stream socket to a courier address by `deadline`, with
+  TCP_NODELAY where it applies, and TLS over TCP when `tls` is given. The
+  socket is left in blocking mode (deadlines bound each use of it)."""
   family, sockaddr = socket_address(address)
+  what = f"while connecting to {address}"
+  remaining = deadline.remaining()
+  if remaining is not None and remaining <= 0:
+    raise deadline.error(what)
   sock = socket.socket(family, socket.SOCK_STREAM)
   try:
-    sock.settimeout(timeout)
-    sock.connect(sockaddr)
+    sock.settimeout(remaining)
+    try:
+      sock.connect(sockaddr)
+    except TimeoutError:
+      raise deadline.error(what) from None
+    sock.settimeout(None)
     if family != socket.AF_UNIX:
       sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
       if tls is not None:
-        return tls_socket.wrap_client(sock, tls, timeout)
+        return tls_socket.wrap_client(sock, tls, deadline)
   except BaseException:
     sock.close()
     raise

@@ -8,11 +8,18 @@ call. Futures (flag CONCURRENT) may be many in flight on one connection and
 may wait for each other (a batched handler filling its batch), so a watchdog
 gives the connection a new reading thread whenever a request has been running
 for HANDOFF_SECONDS: short calls stay inline, long ones run side by side.
+
+A connection must finish its handshake within one deadline
+(`handshake_timeout`), however it paces its bytes. When the process runs out
+of file descriptors (or threads), accepting backs off and sheds the oldest
+connections that have not authenticated yet, so that a flood of idle
+connections cannot stop a server from ever serving again.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import socket
@@ -22,14 +29,28 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from launchpad import errors, timeouts
 from launchpad.courier import protocol, serialization, tls_socket
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
 
 HANDOFF_SECONDS = 0.005
-# A peer gets this long to prove it knows the secret.
+# A peer gets this long to prove it knows the secret, all messages included.
 HANDSHAKE_SECONDS = 10.0
+# After accept() fails for lack of resources, it is tried again after this
+# long, doubling up to the maximum while it keeps failing.
+ACCEPT_BACKOFF_SECONDS = 0.001
+MAX_ACCEPT_BACKOFF_SECONDS = 0.1
+# Each such failure sheds this fraction (at least one) of the connections
+# that have not authenticated, oldest first.
+SHED_FRACTION = 8
+# Warnings about it are at most this often.
+SHED_WARNING_SECONDS = 10.0
+# accept() errors about one connection that went away before it was taken.
+_ABORTED = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENETUNREACH}
+# accept() errors that mean the listener itself is gone.
+_LISTENER_GONE = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
 
 
 def public_methods(obj: Any) -> dict[str, Callable[..., Any]]:
@@ -73,6 +94,8 @@ class Server:
     tls: the program's TLS settings; TCP connections must then use TLS.
     initializer: runs first in every thread that handles requests (a node
       marks its threads as its own, for lp.stop() and handles called there).
+    handshake_timeout: seconds a new connection has to complete its
+      handshake (TLS included), after which it is closed.
   """
 
   def __init__(
@@ -85,8 +108,12 @@ class Server:
     port: int = 0,
     tls: TlsConfig | None = None,
     initializer: Callable[[], None] | None = None,
+    handshake_timeout: float = HANDSHAKE_SECONDS,
   ):
     self._initializer = initializer
+    self._handshake_timeout = timeouts.validate(
+      handshake_timeout, f"the handshake_timeout of the server of node {label}"
+    )
     self._methods = public_methods(obj)
     self._secret = secret
     self._tls = tls
@@ -95,14 +122,20 @@ class Server:
     self._port = port
     self._listeners: list[socket.socket] = []
     self._connections: set[_Connection] = set()
+    # Accepted sockets still in their handshake, oldest first (the order of
+    # a dict's keys): what is shed when descriptors run out.
+    self._unauthenticated: dict[socket.socket, None] = {}
     self._lock = threading.Lock()
-    self._stopped = False
+    self._stopped = threading.Event()
     self._watchdog = _Watchdog(self)
     self._busy = 0  # requests being handled, replies included
     # Requests handled, and those that raised, since the server started:
     # plain increments, read once a second by the stats reporter (stats.py).
     self.calls = 0
     self.errors = 0
+    # Connections closed before their handshake ended, to free descriptors.
+    self.shed = 0
+    self._shed_warned = -SHED_WARNING_SECONDS  # time.monotonic() of the last warning
     self._idle = threading.Condition()
     self.address: str | None = None
     self.local_address: str | None = None
@@ -146,14 +179,17 @@ class Server:
   def stop(self) -> None:
     """Stops accepting calls and closes every connection; calls in flight fail."""
     with self._lock:
-      if self._stopped:
+      if self._stopped.is_set():
         return
-      self._stopped = True
+      self._stopped.set()
       connections = list(self._connections)
+      unauthenticated = list(self._unauthenticated)
     for listener in self._listeners:
       _shutdown(listener)
     for conn in connections:
       _shutdown(conn.sock)
+    for sock in unauthenticated:
+      _wake(sock)  # their handshake threads close them
     self._watchdog.stop()
 
   def connections(self) -> list[_Connection]:
@@ -161,32 +197,89 @@ class Server:
       return list(self._connections)
 
   def _accept_loop(self, listener: socket.socket) -> None:
-    while True:
+    """Accepts until the server stops; a lack of descriptors or threads
+    sheds unauthenticated connections and backs off instead of ending it."""
+    backoff = 0.0
+    while not self._stopped.is_set():
       try:
         sock, _ = listener.accept()
-      except OSError:
-        return
-      self._start_thread(self._open_connection, sock)
+      except OSError as e:
+        if self._stopped.is_set():
+          return
+        if e.errno in _ABORTED:
+          continue
+        if e.errno in _LISTENER_GONE:
+          log.error("%s: stopped accepting connections: %s", self._label, e)
+          return
+        backoff = self._back_off(e, backoff)
+        continue
+      with self._lock:
+        self._unauthenticated[sock] = None
+      try:
+        self._start_thread(self._open_connection, sock)
+      except RuntimeError as e:  # no thread can be started
+        with self._lock:
+          self._unauthenticated.pop(sock, None)
+        sock.close()
+        backoff = self._back_off(e, backoff)
+        continue
+      backoff = 0.0
+
+  def _back_off(self, error: BaseException, backoff: float) -> float:
+    """Sheds the oldest unauthenticated connections and waits before the next
+    accept; returns the next wait."""
+    with self._lock:
+      count = max(1, len(self._unauthenticated) // SHED_FRACTION)
+      shed = list(itertools.islice(self._unauthenticated, count))
+      for sock in shed:
+        del self._unauthenticated[sock]
+      self.shed += len(shed)
+    for sock in shed:
+      _wake(sock)  # its handshake thread closes it
+    if time.monotonic() - self._shed_warned >= SHED_WARNING_SECONDS:
+      self._shed_warned = time.monotonic()
+      log.warning(
+        "%s: cannot accept connections (%s); closed %d that had not authenticated "
+        "(oldest first) and keeps trying. Raise the limit of open files (ulimit -n) "
+        "if this server needs more connections.",
+        self._label,
+        error,
+        len(shed),
+      )
+    backoff = backoff or ACCEPT_BACKOFF_SECONDS
+    self._stopped.wait(backoff)
+    return min(2 * backoff, MAX_ACCEPT_BACKOFF_SECONDS)
 
   def _open_connection(self, sock: socket.socket) -> None:
+    raw = sock
+    deadline = timeouts.Deadline(
+      self._handshake_timeout, f"the handshake of a new connection to node {self._label}"
+    )
     try:
-      if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls is not None:
-          sock = tls_socket.wrap_server(sock, self._tls, HANDSHAKE_SECONDS)
-      sock.settimeout(HANDSHAKE_SECONDS)
-      if not protocol.server_handshake(sock, self._secret):
-        log.warning("%s: refused a connection that did not know the program secret", self._label)
-        sock.close()
-        return
-      sock.settimeout(None)
+      try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+          sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+          if self._tls is not None:
+            sock = tls_socket.wrap_server(sock, self._tls, deadline)
+        accepted = protocol.server_handshake(sock, self._secret, deadline)
+      finally:
+        with self._lock:
+          self._unauthenticated.pop(raw, None)
+    except errors.CallTimeoutError as e:
+      log.info("%s: closed a connection: %s", self._label, e)
+      raw.close()
+      return
     except (EOFError, OSError):
-      sock.close()
+      raw.close()
+      return
+    if not accepted:
+      log.warning("%s: refused a connection that did not know the program secret", self._label)
+      raw.close()
       return
     conn = _Connection(sock)
     with self._lock:
-      if self._stopped:
-        sock.close()
+      if self._stopped.is_set():
+        raw.close()
         return
       self._connections.add(conn)
     self._read_loop(conn, conn.generation)
@@ -359,9 +452,16 @@ def _address_of(sock: socket.socket) -> str:
   return protocol.format_address(name[0], name[1])
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _wake(sock: socket.socket) -> None:
+  """Ends the connection for its peer and wakes the thread blocked on it;
+  that thread closes it (closing here could let the descriptor be reused
+  under it)."""
   try:
     sock.shutdown(socket.SHUT_RDWR)
   except OSError:
     pass
+
+
+def _shutdown(sock: socket.socket) -> None:
+  _wake(sock)
   sock.close()

@@ -18,10 +18,13 @@ module moves the bytes between those buffers and the socket itself:
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
 
+from launchpad.courier import bounded_io
+from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
 # Ciphertext read per system call, and plaintext encrypted per lock hold.
@@ -29,25 +32,26 @@ READ_BYTES = 256 * 1024
 WRITE_BYTES = 256 * 1024
 
 
-def wrap_client(sock: socket.socket, tls: TlsConfig, timeout: float | None) -> TlsSocket:
-  """Runs the TLS handshake as the client on a connected TCP socket."""
-  return TlsSocket(sock, tls.client_context, timeout, server_hostname=tls.server_name)
+def wrap_client(sock: socket.socket, tls: TlsConfig, deadline: Deadline) -> TlsSocket:
+  """Runs the TLS handshake as the client on a connected TCP socket, by `deadline`."""
+  return TlsSocket(sock, tls.client_context, deadline, server_hostname=tls.server_name)
 
 
-def wrap_server(sock: socket.socket, tls: TlsConfig, timeout: float | None) -> TlsSocket:
-  """Runs the TLS handshake as the server on an accepted TCP socket."""
-  return TlsSocket(sock, tls.server_context, timeout, server_side=True)
+def wrap_server(sock: socket.socket, tls: TlsConfig, deadline: Deadline) -> TlsSocket:
+  """Runs the TLS handshake as the server on an accepted TCP socket, by `deadline`."""
+  return TlsSocket(sock, tls.server_context, deadline, server_side=True)
 
 
 class TlsSocket:
   """A TLS connection that one reader and several writers may use at once.
 
   Reads come from one thread at a time (as courier's do); writes from any.
-  Timeouts are the socket's own (`settimeout`).
+  The TCP socket stays in blocking mode; deadlines bound the handshake and
+  writes (`bounded_io`), and reads with MSG_DONTWAIT let callers bound theirs.
   """
 
   def __init__(
-    self, sock: socket.socket, context: ssl.SSLContext, timeout: float | None, **wrap_kwargs
+    self, sock: socket.socket, context: ssl.SSLContext, deadline: Deadline, **wrap_kwargs
   ):
     self._sock = sock
     self._incoming = ssl.MemoryBIO()
@@ -59,10 +63,9 @@ class TlsSocket:
     self._write_lock = threading.RLock()
     self._raw = bytearray(READ_BYTES)
     self.family = sock.family
-    sock.settimeout(timeout)
-    self._handshake()
+    self._handshake(deadline)
 
-  def _handshake(self) -> None:
+  def _handshake(self, deadline: Deadline) -> None:
     while True:
       with self._lock:
         try:
@@ -70,22 +73,20 @@ class TlsSocket:
           done = True
         except ssl.SSLWantReadError:
           done = False
-      self._flush()
+      self._flush(deadline)
       if done:
         return
-      if not self._receive(0):
+      while True:
+        try:
+          received = self._receive(socket.MSG_DONTWAIT)
+          break
+        except BlockingIOError:
+          bounded_io.wait(self._sock, select.POLLIN, deadline, "during the TLS handshake")
+      if not received:
         raise ConnectionError("the peer closed the connection during the TLS handshake")
-
-  def settimeout(self, timeout: float | None) -> None:
-    self._sock.settimeout(timeout)
 
   def fileno(self) -> int:
     return self._sock.fileno()
-
-  def pending(self) -> int:
-    """Bytes received but not yet read, which polling the socket cannot see."""
-    with self._lock:
-      return self._tls.pending() + self._incoming.pending
 
   def recv(self, n: int) -> bytes:
     buffer = bytearray(n)
@@ -103,21 +104,23 @@ class TlsSocket:
       if not self._receive(flags):
         return 0
 
-  def sendall(self, data) -> None:
+  def sendall(self, data, deadline: Deadline | None = None, what: str = "while sending") -> None:
+    """Writes all of `data`; past `deadline`, its CallTimeoutError (the TLS
+    stream is then cut in the middle of a record: close the connection)."""
     view = memoryview(data).cast("B")
     with self._write_lock:
       for start in range(0, view.nbytes, WRITE_BYTES):
         with self._lock:
           self._tls.write(view[start : start + WRITE_BYTES])
           records = self._outgoing.read()
-        self._sock.sendall(records)
+        bounded_io.send_all(self._sock, records, deadline, what)
 
-  def sendmsg(self, parts) -> int:
+  def sendmsg(self, parts, deadline: Deadline | None = None, what: str = "while sending") -> int:
     """Sends every part in turn (there is no gathered write through TLS)."""
     total = 0
     with self._write_lock:
       for part in parts:
-        self.sendall(part)
+        self.sendall(part, deadline, what)
         total += memoryview(part).nbytes
     return total
 
@@ -155,10 +158,10 @@ class TlsSocket:
       self._incoming.write(memoryview(self._raw)[:got])
     return True
 
-  def _flush(self) -> None:
+  def _flush(self, deadline: Deadline | None = None) -> None:
     """Sends what the TLS state produced by itself (handshake, alerts)."""
     with self._write_lock:
       with self._lock:
         records = self._outgoing.read()
       if records:
-        self._sock.sendall(records)
+        bounded_io.send_all(self._sock, records, deadline, "during the TLS handshake")

@@ -12,6 +12,7 @@ import pytest
 
 from launchpad import errors
 from launchpad.courier import protocol
+from launchpad.timeouts import Deadline
 
 from .conftest import TIMEOUT, in_thread
 
@@ -53,8 +54,12 @@ def send_in_background(sock, frames) -> object:
   return in_thread(send)
 
 
+def deadline(timeout: float = TIMEOUT) -> Deadline:
+  return Deadline(timeout, "reading a test frame")
+
+
 def read(reader: protocol.FrameReader, **kwargs) -> protocol.Frame:
-  return reader.read(deadline=time.monotonic() + TIMEOUT, **kwargs)
+  return reader.read(deadline=deadline(), **kwargs)
 
 
 def test_many_frames_in_one_sendall(pair):
@@ -118,7 +123,7 @@ def test_eof_on_closed_peer(pair):
   with pytest.raises(EOFError):
     read(reader)
   with pytest.raises(EOFError):
-    reader.read(deadline=time.monotonic() + TIMEOUT, spin=protocol.SPIN_SECONDS)
+    reader.read(deadline=deadline(), spin=protocol.SPIN_SECONDS)
 
 
 def test_eof_after_a_whole_frame(pair):
@@ -161,8 +166,8 @@ def test_read_deadline_raises_timeout(pair):
   _, sock = pair
   reader = protocol.FrameReader(sock)
   start = time.monotonic()
-  with pytest.raises(TimeoutError):
-    reader.read(deadline=time.monotonic() + 0.05)
+  with pytest.raises(errors.CallTimeoutError, match="reading a test frame"):
+    reader.read(deadline=deadline(0.05))
   assert time.monotonic() - start < 2
 
 
@@ -174,9 +179,9 @@ def handshake(server_secret: bytes, client_secret: bytes):
   server_sock.settimeout(TIMEOUT)
   client_sock.settimeout(TIMEOUT)
   try:
-    accepted = in_thread(protocol.server_handshake, server_sock, server_secret)
+    accepted = in_thread(protocol.server_handshake, server_sock, server_secret, deadline())
     try:
-      protocol.client_handshake(client_sock, client_secret, "test-address")
+      protocol.client_handshake(client_sock, client_secret, "test-address", deadline())
       client_error = None
     except errors.LaunchpadError as e:
       client_error = e
@@ -204,7 +209,7 @@ def test_client_handshake_rejects_a_server_that_is_not_courier():
   with ours, theirs:
     theirs.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 40)
     with pytest.raises(errors.ConnectionLostError) as info:
-      protocol.client_handshake(ours, b"secret", "somewhere:80")
+      protocol.client_handshake(ours, b"secret", "somewhere:80", deadline())
   assert "somewhere:80" in str(info.value)
 
 
@@ -262,7 +267,7 @@ def test_connect_over_tcp_and_abstract_unix():
   with socket.create_server(("127.0.0.1", 0)) as listener:
     listener.settimeout(TIMEOUT)
     address = protocol.format_address("127.0.0.1", listener.getsockname()[1])
-    with protocol.connect(address, TIMEOUT) as sock:
+    with protocol.connect(address, deadline()) as sock:
       peer, _ = listener.accept()
       with peer:
         sock.sendall(b"ping")
@@ -273,7 +278,7 @@ def test_connect_over_tcp_and_abstract_unix():
     listener.bind("\0" + name)
     listener.listen(1)
     listener.settimeout(TIMEOUT)
-    with protocol.connect(f"unix:@{name}", TIMEOUT) as sock:
+    with protocol.connect(f"unix:@{name}", deadline()) as sock:
       peer, _ = listener.accept()
       with peer:
         sock.sendall(b"pong")

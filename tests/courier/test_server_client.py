@@ -15,6 +15,7 @@ from launchpad import errors
 from launchpad.courier import protocol, serialization
 from launchpad.courier.client import Client, StaticAddress
 from launchpad.courier.server import Server
+from launchpad.timeouts import Deadline
 
 from .conftest import (
   CHILD_LABEL,
@@ -107,13 +108,17 @@ def test_ipv6_loopback():
     server.stop()
 
 
-def test_client_close_then_call_reconnects(local_server):
+def test_calls_after_close_raise_client_closed_naming_the_node(local_server):
   client = local_server.client()
   assert client.echo(1) == 1
   assert client.futures.echo(2).result(TIMEOUT) == 2
+  view = client.with_timeout(1.0)
   client.close()
-  assert client.echo(3) == 3
-  assert client.futures.echo(4).result(TIMEOUT) == 4
+  for call in (lambda: client.echo(3), lambda: view.echo(3), lambda: client.futures.echo(4)):
+    with pytest.raises(errors.ClientClosedError, match=r"local_svc.*make a new client"):
+      call()
+  client.close()  # closing again is harmless
+  assert local_server.client().echo(5) == 5
 
 
 def test_client_cannot_be_pickled(local_server):
@@ -439,7 +444,7 @@ def test_right_proof_is_accepted_and_frames_are_served(child_server, transport):
     assert server_proof == protocol.proof(child_server.secret, client_nonce, b"server")
     payload, buffers = serialization.dumps(("add", (20, 22), {}))
     protocol.send_frame(sock, protocol.REQUEST, 0, 77, payload, buffers)
-    frame = protocol.FrameReader(sock).read(deadline=time.monotonic() + TIMEOUT)
+    frame = protocol.FrameReader(sock).read(deadline=Deadline(TIMEOUT, "reading the reply"))
     assert (frame.kind, frame.call_id) == (protocol.REPLY, 77)
     assert serialization.loads(frame.payload, frame.buffers) == 42
 
