@@ -8,7 +8,8 @@ This package holds the in-process core that a replay server builds on:
                  SampleToInsertRatio, Queue, Stack, RateLimiter)
   chunk_store    ChunkStore: reference-counted step data, stored once
   table          Table: items, priorities, blocking with timeouts, batches
-                 (insert_many), snapshots, stats
+                 (insert_many), sampling transactions, snapshots, stats
+  table_info     TableInfo: what server_info() reports, under Reverb's names
   structure      nested items flattened to columns, and nested again
   errors         RateLimiterTimeoutError, TableClosedError
   server         Server: tables on one ChunkStore, served over courier;
@@ -26,6 +27,7 @@ from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.server import Server
 from launchpad.replay.table import MAX_SAMPLES_PER_CALL, SampledItem, Table
+from launchpad.replay.table_info import TableInfo
 from launchpad.replay.writer import TrajectoryColumn, TrajectoryWriter
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
   "Server",
   "Table",
   "TableClosedError",
+  "TableInfo",
   "TrajectoryColumn",
   "TrajectoryWriter",
   "new_key",

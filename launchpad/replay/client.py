@@ -35,6 +35,7 @@ import numpy as np
 from launchpad.courier import client as courier_client
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.table import _seconds
+from launchpad.replay.table_info import TableInfo
 from launchpad.tls import TlsConfig
 
 if TYPE_CHECKING:
@@ -251,8 +252,12 @@ class Client:
     """Removes every item of `table` and zeroes its rate limiter's counters."""
     self._call(self._timeout).reset(table)
 
-  def server_info(self, timeout: Timeout = None) -> dict[str, dict[str, Any]]:
-    """Table name -> info: size, max_size, counters and rate limiter state (Table.info())."""
+  def server_info(self, timeout: Timeout = None) -> dict[str, TableInfo]:
+    """Table name -> TableInfo (Reverb's): configuration, size, counters, rate limiter state.
+
+    A TableInfo is also a mapping with the keys this call's dicts had
+    (`info["size"]`, `info["rate_limiter"]`, ...); see table_info.py.
+    """
     return self._call(self._limit(timeout)).server_info()
 
   def table_stats(self, timeout: Timeout = None) -> dict[str, dict[str, int]]:

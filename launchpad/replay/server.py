@@ -47,6 +47,7 @@ from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.table import SampledItem, Table, _priority_list, _seconds
+from launchpad.replay.table_info import TableInfo
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -290,8 +291,8 @@ class ReplayService:
     """Removes every item of a table and zeroes its rate limiter's counters."""
     self._table(table).reset()
 
-  def server_info(self) -> dict[str, dict[str, Any]]:
-    """Table name -> Table.info() (size, max_size, counters, rate limiter state)."""
+  def server_info(self) -> dict[str, TableInfo]:
+    """Table name -> Table.info(): a TableInfo (configuration, size, counters, limiter state)."""
     return {name: table.info() for name, table in self._tables.items()}
 
   def table_stats(self) -> dict[str, dict[str, int]]:

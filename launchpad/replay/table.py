@@ -49,6 +49,7 @@ from launchpad.replay import rate_limiters, selectors
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ChunkStore, ColumnSpec, check_key
 from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
+from launchpad.replay.table_info import TableInfo
 
 Timeout = float | datetime.timedelta | None
 """Seconds (or a timedelta) to wait; None waits as long as it takes; 0 does not wait."""
@@ -305,7 +306,17 @@ class Table:
     self._epoch = 0  # counts resets and restores, which make pending samples' undo moot
     self._closed = False
     self._stats = dict.fromkeys(
-      ("inserts", "updates", "samples", "deletes", "evictions", "expired", "resets"), 0
+      (
+        "inserts",
+        "updates",
+        "samples",
+        "deletes",
+        "evictions",
+        "expired",
+        "resets",
+        "unique_samples",  # since the last reset
+      ),
+      0,
     )
     self._call_stats = {"insert": _CallStats(), "sample": _CallStats()}
 
@@ -592,6 +603,7 @@ class Table:
       self._store.release(released)
       self._limiter.reset()
       self._stats["resets"] += 1
+      self._stats["unique_samples"] = 0
       self._epoch += 1
       self._notify()
 
@@ -620,31 +632,36 @@ class Table:
         "num_samples": self._stats["samples"],
       }
 
-  def info(self) -> dict[str, Any]:
-    """The table's configuration, size, lifetime counters and rate limiter state.
+  def info(self) -> TableInfo:
+    """The table's configuration, size, counters and rate limiter state (table_info.py).
 
-    num_* count items over the table's life (reset() does not zero them);
-    rate_limiter holds the limiter's configuration and counters (which
-    reset() zeroes) and, in insert_stats and sample_stats, how the limiter
-    treated calls: completed, limited (had to wait), pending (waiting now),
-    timeouts, cancelled (by close) and wait_seconds.
+    Reverb's `Table.info`: a TableInfo, which is also a mapping with the
+    keys this method's dict had (size, sampler, rate_limiter, num_*, ...).
     """
     with self._lock:
       limiter = self._limiter.info()
       limiter["insert_stats"] = self._call_stats["insert"].info()
       limiter["sample_stats"] = self._call_stats["sample"].info()
-      return {
-        "name": self._name,
-        "size": len(self._items),
-        "max_size": self._max_size,
-        "max_times_sampled": self._max_times_sampled,
-        "closed": self._closed,
-        "sampler": self._sampler.options(),
-        "remover": self._remover.options(),
-        "signature": _plain_signature(self._signature),
-        **{f"num_{name}": count for name, count in self._stats.items()},
-        "rate_limiter": limiter,
-      }
+      stats = self._stats
+      return TableInfo(
+        name=self._name,
+        sampler_options=self._sampler.options(),
+        remover_options=self._remover.options(),
+        max_size=self._max_size,
+        max_times_sampled=self._max_times_sampled,
+        rate_limiter_info=limiter,
+        signature=_plain_signature(self._signature),
+        current_size=len(self._items),
+        num_unique_samples=stats["unique_samples"],
+        closed=self._closed,
+        num_inserts=stats["inserts"],
+        num_updates=stats["updates"],
+        num_samples=stats["samples"],
+        num_deletes=stats["deletes"],
+        num_evictions=stats["evictions"],
+        num_expired=stats["expired"],
+        num_resets=stats["resets"],
+      )
 
   # Checkpoints.
 
@@ -947,7 +964,7 @@ class Table:
         self._forget(sampling)  # a reset or restore wiped what it took before
         sampling.epoch = self._epoch
       drawn = sampling.drawn
-      before = len(drawn)
+      before, firsts_before = len(drawn), len(sampling.firsts)
       items, limiter = self._items, self._limiter
       try:
         if self._max_times_sampled < 1:
@@ -959,6 +976,8 @@ class Table:
             item = items[key]
             drawn.append(item)
             item.times_sampled += 1
+            if item.times_sampled == 1:
+              sampling.firsts.append(item)
             picked.append((item, probability, size, item.priority, item.times_sampled))
         else:
           for i in range(num_samples):
@@ -968,6 +987,8 @@ class Table:
             item = items[key]
             drawn.append(item)
             item.times_sampled += 1
+            if item.times_sampled == 1:
+              sampling.firsts.append(item)
             picked.append((item, probability, len(items), item.priority, item.times_sampled))
             if item.times_sampled >= self._max_times_sampled:
               sampling.expired.append(item)
@@ -976,6 +997,7 @@ class Table:
         taken = len(drawn) - before
         limiter.record_sample(taken)
         self._stats["samples"] += taken
+        self._stats["unique_samples"] += len(sampling.firsts) - firsts_before
         self._notify()
     # Outside the lock: chunks are immutable and the item kept its arrays.
     return [
@@ -986,7 +1008,7 @@ class Table:
   def _commit(self, sampling: Sampling) -> None:
     """Makes a transaction's samples final: the items it took out drop their chunks."""
     released = [key for item in sampling.expired for key in item.chunks]
-    sampling.drawn, sampling.expired = [], []
+    sampling.drawn, sampling.firsts, sampling.expired = [], [], []
     self._store.release(released)
 
   def _undo(self, sampling: Sampling) -> None:
@@ -995,12 +1017,14 @@ class Table:
       if sampling.epoch != self._epoch:
         self._forget(sampling)
         return
-      drawn, expired = sampling.drawn, sampling.expired
-      sampling.drawn, sampling.expired = [], []
+      drawn, firsts, expired = sampling.drawn, sampling.firsts, sampling.expired
+      sampling.drawn, sampling.firsts, sampling.expired = [], [], []
       for item in drawn:
         item.times_sampled -= 1
       self._limiter.undo_sample(len(drawn))
       self._stats["samples"] -= len(drawn)
+      # Items it sampled first count as unique unless another call sampled them since.
+      self._stats["unique_samples"] -= sum(1 for item in firsts if not item.times_sampled)
       back = [item for item in expired if item.key not in self._items]
       superseded = [key for item in expired if item.key in self._items for key in item.chunks]
       if back:
@@ -1017,7 +1041,7 @@ class Table:
   def _forget(self, sampling: Sampling) -> None:
     """(lock held) Drops a transaction's log after a reset or restore wiped what it took."""
     released = [key for item in sampling.expired for key in item.chunks]
-    sampling.drawn, sampling.expired = [], []
+    sampling.drawn, sampling.firsts, sampling.expired = [], [], []
     self._store.release(released)
 
   def _store_all(self, chunks: Mapping[int, np.ndarray]) -> None:
@@ -1099,11 +1123,12 @@ class Sampling:
   exception undoes every sample taken through it. One thread uses it.
   """
 
-  __slots__ = ("drawn", "epoch", "expired", "table")
+  __slots__ = ("drawn", "epoch", "expired", "firsts", "table")
 
   def __init__(self, table: Table):
     self.table = table
     self.drawn: list[_Item] = []  # every item drawn, once per draw
+    self.firsts: list[_Item] = []  # the items it sampled for the first time
     self.expired: list[_Item] = []  # items that left the table, their chunks still held
     self.epoch: int | None = None  # the table's epoch when it last sampled
 
