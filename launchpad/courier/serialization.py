@@ -23,7 +23,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import cloudpickle
 
@@ -93,8 +93,8 @@ def cloudpickle_dumps(
 class Pickler(cloudpickle.Pickler):
   """cloudpickle whose code objects name their real file and bring its source.
 
-  cloudpickle 3.1 renames every code object it sends by value
-  "<dynamic-code>", so a traceback from a node would show neither the user's
+  Recent cloudpickle (3.1.3; 3.0 did not) renames every code object it sends
+  by value "<dynamic-code>", so a traceback from a node would show neither the user's
   file nor the line. Here a code object travels as its marshal, which keeps
   the file name, first line, line table and nested code. The source text of
   each file whose code travels goes along once per pickle (a `Source` shared
@@ -106,12 +106,11 @@ class Pickler(cloudpickle.Pickler):
   need not exist where the node runs: the launched script, modules that
   `lp launch` registers by value, on SSH hosts, Ray clusters and in fresh
   interpreters alike, while the bundle only reaches SSH hosts and holds the
-  modules nodes import by name. The text is also the one read when the node
-  was pickled, so it matches the code that runs even if the file has been
-  edited since.
+  modules nodes import by name. The text is also the launcher's, so it
+  matches the code that runs even where the file was edited since.
   """
 
-  def __init__(self, file: io.BytesIO, protocol: int = PROTOCOL, buffer_callback=None):
+  def __init__(self, file: BinaryIO, protocol: int = PROTOCOL, buffer_callback=None):
     super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
     # One Source per file: pickled once, referred to by the memo after that.
     self._sources: dict[str, Source | None] = {}

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import importlib.util
+import marshal
+import pathlib
+import pickle
+import subprocess
+import sys
 import threading
+import types
 
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -154,6 +163,110 @@ def test_unpicklable_value_raises_serialization_error_naming_what():
     serialization.dumps({"lock": threading.Lock()}, "arguments of node.method")
   assert "arguments of node.method" in str(info.value)
   assert isinstance(info.value, TypeError)
+
+
+# --- code sent by value ---------------------------------------------------------
+
+BY_VALUE_MODULE = """\
+\"\"\"Code that travels by value (tests/courier/test_serialization.py).\"\"\"
+
+
+def crash():
+  raise ValueError("crashed by value")  # a comment only the source has
+
+
+class Crasher:
+  def crash(self):
+    return [crash() for _ in range(1)]
+
+
+def also_here():
+  return crash
+"""
+# Loads what stdin holds in a fresh interpreter and prints the traceback of its call.
+LOAD_AND_CALL = """\
+import pickle, sys, traceback
+crasher = pickle.loads(sys.stdin.buffer.read())
+try:
+  crasher.crash()
+except ValueError:
+  traceback.print_exc(file=sys.stdout)
+"""
+
+
+@pytest.fixture
+def by_value(tmp_path, monkeypatch):
+  """A module of tmp_path, imported and registered for pickling by value."""
+  path = tmp_path / "lp_by_value_module.py"
+  path.write_text(BY_VALUE_MODULE)
+  spec = importlib.util.spec_from_file_location("lp_by_value_module", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  monkeypatch.setitem(sys.modules, module.__name__, module)
+  cloudpickle.register_pickle_by_value(module)
+  yield module
+  cloudpickle.unregister_pickle_by_value(module)
+
+
+def frame(path: pathlib.Path, function: str, source: str) -> str:
+  """A traceback's lines for line `source` of `path`, in `function`."""
+  numbers = [n for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip() == source]
+  assert len(numbers) == 1, f"{source!r} is not one line of {path}"
+  return f'  File "{path}", line {numbers[0]}, in {function}\n    {source}\n'
+
+
+def test_code_sent_by_value_keeps_its_file_lines_and_source_where_the_file_is_gone(by_value):
+  path = pathlib.Path(by_value.__file__)
+  expected = [
+    frame(path, "crash", "return [crash() for _ in range(1)]"),
+    frame(path, "crash", 'raise ValueError("crashed by value")  # a comment only the source has'),
+  ]
+  data = serialization.cloudpickle_dumps(by_value.Crasher())
+  path.unlink()  # as on a host that does not have the file
+  result = subprocess.run(
+    [sys.executable, "-c", LOAD_AND_CALL], input=data, capture_output=True, timeout=60
+  )
+  printed = result.stdout.decode()
+  assert result.returncode == 0, result.stderr.decode()
+  assert "ValueError: crashed by value" in printed
+  for lines in expected:
+    assert lines in printed, printed
+  assert "<dynamic-code>" not in printed
+
+
+def test_a_files_source_travels_once_per_pickle(by_value):
+  data = serialization.cloudpickle_dumps([by_value.crash, by_value.Crasher, by_value.also_here])
+  assert data.count(b"a comment only the source has") == 1
+  loaded = pickle.loads(data)
+  assert loaded[2]() is loaded[0], "functions of one module still share their globals"
+
+
+def test_code_pickled_by_another_python_version_is_refused_saying_which_to_use(by_value):
+  data = serialization.cloudpickle_dumps(by_value.crash)
+  other = "2." + "9" * (len(serialization.PYTHON) - 2)  # as long: the pickle stays valid
+  pickled_version = pickle.SHORT_BINUNICODE + bytes([len(other)])
+  assert data.count(pickled_version + serialization.PYTHON.encode()) == 1
+  data = data.replace(
+    pickled_version + serialization.PYTHON.encode(), pickled_version + other.encode()
+  )
+  with pytest.raises(errors.SerializationError) as info:
+    pickle.loads(data)
+  message = str(info.value)
+  assert f"code from {by_value.__file__} was pickled by Python {other}" in message
+  assert f"cannot run in Python {serialization.PYTHON}" in message
+  assert f"Run the node with Python {other}" in message
+
+
+def test_code_that_marshal_cannot_write_travels_as_cloudpickle_sends_it():
+  def add_one(x):
+    return x + 1
+
+  # A constant marshal does not know (code made by hand, not by the compiler).
+  code = add_one.__code__.replace(co_consts=(*add_one.__code__.co_consts, fractions.Fraction(1, 3)))
+  function = types.FunctionType(code, add_one.__globals__, "add_one")
+  with pytest.raises(ValueError):
+    marshal.dumps(code)
+  assert pickle.loads(serialization.cloudpickle_dumps(function))(1) == 2
 
 
 # --- through a server in another process ------------------------------------------
