@@ -115,7 +115,8 @@ def launch(
   else:
     plan = plan_lib.make_plan(program, serialize=serialize_py_nodes is not False)
     if name == "test":
-      return test.launch(plan, grace_period, test_case)
+      launched.append(test.launch(plan, grace_period, test_case))
+      return launched[-1]
     controller = threads.launch(plan, grace_period)
   if test_case is not None:
     test.add_cleanup(test_case, controller)
