@@ -1,9 +1,19 @@
 """launchpad: distributed programs for machine-learning research.
 
 `import launchpad as lp`, then build a `lp.Program` of nodes and `lp.launch` it.
+Every public name of DeepMind Launchpad's `launchpad` module is here too
+(docs/compatibility.md says how each behaves).
 """
 
+from launchpad import flags
+from launchpad.address import (
+  AbstractAddressBuilder,
+  Address,
+  SimpleLocalAddressBuilder,
+  get_port_from_address,
+)
 from launchpad.context import (
+  make_program_stopper,
   register_stop_handler,
   stop,
   stop_event,
@@ -23,7 +33,7 @@ from launchpad.errors import (
   RemoteError,
   SerializationError,
 )
-from launchpad.flags import LaunchType
+from launchpad.flags import LAUNCH_TYPE, LaunchType, is_local_launch, is_local_launch_or_test
 from launchpad.handles import Deferred, Handle
 from launchpad.launch import launch
 from launchpad.launch.controller import Controller
@@ -32,10 +42,13 @@ from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreading
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
-from launchpad.resources import PythonProcess, RayResources
+from launchpad.resources import DockerConfig, PythonProcess, RayResources
 from launchpad.tls import TlsConfig
 
 __all__ = [
+  "LAUNCH_TYPE",
+  "AbstractAddressBuilder",
+  "Address",
   "CallTimeoutError",
   "ConnectionLostError",
   "Controller",
@@ -43,6 +56,7 @@ __all__ = [
   "CourierHandle",
   "CourierNode",
   "Deferred",
+  "DockerConfig",
   "Handle",
   "HostError",
   "LaunchType",
@@ -60,11 +74,18 @@ __all__ = [
   "RayResources",
   "RemoteError",
   "ReplayNode",
+  "ReverbNode",
   "SerializationError",
+  "SimpleLocalAddressBuilder",
   "TlsConfig",
   "batched_handler",
+  "flags",
+  "get_port_from_address",
+  "is_local_launch",
+  "is_local_launch_or_test",
   "launch",
   "make_program",
+  "make_program_stopper",
   "register_stop_handler",
   "stop",
   "stop_event",
@@ -74,10 +95,15 @@ __all__ = [
 
 
 def __getattr__(name: str):
-  # The replay service needs numpy; a program without replay nodes (and each
-  # of its node processes) should not pay its memory for it.
+  # The replay service needs numpy, and ReverbNode may import dm-reverb; a
+  # program without them (and each of its node processes) should not pay
+  # their memory.
   if name == "ReplayNode":
     from launchpad.nodes.replay import ReplayNode
 
     return ReplayNode
+  if name == "ReverbNode":
+    from launchpad.nodes.reverb import ReverbNode
+
+    return ReverbNode
   raise AttributeError(f"module 'launchpad' has no attribute {name!r}")

@@ -55,8 +55,8 @@ class ProgramStoppedError(LaunchpadError):
   """The program stopped while a call or a wait was in progress."""
 
 
-class NodeFailedError(LaunchpadError):
-  """A node of the program raised or died.
+class NodeFailedError(LaunchpadError, RuntimeError):
+  """A node of the program raised or died (a RuntimeError, as Launchpad's are).
 
   Attributes:
     node: the failed node (`label[index]`).

@@ -1,4 +1,4 @@
-"""Launch types and the absl flag `--lp_launch_type` that picks one."""
+"""Launch types, and the absl flag `--lp_launch_type` that picks one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from absl import flags
 
 
 class LaunchType(enum.Enum):
-  """Launchpad's names for the ways to run a program."""
+  """Launchpad's names for the ways to run a program.
+
+  LOCAL_DOCKER and VERTEX_AI run nodes through xmanager, which this library
+  does not have: lp.launch refuses them and says what to use instead.
+  """
 
   LOCAL_MULTI_THREADING = "local_mt"
   LOCAL_MULTI_PROCESSING = "local_mp"
@@ -16,6 +20,8 @@ class LaunchType(enum.Enum):
   TEST_MULTI_PROCESSING = "test_mp"
   SSH = "ssh"
   RAY = "ray"
+  LOCAL_DOCKER = "local_docker"
+  VERTEX_AI = "vertex_ai"
 
 
 LAUNCH_TYPE = flags.DEFINE_string(
@@ -24,7 +30,35 @@ LAUNCH_TYPE = flags.DEFINE_string(
   "How lp.launch runs programs: threads (local_mt), test (test_mt), ...",
 )
 
+# Launch types by what they are, our own names included.
+_LOCAL = {"local_mt", "local_mp", "threads", "multiprocess"}
+_TEST = {"test_mt", "test_mp", "test"}
+_OTHERS = {"ssh", "ray", "local_docker", "vertex_ai"}
+
 
 def default_launch_type() -> str:
   """The flag's value once absl parsed the command line, else local_mt."""
   return LAUNCH_TYPE.value if flags.FLAGS.is_parsed() else LAUNCH_TYPE.default
+
+
+def is_local_launch(launch_type: str | LaunchType) -> bool:
+  """True for the launch types that run every node on this machine, outside
+  tests: local_mt and local_mp (threads, multiprocess).
+
+  With `--lp_launch_type`, call it as `is_local_launch(lp.LAUNCH_TYPE.value)`.
+  """
+  return _name(launch_type) in _LOCAL
+
+
+def is_local_launch_or_test(launch_type: str | LaunchType) -> bool:
+  """True for local_mt and local_mp, and for the test launch types test_mt
+  and test_mp."""
+  return _name(launch_type) in _LOCAL | _TEST
+
+
+def _name(launch_type: str | LaunchType) -> str:
+  name = launch_type.value if isinstance(launch_type, LaunchType) else launch_type
+  if name not in _LOCAL | _TEST | _OTHERS:
+    known = ", ".join(sorted(_LOCAL | _TEST | _OTHERS))
+    raise ValueError(f"unknown launch type {launch_type!r}; the launch types are: {known}.")
+  return name

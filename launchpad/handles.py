@@ -51,6 +51,20 @@ class Handle:
     """The client of the node within `runtime`'s program."""
     raise NotImplementedError
 
+  def __getattr__(self, name: str) -> Any:
+    # Only reached for attributes the handle does not have: most often a
+    # method of the node's service, called on the handle instead of a client.
+    if name.startswith("_"):
+      raise AttributeError(name)
+    node = self.__dict__.get("_name") or getattr(self.__dict__.get("_node"), "name", None)
+    raise AttributeError(
+      f"{type(self).__name__} of node {node or '(not added yet)'} has no attribute {name!r}: "
+      "a handle is not a client. Handles are dereferenced inside a node at run time: pass the "
+      "handle to the node that calls it (lp.CourierNode(Actor, handle)) and call "
+      f"`{name}` on the client that node receives, or call handle.dereference() inside a "
+      "running node or after lp.launch(program)."
+    )
+
   def __reduce__(self):
     # Travels as the node's name: the program graph stays behind.
     return _rebuild_handle, (type(self), dict(self.__dict__, _node=None, _name=self.node_name))

@@ -44,8 +44,9 @@ class Program:
 
     Args:
       node: the node to add.
-      label: the node's group; defaults to the enclosing `group()`, else to
-        the name of the node's function or class.
+      label: the node's group; defaults to the enclosing `group()` (inside
+        one, only its own label may be given), else to the name of the
+        node's function or class.
       restart: 'never' (a failure stops the program) or 'on-failure' (the
         node is started again, keeping its address).
       max_restarts: with 'on-failure', restarts before a failure stops the program.
@@ -53,10 +54,11 @@ class Program:
     """
     if not isinstance(node, Node):
       raise TypeError(f"program {self.name}: add_node takes a node (lp.PyNode, ...), got {node!r}.")
-    if label is not None and self._current_group is not None:
+    if label is not None and self._current_group not in (None, label):
       raise errors.ProgramError(
         f"program {self.name}: add_node(label={label!r}) inside group "
-        f"{self._current_group!r}; drop the label or add the node outside the group."
+        f"{self._current_group!r}; give the group's label, drop the label, or add the node "
+        "outside the group."
       )
     label = label if label is not None else self._current_group or _default_label(node)
     _check_label(label, "node label")
@@ -81,6 +83,16 @@ class Program:
       yield
     finally:
       self._current_group = None
+
+  @property
+  def current_group(self) -> str:
+    """The label of the enclosing `group()` block."""
+    if self._current_group is None:
+      raise errors.ProgramError(
+        f"program {self.name}: current_group is only set inside a `with program.group(label):` "
+        "block."
+      )
+    return self._current_group
 
   def get_all_nodes(self) -> list[Node]:
     """Every node added, in the order of their groups."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from launchpad import errors
@@ -12,23 +14,65 @@ from launchpad import errors
 class PythonProcess:
   """How the processes of one group start.
 
+  The fields come in Launchpad's order (`args`, then `env`).
+
   Attributes:
+    args: command-line arguments of the node's process (absl flags its code
+      reads): a sequence of strings, or Launchpad's dict, which becomes
+      `--key=value` (`--key` / `--nokey` for booleans).
     env: environment variables set in the node's process (e.g.
-      {'CUDA_VISIBLE_DEVICES': '0'}), before the node's code runs.
-    args: command-line arguments of the node's process (absl flags its code reads).
+      {'CUDA_VISIBLE_DEVICES': 0}), before the node's code runs; numbers
+      become strings, as in Launchpad.
     interpreter: the Python executable to run the node with; launchpad must
       be installed for it. Default: the launcher's own.
   """
 
-  env: dict[str, str] = dataclasses.field(default_factory=dict)
-  args: tuple[str, ...] = ()
+  args: tuple[str, ...] | Mapping[str, Any] = ()
+  env: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   interpreter: str | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "args", tuple(self.args))
-    for key, value in self.env.items():
-      if not isinstance(key, str) or not isinstance(value, str):
-        raise TypeError(f"PythonProcess env must map str to str; got {key!r}: {value!r}.")
+    object.__setattr__(self, "args", _command_line(self.args))
+    object.__setattr__(self, "env", _environment(self.env))
+
+
+def _command_line(args: Any) -> tuple[str, ...]:
+  if isinstance(args, Mapping):
+    return tuple(_flag(key, value) for key, value in args.items())
+  if isinstance(args, str) or not isinstance(args, Iterable):
+    raise TypeError(
+      f"PythonProcess args must be a list of strings or a dict of flags, got {args!r}."
+    )
+  args = tuple(args)
+  for arg in args:
+    if not isinstance(arg, str):
+      raise TypeError(f"PythonProcess args must be strings; got {arg!r} in {args!r}.")
+  return args
+
+
+def _flag(key: Any, value: Any) -> str:
+  if not isinstance(key, str) or not key:
+    raise TypeError(f"PythonProcess args: flag names are non-empty strings, got {key!r}.")
+  if isinstance(value, bool):
+    return f"--{key}" if value else f"--no{key}"
+  return f"--{key}={value}"
+
+
+def _environment(env: Any) -> dict[str, str]:
+  if not isinstance(env, Mapping):
+    raise TypeError(f"PythonProcess env must be a dict of variables, got {env!r}.")
+  result = {}
+  for key, value in env.items():
+    if (
+      not isinstance(key, str)
+      or isinstance(value, bool)
+      or not isinstance(value, str | int | float)
+    ):
+      raise TypeError(
+        f"PythonProcess env maps variable names to strings or numbers; got {key!r}: {value!r}."
+      )
+    result[key] = str(value)
+  return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +107,32 @@ class RayResources:
           "num_gpus."
         )
       _check_amount(f"resources[{name!r}]", amount)
+
+
+@dataclasses.dataclass(frozen=True)
+class DockerConfig:
+  """Launchpad's settings of a group's Docker container under xmanager
+  (Vertex AI). Accepted, with a warning, so that code building them (Acme's
+  make_xm_docker_resources) runs; they only ever reach `xm_resources`,
+  which is ignored here.
+
+  Containers here: run each group with `local_resources={label:
+  lp.PythonProcess(interpreter=...)}` pointing into the container's Python,
+  or on a Ray cluster whose workers run your image (launch_type='ray').
+  """
+
+  code_directory: str | None = None
+  docker_requirements: str | None = None
+  hw_requirements: Any = None
+  python_path: list[str] | None = None
+
+  def __post_init__(self):
+    warnings.warn(
+      "lp.DockerConfig configures xmanager (Vertex AI) containers, which this launchpad does "
+      "not run: it is ignored. Give groups an interpreter with lp.PythonProcess(interpreter="
+      "...) or run on a Ray cluster (launch_type='ray').",
+      stacklevel=3,
+    )
 
 
 def _check_amount(what: str, amount: Any) -> None:

@@ -7,6 +7,8 @@ process of its own, on a remote host or in a Ray actor.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import traceback
 
 from launchpad import context, errors
@@ -19,28 +21,92 @@ log = logging.getLogger(__name__)
 # Once the program is stopping, launchpad's own errors (calls cut short,
 # servers and replay tables closed) are the stop's doing, not failures.
 _STOP_ERRORS = errors.LaunchpadError
+# What stop handlers raise into node threads to end them (Acme's
+# runtime_terminator raises SystemExit with PyThreadState_SetAsyncExc).
+_STOP_EXITS = (SystemExit, KeyboardInterrupt)
 # A node in another process may see the stop's effects (a closed server)
 # before its own process hears of the stop: it gets this long to arrive.
 STOP_NEWS_SECONDS = 2.0
+# How long a node's thread waits for the report of its end to be sent.
+REPORT_SECONDS = 30.0
 
 
 def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
-  """Runs `node` in the calling thread and reports STARTED, then FINISHED or FAILED."""
+  """Runs `node` in the calling thread and reports STARTED, then FINISHED or FAILED.
+
+  A node that ends because the program is stopping has stopped, not failed
+  (`stopped_by_the_stop`). How it ended is reported from another thread: a
+  stop handler may raise an exception into this thread at any moment, and
+  it must not land inside a control-plane call.
+  """
   context.set_node(context.NodeContext(node.name, runtime))
   event = control_pb2.NodeEvent
   try:
     _report(runtime, event(node=node.name, kind=event.STARTED))
+    ended: BaseException | None = None
     try:
       node.run(runtime)
     except BaseException as e:  # noqa: BLE001 - every way a node can end is reported
-      if isinstance(e, _STOP_ERRORS) and runtime.stop_event.wait(STOP_NEWS_SECONDS):
-        _report(runtime, event(node=node.name, kind=event.FINISHED))
-      else:
-        _report(runtime, failure_event(node.name, e))
-    else:
-      _report(runtime, event(node=node.name, kind=event.FINISHED))
+      ended = e
+    _report_aside(node.name, runtime, ended)
   finally:
     context.set_node(None)
+
+
+def stopped_by_the_stop(error: BaseException, runtime: context.ProgramRuntime) -> bool:
+  """Whether `error`, which ended a node, is the program's stop at work.
+
+  It is once the stop has begun, for SystemExit and KeyboardInterrupt, and
+  for exceptions without arguments once this process's stop handlers have
+  started (an exception raised into a thread with PyThreadState_SetAsyncExc
+  is its class called without arguments). Launchpad's own errors (a call
+  cut short, a closed table) count if the stop arrives within
+  STOP_NEWS_SECONDS. Anything else is a failure, stop or not.
+  """
+  if isinstance(error, _STOP_ERRORS):
+    return runtime.stop_event.wait(STOP_NEWS_SECONDS)
+  if not runtime.stop_event.is_set():
+    return False
+  return isinstance(error, _STOP_EXITS) or (not error.args and runtime.stop_handlers_started)
+
+
+def report_finished(name: str, runtime: context.ProgramRuntime) -> None:
+  """Reports node `name` FINISHED (a colocation that ends before its worker does)."""
+  _report(runtime, control_pb2.NodeEvent(node=name, kind=control_pb2.NodeEvent.FINISHED))
+
+
+def _report_aside(name: str, runtime: context.ProgramRuntime, ended: BaseException | None) -> None:
+  """Reports how node `name` ended from a thread of its own, waiting for it;
+  exceptions raised into this thread meanwhile change nothing: the node has
+  ended already."""
+  reporter = threading.Thread(
+    target=_report_end, args=(name, runtime, ended), name=f"{name}-report", daemon=True
+  )
+  reporter.start()
+  deadline = time.monotonic() + STOP_NEWS_SECONDS + REPORT_SECONDS
+  while reporter.is_alive():
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      log.error("node %s: the report of its end was not sent within %g s", name, REPORT_SECONDS)
+      return
+    try:
+      reporter.join(remaining)
+    except BaseException:  # noqa: BLE001 - raised into this thread by a stop handler
+      pass
+
+
+def _report_end(name: str, runtime: context.ProgramRuntime, ended: BaseException | None) -> None:
+  event = control_pb2.NodeEvent
+  if ended is None:
+    _report(runtime, event(node=name, kind=event.FINISHED))
+  elif stopped_by_the_stop(ended, runtime):
+    if not isinstance(ended, (_STOP_ERRORS, *_STOP_EXITS)):
+      log.warning(
+        "node %s ended by %r during the stop: counted as stopped", name, ended, exc_info=ended
+      )
+    _report(runtime, event(node=name, kind=event.FINISHED))
+  else:
+    _report(runtime, failure_event(name, ended))
 
 
 def failure_event(name: str, error: BaseException) -> control_pb2.NodeEvent:

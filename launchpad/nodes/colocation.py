@@ -53,9 +53,35 @@ class MultiProcessingColocation(_Colocation):
 class MultiThreadingColocation(_Colocation):
   """Runs `nodes` in threads of one worker: one process, shared memory.
 
-  Take handles of the inner nodes with `node.create_handle()` before
-  colocating them; the inner nodes are named `label[index].k`.
+  Take handles of the inner nodes with `node.create_handle()` (or add them
+  with `add_node`, which returns one) before adding the colocation to the
+  program; the inner nodes are named `label[index].k`. Each inner node
+  reports its own end, and a failure of one stops the program.
+
+  Args:
+    nodes: the nodes to run together.
+    return_on_first_completed: the colocation itself counts as ended (in
+      `lp status`, and for Launchpad code that waits on it) as soon as its
+      first node ends; the others still run to their own end, and the
+      worker lasts until they do.
   """
+
+  def __init__(self, nodes: Sequence[Node], return_on_first_completed: bool = False):
+    super().__init__(nodes)
+    self.return_on_first_completed = return_on_first_completed
+
+  def add_node(self, node: Node) -> Any:
+    """Adds `node` to the colocation and returns its handle (before the
+    colocation is added to a program)."""
+    if self.program is not None:
+      raise errors.ProgramError(
+        f"colocation {self.name} is already in program {self.program.name!r}; add its nodes "
+        "before adding it to the program."
+      )
+    if not isinstance(node, Node):
+      raise TypeError(f"{type(self).__name__}.add_node takes a node, got {node!r}.")
+    self.nodes.append(node)
+    return node.create_handle()
 
   def inner_nodes(self) -> list[Node]:
     return [n for node in self.nodes for n in (node, *node.inner_nodes())]
@@ -63,11 +89,22 @@ class MultiThreadingColocation(_Colocation):
   def run(self, runtime: ProgramRuntime) -> None:
     from launchpad.launch import worker  # the worker runs nodes; nodes do not import it at load
 
+    first_ended = threading.Event()
+
+    def run_inner(node: Node) -> None:
+      try:
+        worker.run_node(node, runtime)
+      finally:
+        first_ended.set()
+
     threads = [
-      threading.Thread(target=worker.run_node, args=(node, runtime), name=node.name, daemon=True)
+      threading.Thread(target=run_inner, args=(node,), name=node.name, daemon=True)
       for node in self.nodes
     ]
     for thread in threads:
       thread.start()
+    if self.return_on_first_completed:
+      first_ended.wait()
+      worker.report_finished(self.name, runtime)
     for thread in threads:
       thread.join()

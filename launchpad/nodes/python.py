@@ -9,6 +9,7 @@ from launchpad import handles
 from launchpad.nodes.base import Node
 
 if TYPE_CHECKING:
+  from launchpad.address import Address
   from launchpad.context import ProgramRuntime
 
 
@@ -22,11 +23,17 @@ class PyNode(Node):
     self.fn = fn
     self.args = args
     self.kwargs = kwargs
+    # lp.Address objects this node serves on (Launchpad's addressing).
+    self.addresses: list[Address] = []
 
   def configure(self, *args: Any, **kwargs: Any) -> None:
     """Sets the arguments after creation: how two nodes get each other's handles."""
     self.args = args
     self.kwargs = kwargs
+
+  def allocate_address(self, address: Address) -> None:
+    """Makes this node the owner of `address` (same as `address.assign(node)`)."""
+    address.assign(self)
 
   @property
   def default_label(self) -> str:
@@ -55,6 +62,10 @@ class PyClassNode(PyNode):
   def disable_run(self) -> None:
     """Constructs the object but does not call its `run()`."""
     self.run_enabled = False
+
+  def enable_run(self) -> None:
+    """Undoes `disable_run()`: the object's `run()` is called (the default)."""
+    self.run_enabled = True
 
   def run(self, runtime: ProgramRuntime) -> None:
     instance = self.build(runtime)

@@ -336,83 +336,77 @@ if __name__ == "__main__":
   main()
 """
 
-LATE_FAILURE_SCRIPT = r"""
+# A main that returns right after lp.launch, as Acme's do; its nodes start
+# threads and thread pools after that, which they cannot once the
+# interpreter has begun to shut down.
+MAIN_RETURNS_SCRIPT = r"""
+import concurrent.futures
 import os
+import sys
 import threading
+import time
+
+from absl import app
 
 import launchpad as lp
+
+main_done = threading.Event()
 
 
 def say(*words):
   os.write(1, (" ".join(map(str, words)) + "\n").encode())
 
 
-class Service:
-  def ping(self):
-    return "pong"
+def pools_after_main(fail):
+  assert main_done.wait(60)
+  # Long enough to outlast the main code's return by far, however loaded.
+  deadline = time.monotonic() + 1.0
+  count = 0
+  while count < 20 or time.monotonic() < deadline:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      assert pool.submit(sum, [1, 2]).result(30) == 3
+    thread = threading.Thread(target=int)
+    thread.start()
+    thread.join()
+    count += 1
+  say("POOLS_OK")
+  if fail:
+    raise RuntimeError("late failure in node")
 
 
-def late_failure():
-  threading.main_thread().join(60)
-  raise RuntimeError("late failure in node")
-
-
-def main():
+def main(argv=()):
   program = lp.Program("late")
-  program.add_node(lp.PyNode(late_failure), label="failer")
-  program.add_node(lp.CourierNode(Service), label="service")
-  lp.launch(program, launch_type="local_mt")
+  program.add_node(lp.PyNode(pools_after_main, "fail" in sys.argv), label="worker")
+  lp.launch(program, launch_type="local_mt", serialize_py_nodes=False)
   say("MAIN_RETURNED")
+  main_done.set()
+  if "raise" in sys.argv:
+    raise KeyError("main gave up")
 
 
 if __name__ == "__main__":
-  main()
-"""
-
-
-LATE_FINISH_SCRIPT = r"""
-import os
-import threading
-
-import launchpad as lp
-
-
-def say(*words):
-  os.write(1, (" ".join(map(str, words)) + "\n").encode())
-
-
-def late_finish():
-  threading.main_thread().join(60)
-  say("NODE_DONE")
-
-
-def main():
-  program = lp.Program("late")
-  program.add_node(lp.PyNode(late_finish), label="worker")
-  lp.launch(program, launch_type="local_mt")
-  say("MAIN_RETURNED")
-
-
-if __name__ == "__main__":
-  main()
+  if "absl" in sys.argv:
+    app.run(main)
+  else:
+    main()
 """
 
 
 class Script(Child):
   """A Python script running in a child process, its output read line by line."""
 
-  def __init__(self, tmp_path, source):
+  def __init__(self, tmp_path, source, *args):
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(source))
-    super().__init__([sys.executable, "-u", str(path)], SUBPROCESS_TIMEOUT)
+    super().__init__([sys.executable, "-u", str(path), *args], SUBPROCESS_TIMEOUT)
 
 
 @pytest.fixture
 def script(tmp_path):
   started = []
 
-  def _start(source):
-    started.append(Script(tmp_path, source))
+  def _start(source, *args):
+    started.append(Script(tmp_path, source, *args))
     return started[-1]
 
   yield _start
@@ -452,22 +446,30 @@ def test_a_signal_delivered_to_another_thread_stops_the_program_promptly(script)
   child.wait_for_line("WAIT_RETURNED True")
 
 
-def test_node_failing_after_main_returned_exits_with_status_1(script):
-  child = script(LATE_FAILURE_SCRIPT)
-  status = child.finish()
-  stderr = "".join(child.stderr)
-  assert "MAIN_RETURNED" in "".join(child.stdout)
-  assert status == 1, child.output()
-  assert "failer[0]" in stderr
-  assert "Traceback (most recent call last)" in stderr
-  assert "late_failure" in stderr
-  assert "RuntimeError: late failure in node" in stderr
-
-
-def test_program_ending_after_main_returned_lets_the_process_exit(script):
-  child = script(LATE_FINISH_SCRIPT)
+@pytest.mark.parametrize("entry", ["plain", "absl"])
+def test_program_runs_to_its_end_after_main_returned(script, entry):
+  child = script(MAIN_RETURNS_SCRIPT, entry)
   status = child.finish()
   stdout = "".join(child.stdout)
   assert "MAIN_RETURNED" in stdout
-  assert "NODE_DONE" in stdout
+  assert "POOLS_OK" in stdout, child.output()
   assert status == 0, child.output()
+
+
+def test_node_failing_after_main_returned_exits_with_status_1(script):
+  child = script(MAIN_RETURNS_SCRIPT, "fail")
+  status = child.finish()
+  stderr = "".join(child.stderr)
+  assert "POOLS_OK" in "".join(child.stdout), child.output()
+  assert status == 1, child.output()
+  assert "worker[0]" in stderr
+  assert "Traceback (most recent call last)" in stderr
+  assert "RuntimeError: late failure in node" in stderr
+
+
+def test_main_raising_after_launch_still_waits_for_the_program(script):
+  child = script(MAIN_RETURNS_SCRIPT, "raise")
+  status = child.finish()
+  assert "POOLS_OK" in "".join(child.stdout), child.output()
+  assert "KeyError: 'main gave up'" in "".join(child.stderr)
+  assert status == 1, child.output()
