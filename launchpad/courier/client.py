@@ -391,6 +391,7 @@ class _PipelinedConnection:
     self._pending: dict[int, tuple[Future, str]] = {}
     self._backlog: list[tuple[int, bytes, list[memoryview], Deadline]] = []
     self._error: BaseException | None = None  # why connecting failed
+    self._cut: str | None = None  # why this client closed the connection itself
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
     threading.Thread(
@@ -429,6 +430,10 @@ class _PipelinedConnection:
       entry = self._pending.pop(call_id, None)
       if entry is not None:
         _complete(entry[0], error=e)
+      self._cut = (
+        f"the client closed its connection to node {self._channel.label} at {self.address} "
+        "because a request could not be sent within its timeout (the node may be stuck)"
+      )
       self.close()  # the reader fails the other pending futures
     except OSError:
       self.close()  # the reader fails every pending future, this one included
@@ -513,10 +518,17 @@ class _PipelinedConnection:
       self.sock.close()
       with self._write_lock:
         pending, self._pending = self._pending, {}
-      channel = self._channel
       for future, method in pending.values():
-        lost = channel.closed_error(method) if channel.closed else None
-        _complete(future, error=lost or channel.lost(method, self.address, error))
+        _complete(future, error=self._lost(method, error))
+
+  def _lost(self, method: str, cause: BaseException | None) -> BaseException:
+    """Why a future pending when the connection ended failed."""
+    channel = self._channel
+    if channel.closed:
+      return channel.closed_error(method)
+    if self._cut is not None:
+      return errors.ConnectionLostError(f"call {channel.label}.{method}: {self._cut}.")
+    return channel.lost(method, self.address, cause)
 
 
 def _complete(future: Future, result: Any = None, error: BaseException | None = None) -> None:

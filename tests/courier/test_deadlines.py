@@ -238,9 +238,14 @@ def test_sending_to_a_peer_that_does_not_read_times_out(fake_server, futures):
   client = Client(fake_server(behave).address, secret=secret, label="deaf[0]", timeout=1.0)
   big = np.zeros(64 << 20, np.uint8)  # far more than the socket buffers hold
   if futures:
+    patient = client.with_timeout(TIMEOUT + MARGIN).futures.echo("small")  # on the same connection
     error, took = elapsed_call(
       lambda: client.futures.echo(big).result(TIMEOUT + MARGIN), 1 + MARGIN
     )
+    # The connection was cut mid-request, so the other future fails too, and says why.
+    lost = patient.exception(TIMEOUT + MARGIN)
+    assert isinstance(lost, errors.ConnectionLostError), repr(lost)
+    assert "could not be sent within its timeout" in str(lost) and "deaf[0]" in str(lost)
   else:
     error, took = elapsed_call(lambda: client.echo(big), 1.0 + MARGIN)
   assert handshaken.is_set()
@@ -443,3 +448,14 @@ def test_close_from_another_thread_closes_every_threads_connection(fresh_child_s
     assert CHILD_LABEL in str(error) and "closed" in str(error)
   control.release(name)
   control.close()
+
+
+def test_a_threads_connection_closes_when_the_thread_ends(fresh_child_server):
+  addresses = fresh_child_server.addresses
+  port = int(addresses.address.rsplit(":", 1)[1])
+  client = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=TIMEOUT)
+  assert client.echo(1) == 1
+  assert in_thread(client.echo, 2).result(TIMEOUT) == 2
+  wait_for(lambda: open_connections(port) == 1, "an ended thread's connection stays open")
+  client.close()
+  assert open_connections(port) == 0
