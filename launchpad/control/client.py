@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 import grpc
@@ -16,6 +17,15 @@ from launchpad.tls import TlsConfig
 # Each control call is small and the coordinator answers at once, except the
 # long polls, which get their own deadline.
 CALL_SECONDS = 30.0
+# Failures that may pass are retried, after pauses that double from the first
+# to the longest. A coordinator too busy to take the call (gRPC sheds calls
+# it cannot queue: CANCELLED; too many long polls: RESOURCE_EXHAUSTED) is
+# retried until the call's deadline; one that no connection reaches
+# (UNAVAILABLE) for UNREACHABLE_SECONDS has ended with its launcher.
+BUSY = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED})
+UNREACHABLE_SECONDS = 10.0
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 1.0
 
 
 def host_id() -> str:
@@ -31,7 +41,13 @@ def host_id() -> str:
 
 
 class ControlClient:
-  """Calls the coordinator at `address` with the program's token."""
+  """Calls the coordinator at `address`, each call with a proof of the
+  program's control token (auth.py).
+
+  A call that fails in a way that may pass (the coordinator was busy, or the
+  connection broke: CANCELLED, RESOURCE_EXHAUSTED, UNAVAILABLE) is tried again
+  (see BUSY); only then does the program count as ended.
+  """
 
   def __init__(
     self,
@@ -50,10 +66,12 @@ class ControlClient:
       options.append(("grpc.ssl_target_name_override", tls.server_name))
       credentials = tls.grpc_channel_credentials()
       self._channel = grpc.secure_channel(address, credentials, options=options)
-    token = token if token is not None else auth.control_token(secret)
-    self._metadata = ((auth.METADATA_KEY, token),)
+    self._prover = auth.Prover(token if token is not None else auth.control_token(secret))
+    self._closed = threading.Event()
 
   def close(self) -> None:
+    """Ends the client; calls in flight and later ones raise ProgramStoppedError."""
+    self._closed.set()
     self._channel.close()
 
   def register(self, node: str, addresses: list[str]) -> None:
@@ -92,6 +110,7 @@ class ControlClient:
         control_pb2.ResolveRequest(node=node, timeout=poll),
         control_pb2.ResolveReply,
         poll,
+        retry_until=deadline,
       )
       if reply.found:
         return reply.endpoint
@@ -105,24 +124,64 @@ class ControlClient:
     request = control_pb2.ResolveRequest(node=node, timeout=0.0)
     return list(self._call("Resolve", request, control_pb2.ResolveReply).previous_addresses)
 
-  def _call(self, method: str, request, reply_type, wait: float = 0.0):
+  def _call(
+    self,
+    method: str,
+    request,
+    reply_type,
+    wait: float = 0.0,
+    retry_until: float | None = None,
+  ):
+    """Calls `method`; `wait` is how long the coordinator may hold the call (a
+    long poll). Failures that may pass are retried (see BUSY) until the call's
+    deadline, or `retry_until` (time.monotonic()) if that comes first."""
+    name = f"/{SERVICE}/{method}"
     rpc = self._channel.unary_unary(
-      f"/{SERVICE}/{method}",
-      request_serializer=lambda m: m.SerializeToString(),
-      response_deserializer=reply_type.FromString,
+      name, request_serializer=_as_is, response_deserializer=reply_type.FromString
     )
-    try:
-      return rpc(request, timeout=CALL_SECONDS + wait, metadata=self._metadata)
-    except grpc.RpcError as e:
-      code = e.code()
-      if code == grpc.StatusCode.NOT_FOUND:
-        raise KeyError(e.details()) from None
-      if code == grpc.StatusCode.UNAUTHENTICATED:
-        raise errors.AuthenticationError(
-          f"the coordinator at {self.address} refused this process's token: it "
-          "belongs to another launch of the program."
-        ) from None
-      raise errors.ProgramStoppedError(
-        f"the program's coordinator at {self.address} cannot be reached "
-        f"({code.name}: {e.details()}); the program has ended or its launcher died."
-      ) from None
+    body = request.SerializeToString()
+    deadline = time.monotonic() + CALL_SECONDS + wait
+    retry_until = deadline if retry_until is None else min(retry_until, deadline)
+    pause = RETRY_FIRST_SECONDS
+    unreachable_since = None
+    while True:
+      try:
+        if self._closed.is_set():
+          raise errors.ProgramStoppedError(
+            f"this process's client of the coordinator at {self.address} is closed: the "
+            "program has ended here."
+          )
+        timeout = max(deadline - time.monotonic(), 0.0)
+        return rpc(body, timeout=timeout, metadata=self._prover.metadata(name, body))
+      except grpc.RpcError as e:
+        now = time.monotonic()
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+          unreachable_since = now if unreachable_since is None else unreachable_since
+          left = min(retry_until, unreachable_since + UNREACHABLE_SECONDS) - now
+        else:
+          left = retry_until - now if e.code() in BUSY else 0.0
+        if left > 0 and not self._closed.is_set():
+          self._closed.wait(min(pause, left))
+          pause = min(2 * pause, RETRY_MAX_SECONDS)
+          continue
+        raise self._failure(method, e) from None
+
+  def _failure(self, method: str, error: grpc.RpcError) -> Exception:
+    """What a failed call raises: KeyError for an unknown node, AuthenticationError
+    for a refused proof, else ProgramStoppedError."""
+    code = error.code()
+    if code == grpc.StatusCode.NOT_FOUND:
+      return KeyError(error.details())
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+      return errors.AuthenticationError(
+        f"the coordinator at {self.address} refused this process's {method} call: "
+        f"{error.details()}."
+      )
+    return errors.ProgramStoppedError(
+      f"the program's coordinator at {self.address} cannot be reached "
+      f"({code.name}: {error.details()}); the program has ended or its launcher died."
+    )
+
+
+def _as_is(body: bytes) -> bytes:
+  return body

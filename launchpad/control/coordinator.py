@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 SERVICE = "launchpad.control.Coordinator"
 # Long polls return at least this often, so a vanished caller frees its thread.
 MAX_POLL_SECONDS = 30.0
+# Long polls (WaitStop, Resolve) hold a server thread each while they wait: at
+# most this many wait at once, more are answered RESOURCE_EXHAUSTED (clients
+# try again). Threads for the calls that answer at once come on top.
+MAX_LONG_POLLS = 1024
+SHORT_CALL_THREADS = 32
 
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 
@@ -50,7 +55,7 @@ class NodeRecord:
   restarts: int = 0
   description: str = ""
   traceback: str = ""
-  error: bytes = b""
+  exception: control_pb2.ExceptionInfo | None = None  # what the node raised, as data
   # The latest stats of the node's process (ReportStats), while it runs.
   usage: control_pb2.ProcessUsage | None = None
   stats: control_pb2.NodeStats | None = None
@@ -63,11 +68,13 @@ class Coordinator:
   Args:
     program: the program's name.
     node_names: every node that will run (`label[index]`), colocated ones too.
-    secret: the program secret; calls must carry a token derived from it.
+    secret: the program secret; calls must carry a proof made with the
+      control token derived from it (auth.py).
     host: the interface to bind.
     tls: serve over TLS with these settings (nodes on other hosts).
     on_failure: called with the record of a failed node; returns True if it
       handled the failure (restarted the node), else the program stops.
+    max_long_polls: how many WaitStop and Resolve calls may wait at once.
   """
 
   def __init__(
@@ -78,11 +85,14 @@ class Coordinator:
     host: str = "127.0.0.1",
     on_failure: Callable[[NodeRecord], bool] | None = None,
     tls: TlsConfig | None = None,
+    max_long_polls: int = MAX_LONG_POLLS,
   ):
     self._tls = tls
     self.program = program
     self.nodes = {name: NodeRecord(name) for name in node_names}
-    self._token = auth.control_token(secret)
+    self._verifier = auth.Verifier(auth.control_token(secret))
+    self._max_long_polls = max_long_polls
+    self._poll_slots = threading.BoundedSemaphore(max_long_polls)
     self._host = host
     self._on_failure = on_failure
     self._changed = threading.Condition()
@@ -95,7 +105,11 @@ class Coordinator:
 
   def start(self) -> str:
     """Starts serving; returns the address that nodes must be given."""
-    server = grpc.server(_Executor("coordinator"), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(
+      _Executor("coordinator", self._max_long_polls + SHORT_CALL_THREADS),
+      interceptors=(_ProofCheck(self._verifier),),
+      options=[("grpc.so_reuseport", 0)],
+    )
     server.add_generic_rpc_handlers((self._handlers(),))
     address = f"{self._host}:0"
     if self._tls is None:
@@ -164,8 +178,13 @@ class Coordinator:
       self._changed.notify_all()
 
   def report(self, event: control_pb2.NodeEvent) -> None:
+    """Records how a node is doing. A failed node's record changes only when
+    its launcher restarts it (`node_restarted`): later reports of the run that
+    failed are retries of the failure's report, or come too late."""
     with self._changed:
       record = self._record(event.node)
+      if record.state == FAILED:
+        return
       record.pid, record.host = event.pid, event.host
       if event.kind == control_pb2.NodeEvent.STARTED:
         record.state = RUNNING
@@ -176,7 +195,7 @@ class Coordinator:
         record.state = FAILED
         record.description = event.description
         record.traceback = event.traceback
-        record.error = event.error
+        record.exception = event.exception if event.HasField("exception") else None
       self._changed.notify_all()
     if event.kind == control_pb2.NodeEvent.FAILED:
       log.error("node %s failed: %s\n%s", event.node, event.description, event.traceback)
@@ -265,16 +284,21 @@ class Coordinator:
   def _handlers(self) -> grpc.GenericRpcHandler:
     pb = control_pb2
 
-    def method(fn, request_type):
+    def method(fn, request_type, waits=lambda request: False):
       def handler(request, context):
-        if not self._authorized(context):
+        waiting = waits(request)
+        if waiting and not self._poll_slots.acquire(blocking=False):
           context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "this call does not carry the program's token"
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the coordinator has {self._max_long_polls} waiting calls already; try again",
           )
         try:
           return fn(request)
         except KeyError as e:
           context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
+        finally:
+          if waiting:
+            self._poll_slots.release()
 
       return grpc.unary_unary_rpc_method_handler(
         handler,
@@ -292,33 +316,89 @@ class Coordinator:
           ),
           pb.RegisterRequest,
         ),
-        "Resolve": method(lambda r: self.resolve(r.node, r.timeout), pb.ResolveRequest),
+        "Resolve": method(
+          lambda r: self.resolve(r.node, r.timeout), pb.ResolveRequest, lambda r: r.timeout > 0
+        ),
         "Report": method(lambda r: self.report(r) or pb.Empty(), pb.NodeEvent),
         "Stop": method(lambda r: self.request_stop(r.reason) or pb.Empty(), pb.StopRequest),
-        "WaitStop": method(lambda r: self.wait_stop(r.timeout), pb.WaitStopRequest),
+        "WaitStop": method(
+          lambda r: self.wait_stop(r.timeout), pb.WaitStopRequest, lambda r: r.timeout > 0
+        ),
         "Status": method(lambda r: self.status(), pb.Empty),
         "ReportStats": method(lambda r: self.report_stats(r) or pb.Empty(), pb.ProcessStats),
       },
     )
 
-  def _authorized(self, context: grpc.ServicerContext) -> bool:
-    for key, value in context.invocation_metadata():
-      if key == auth.METADATA_KEY:
-        return hmac.compare_digest(value, self._token)
-    return False
+
+class _ProofCheck(grpc.ServerInterceptor):
+  """Checks every call's proof in the server's own thread, before any handler.
+
+  A call whose proof fails is refused before its body is read: the thread
+  that answers it does not wait for the body, and nothing of it is parsed.
+  An accepted call's body must be the one its proof commits to; it is
+  compared before it is parsed.
+  """
+
+  def __init__(self, verifier: auth.Verifier):
+    self._verifier = verifier
+
+  def intercept_service(self, continuation, handler_call_details):
+    try:
+      digest = self._verifier.check(
+        handler_call_details.method, handler_call_details.invocation_metadata
+      )
+    except auth.ProofError as e:
+      return _refusal(str(e))
+    handler = continuation(handler_call_details)
+    if handler is None or handler.unary_unary is None:
+      return handler
+    return _body_checked(handler, digest)
+
+
+def _refusal(reason: str) -> grpc.RpcMethodHandler:
+  def refuse(requests, context):
+    context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+  # A request-streaming handler is called before any of the request is read.
+  return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+_ALTERED = object()  # the parsed request of a call whose body does not match its proof
+
+
+def _body_checked(handler: grpc.RpcMethodHandler, digest: str) -> grpc.RpcMethodHandler:
+  parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+  def deserialize(body: bytes):
+    return parse(body) if hmac.compare_digest(auth.body_digest(body), digest) else _ALTERED
+
+  def run(request, context):
+    if request is _ALTERED:
+      context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the call's body is not the one its proof was made for",
+      )
+    return behaviour(request, context)
+
+  return grpc.unary_unary_rpc_method_handler(
+    run, request_deserializer=deserialize, response_serializer=handler.response_serializer
+  )
 
 
 class _Executor:
-  """A growing pool of daemon threads for the gRPC server.
+  """A pool of daemon threads for the gRPC server, growing up to `max_threads`.
 
   Not a ThreadPoolExecutor: those refuse work once the interpreter begins to
   exit, and the coordinator must keep serving until the program is over even
   when the launching script's main() has returned. Long polls hold a thread
-  each, so the pool grows with the number of waiting callers.
+  each, so the pool grows with the number of waiting callers, which
+  MAX_LONG_POLLS bounds.
   """
 
-  def __init__(self, name: str):
+  def __init__(self, name: str, max_threads: int):
     self._name = name
+    self._max_threads = max_threads
+    self._threads = 0
     self._work: queue.SimpleQueue = queue.SimpleQueue()
     self._idle = 0
     self._lock = threading.Lock()
@@ -330,6 +410,9 @@ class _Executor:
       if self._idle:
         self._idle -= 1
         return future
+      if self._threads == self._max_threads:
+        return future  # it waits for a thread to finish its call
+      self._threads += 1
     threading.Thread(target=self._run, name=self._name, daemon=True).start()
     return future
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import pickle
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Protocol
 
 from launchpad import context, errors, restarts
 from launchpad.context import ProgramRuntime
-from launchpad.control import control_pb2
+from launchpad.control import control_pb2, failures
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
 from launchpad.launch import signals
 from launchpad.launch.plan import Plan
@@ -162,14 +161,15 @@ class Controller:
       again: False to stay silent if the failure was raised to the caller
         before (by `wait()` or this method); test teardowns use it.
     """
-    failures = self.failures()
-    if not failures or (self._failure_raised and not again):
+    failed = self.failures()
+    if not failed or (self._failure_raised and not again):
       return
-    first = failures[0]
+    first = failed[0]
     self._failure_raised = True
     error = errors.NodeFailedError(first.name, first.description, first.traceback)
-    cause = _unpickle(first.error)
-    raise error from cause
+    if first.exception is None:
+      raise error from None
+    raise error from failures.rebuild(first.exception, first.name, first.traceback)
 
   def __enter__(self) -> Controller:
     return self
@@ -178,13 +178,3 @@ class Controller:
     self.stop()
     if exc_type is None:
       self.raise_failure()
-
-
-def _unpickle(data: bytes) -> BaseException | None:
-  if not data:
-    return None
-  try:
-    error = pickle.loads(data)
-  except Exception:  # noqa: BLE001 - the traceback text is in the message anyway
-    return None
-  return error if isinstance(error, BaseException) else None

@@ -12,8 +12,7 @@ import time
 import traceback
 
 from launchpad import context, errors
-from launchpad.control import control_pb2
-from launchpad.courier import serialization
+from launchpad.control import control_pb2, failures
 from launchpad.nodes.base import Node
 
 log = logging.getLogger(__name__)
@@ -110,17 +109,14 @@ def _report_end(name: str, runtime: context.ProgramRuntime, ended: BaseException
 
 
 def failure_event(name: str, error: BaseException) -> control_pb2.NodeEvent:
-  """A FAILED event carrying the exception, pickled when it can be."""
-  try:
-    pickled = serialization.dumps(error, "exception", out_of_band=False)[0]
-  except errors.SerializationError:
-    pickled = b""
+  """A FAILED event carrying the exception as data (the launcher unpickles
+  nothing it receives)."""
   return control_pb2.NodeEvent(
     node=name,
     kind=control_pb2.NodeEvent.FAILED,
     description=f"{type(error).__name__}: {error}",
     traceback="".join(traceback.format_exception(error)),
-    error=pickled,
+    exception=failures.describe(error),
   )
 
 

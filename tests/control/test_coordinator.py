@@ -255,9 +255,25 @@ def test_unknown_node_raises_key_error_listing_the_nodes(running):
 
 
 def test_calls_after_the_coordinator_closed_raise_program_stopped(make_running):
+  # A call retries an unreachable coordinator until its deadline (here the
+  # resolve's timeout), then counts the program as ended.
   running = make_running()
   client = running.client()
   assert client.status().program == "prog"
   running.coordinator.close()
+  start = time.monotonic()
   with pytest.raises(errors.ProgramStoppedError, match="cannot be reached"):
+    client.resolve("actor[0]", timeout=0.5)
+  assert 0.4 <= time.monotonic() - start < TIMEOUT
+
+
+def test_calls_after_the_client_closed_raise_program_stopped(running):
+  client = running.client()
+  waiting = running.pool.submit(client.wait_stop, TIMEOUT)
+  with pytest.raises(futures.TimeoutError):
+    waiting.result(timeout=0.2)  # in flight
+  client.close()
+  with pytest.raises(errors.ProgramStoppedError):
+    waiting.result(timeout=TIMEOUT)
+  with pytest.raises(errors.ProgramStoppedError, match="closed"):
     client.status()
