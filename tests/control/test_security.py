@@ -15,6 +15,7 @@ import pathlib
 import pickle
 import re
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -329,6 +330,23 @@ def test_a_call_without_a_valid_proof_is_refused_before_any_handler_work(coordin
       )
       assert "malformed" in raw.refusal(method, body, ((auth.METADATA_KEY, "1 2 3"),))
       assert "malformed" in raw.refusal(method, body, ((auth.METADATA_KEY, "nan a b c"),))
+    # A call whose body never comes is refused all the same: nothing waits for it.
+    sent = threading.Event()
+
+    def never_sends():
+      release.wait(TIMEOUT)
+      sent.set()
+      yield wait
+
+    release = threading.Event()
+    rpc = raw.channel.stream_unary(
+      f"/{SERVICE}/WaitStop", request_serializer=bytes, response_deserializer=bytes
+    )
+    with pytest.raises(grpc.RpcError) as info:
+      rpc(never_sends(), timeout=TIMEOUT)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value
+    assert not sent.is_set()
+    release.set()
     # The WaitStop calls were answered without waiting: the program runs on.
     assert not coordinator.status().stopping
     assert coordinator.stop_reason is None
