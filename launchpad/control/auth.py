@@ -54,13 +54,15 @@ class Prover:
   def __init__(self, token: str):
     self._key = token.encode()
     self._client = os.urandom(8).hex()
-    self._counter = itertools.count()  # next() is atomic in CPython
+    self._counter = itertools.count()
+    self._lock = threading.Lock()  # threads of a process share its client
 
   def metadata(self, method: str, body: bytes) -> tuple[tuple[str, str], ...]:
     """The metadata of one call of `method` (its full name) with `body`; make
     new metadata for every attempt, a proof is accepted only once."""
     stamp = f"{time.time():.6f}"
-    nonce = f"{self._client}.{next(self._counter)}"
+    with self._lock:
+      nonce = f"{self._client}.{next(self._counter)}"
     digest = body_digest(body)
     proof = f"{stamp} {nonce} {digest} {_mac(self._key, method, stamp, nonce, digest)}"
     return ((METADATA_KEY, proof),)

@@ -24,10 +24,19 @@ def describe(error: BaseException) -> control_pb2.ExceptionInfo:
   return control_pb2.ExceptionInfo(
     module=kind.__module__,
     qualname=kind.__qualname__,
-    message=str(error),
+    message=message(error),
     args=error.args if strings else (),
     notes=[str(note) for note in getattr(error, "__notes__", ())],
   )
+
+
+def message(error: BaseException) -> str:
+  """str(error), or what says it has none: a failure is reported even when
+  its exception's __str__ raises."""
+  try:
+    return str(error)
+  except Exception as e:  # noqa: BLE001 - any way it fails, the report must go out
+    return f"<str() of the exception raised {type(e).__name__}>"
 
 
 def type_name(info: control_pb2.ExceptionInfo) -> str:

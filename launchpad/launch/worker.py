@@ -114,7 +114,7 @@ def failure_event(name: str, error: BaseException) -> control_pb2.NodeEvent:
   return control_pb2.NodeEvent(
     node=name,
     kind=control_pb2.NodeEvent.FAILED,
-    description=f"{type(error).__name__}: {error}",
+    description=f"{type(error).__name__}: {failures.message(error)}",
     traceback="".join(traceback.format_exception(error)),
     exception=failures.describe(error),
   )

@@ -47,6 +47,15 @@ def raise_node_error() -> None:
   raise NodeError("a NodeError 7")
 
 
+class Unprintable(Exception):
+  def __str__(self) -> str:
+    raise RuntimeError("this exception cannot be printed")
+
+
+def raise_unprintable() -> None:
+  raise Unprintable()
+
+
 def raise_error_of_a_module_only_the_node_has() -> None:
   """Raises an exception whose module exists in this process only."""
   module = types.ModuleType("lp_node_only_module")

@@ -246,6 +246,16 @@ def test_a_type_the_launcher_never_imported_comes_back_named(launched):
   assert "lp_node_only_module" not in sys.modules
 
 
+def test_an_exception_whose_str_raises_is_reported_all_the_same(launched):
+  controller = launched(programs.failing_program(programs.raise_unprintable))
+  with pytest.raises(lp.NodeFailedError) as info:
+    controller.wait(TIMEOUT)
+  error = info.value
+  assert error.description == "Unprintable: <str() of the exception raised RuntimeError>"
+  assert type(error.__cause__) is programs.Unprintable
+  assert "in raise_unprintable" in error.remote_traceback
+
+
 # Proofs: a call seen on the network can be neither replayed nor altered.
 
 
