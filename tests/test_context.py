@@ -479,9 +479,9 @@ def terminate_loop():
 
 
 lp.register_stop_handler(terminate_loop)
-say("READY")
 deadline = time.monotonic() + 60
 try:
+  say("READY")  # inside the try: the exception may come as soon as the test reads this
   while time.monotonic() < deadline:
     time.sleep(0.01)
 except SystemExit:

@@ -113,6 +113,7 @@ def launch(
     )
     if windows is not None:
       windows.open(controller.run_dir, [worker.name for worker in plan.workers])
+      windows.close_when_done(controller)
   elif name == "ssh":
     from launchpad.launch import ssh
 

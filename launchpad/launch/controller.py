@@ -13,7 +13,8 @@ import os
 import pathlib
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from launchpad import context, errors, restarts
@@ -114,16 +115,76 @@ class Controller:
     coordinator.close()
     self._done.set()
 
-  def wait(self, timeout: float | None = None) -> bool:
+  def wait(
+    self,
+    labels_to_wait_for: Sequence[str] | float | None = None,
+    raise_error: bool = True,
+    return_on_first_completed: bool = False,
+    *,
+    timeout: float | None = None,
+  ) -> bool:
     """Blocks until the program is over; False if `timeout` seconds passed first.
+
+    Launchpad's arguments: with `labels_to_wait_for` (group labels), only
+    until those groups' nodes have ended, or the first of them with
+    `return_on_first_completed`; `raise_error=False` leaves failures
+    unraised. A number as first argument is the timeout: `wait(10)`.
 
     Raises:
       NodeFailedError: a node failed; the first failure, with its traceback.
     """
-    if not context.wait_event(self._done, timeout):
-      return False
-    self.raise_failure()
-    return True
+    if isinstance(labels_to_wait_for, int | float) and not isinstance(labels_to_wait_for, bool):
+      timeout, labels_to_wait_for = labels_to_wait_for, None
+    if labels_to_wait_for is None and not return_on_first_completed:
+      ended = context.wait_event(self._done, timeout)
+    else:
+      ended = self._wait_for_nodes(labels_to_wait_for, return_on_first_completed, timeout)
+    if ended and raise_error:
+      self.raise_failure()
+    return ended
+
+  def _wait_for_nodes(
+    self, labels: Sequence[str] | None, first: bool, timeout: float | None
+  ) -> bool:
+    """Waits until every node of `labels` (all nodes if None) has ended, or
+    the first of them; the main thread wakes up every slice, for signals."""
+    names = self._nodes_of(labels)
+    records = [self._coordinator.nodes[name] for name in names]
+
+    def ended() -> bool:
+      states = [r.state in (FINISHED, FAILED) for r in records]
+      return any(states) if first else all(states)
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    main = threading.current_thread() is threading.main_thread()
+    while True:
+      remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+      if main:
+        remaining = (
+          context.MAIN_THREAD_SLICE_SECONDS
+          if remaining is None
+          else min(remaining, context.MAIN_THREAD_SLICE_SECONDS)
+        )
+      if self._coordinator.wait_until(ended, remaining) or ended():
+        return True
+      if deadline is not None and time.monotonic() >= deadline:
+        return False
+
+  def _nodes_of(self, labels: Sequence[str] | None) -> list[str]:
+    """The nodes of the groups `labels` (a label alone is one group)."""
+    names = list(self._coordinator.nodes)
+    if labels is None:
+      return names
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    known = {name.split("[", 1)[0] for name in names}
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+      raise ValueError(
+        f"controller.wait: program {self.program} has no group {', '.join(map(repr, unknown))}; "
+        f"its groups are: {', '.join(sorted(known))}."
+      )
+    return [name for name in names if name.split("[", 1)[0] in labels]
+
 
   def stop(self, timeout: float | None = None) -> None:
     """Stops the program and waits for it to end (the grace period, then force).

@@ -2,9 +2,9 @@
 'gnome-terminal' (a window per node) and 'gnome-terminal-tabs' (a tab per node).
 
 Nodes write to their log files as with 'output_to_files'; each window
-follows one node's log and closes when the launching process exits. Where
-the terminal program or a display is missing, node output goes to the
-current terminal instead, with a warning.
+follows one node's log and closes when the program has ended. Where the
+terminal program or a display is missing, node output goes to the current
+terminal instead, with a warning.
 """
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 import warnings
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+  from launchpad.launch.controller import Controller
+
+# How long closing windows waits for each to exit.
+CLOSE_SECONDS = 5.0
 # Terminal name -> the program that opens its windows.
 PROGRAMS = {
   "xterm": "xterm",
@@ -30,34 +38,55 @@ class Windows:
   def __init__(self, terminal: str, program: str):
     self.terminal = terminal
     self.program = program
+    self._opened: list[subprocess.Popen] = []
 
   def open(self, run_dir: pathlib.Path, nodes: list[str]) -> None:
     if self.terminal == "gnome-terminal-tabs":
       tabs = [
-        arg
-        for node in nodes
-        for arg in ("--tab", "--title", node, "--", *self._follow(run_dir, node))
+        arg for node in nodes for arg in ("--tab", "--title", node, "--", *_follow(run_dir, node))
       ]
       self._start(tabs)
       return
     for node in nodes:
       if self.terminal == "xterm":
-        self._start(["-T", node, "-e", *self._follow(run_dir, node)])
+        self._start(["-T", node, "-e", *_follow(run_dir, node)])
       else:
-        self._start(["--title", node, "--", *self._follow(run_dir, node)])
+        self._start(["--title", node, "--", *_follow(run_dir, node)])
 
-  def _follow(self, run_dir: pathlib.Path, node: str) -> list[str]:
-    log = shlex.quote(str(run_dir / f"{node}.log"))
-    return ["sh", "-c", f"exec tail -n +1 -F --pid={os.getpid()} {log}"]
+  def close_when_done(self, controller: Controller) -> None:
+    """Closes the windows once the program has ended."""
+
+    def close() -> None:
+      controller.wait(raise_error=False)
+      for window in self._opened:
+        try:
+          os.killpg(window.pid, signal.SIGTERM)
+        except ProcessLookupError:
+          pass
+        try:
+          window.wait(CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+          os.killpg(window.pid, signal.SIGKILL)
+          window.wait(CLOSE_SECONDS)
+
+    threading.Thread(target=close, name=f"{controller.program}-windows", daemon=True).start()
 
   def _start(self, args: list[str]) -> None:
-    subprocess.Popen(
-      [self.program, *args],
-      stdin=subprocess.DEVNULL,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
-      start_new_session=True,
+    self._opened.append(
+      subprocess.Popen(
+        [self.program, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+      )
     )
+
+
+def _follow(run_dir: pathlib.Path, node: str) -> list[str]:
+  """The command a window runs: the node's log, from its first line on."""
+  log = shlex.quote(str(run_dir / f"{node}.log"))
+  return ["sh", "-c", f"exec tail -n +1 -F {log}"]
 
 
 def windows(terminal: str | None) -> Windows | None:

@@ -12,6 +12,7 @@ from launchpad import context, handles
 from launchpad.control.client import host_id
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server, public_methods
+from launchpad.nodes.base import Node
 from launchpad.nodes.python import PyClassNode
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class CourierNode(PyClassNode):
   def __init__(
     self,
     cls: Callable[..., Any],
+    /,
     *args: Any,
     courier_kwargs: Mapping[str, Any] | None = None,
     courier_client_kwargs: Mapping[str, Any] | None = None,
@@ -111,9 +113,10 @@ class CourierNode(PyClassNode):
 class CourierHandle(handles.Handle):
   """The handle of a CourierNode; dereferences to a courier `Client`."""
 
-  def __init__(self, node: CourierNode):
+  def __init__(self, node: Node):
     super().__init__(node)
-    self.client_kwargs = dict(node.courier_client_kwargs)
+    # Nodes other than CourierNodes (ReverbNode) have no client options.
+    self.client_kwargs = dict(getattr(node, "courier_client_kwargs", {}))
 
   def set_client_kwargs(self, **kwargs: Any) -> None:
     """Replaces the client options (CLIENT_OPTIONS) of this handle's clients."""

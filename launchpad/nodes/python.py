@@ -14,9 +14,13 @@ if TYPE_CHECKING:
 
 
 class PyNode(Node):
-  """Runs `fn(*args, **kwargs)`; handles in the arguments become clients."""
+  """Runs `fn(*args, **kwargs)`; handles in the arguments become clients.
 
-  def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+  `fn` is positional-only, so that every keyword reaches it (Launchpad's
+  `function=` keyword is therefore not accepted: pass the function first).
+  """
+
+  def __init__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any):
     super().__init__()
     if not callable(fn):
       raise TypeError(f"{type(self).__name__} needs a callable, got {fn!r}.")
@@ -55,7 +59,7 @@ class PyNode(Node):
 class PyClassNode(PyNode):
   """Constructs `cls(*args, **kwargs)` and calls its `run()` if it has one."""
 
-  def __init__(self, cls: Callable[..., Any], *args: Any, **kwargs: Any):
+  def __init__(self, cls: Callable[..., Any], /, *args: Any, **kwargs: Any):
     super().__init__(cls, *args, **kwargs)
     self.run_enabled = True
 
