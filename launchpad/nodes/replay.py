@@ -33,8 +33,8 @@ from launchpad.replay.client import Client
 from launchpad.replay.server import (
   WRITER_LEASE_SECONDS,
   ReplayService,
-  _positive_seconds,
   build_tables,
+  positive_seconds,
 )
 from launchpad.replay.table import Table
 
@@ -52,22 +52,18 @@ FINAL_CHECKPOINT_SECONDS = 60.0
 def _serve(
   tables: Any,
   checkpoint_dir: str | None = None,
-  checkpoint_every: float | None = None,
   writer_lease_seconds: float = WRITER_LEASE_SECONDS,
 ) -> ReplayService:
-  """Builds the service inside the node's worker (its tables too, given a function)."""
-  service = ReplayService(
+  """Builds the service inside the node's worker (its tables too, given a function).
+
+  The service closes when the program stops.
+  """
+  return ReplayService(
     tables() if callable(tables) else tables,
     checkpoint_dir=checkpoint_dir,
     writer_lease_seconds=writer_lease_seconds,
+    register_close=context.register_stop_handler,
   )
-  context.register_stop_handler(service._close)
-  if checkpoint_every is not None:
-    periodic = PeriodicCheckpointer(service.checkpoint, checkpoint_every)
-    service._periodic = periodic
-    periodic.start()
-    context.register_stop_handler(periodic.request_stop)
-  return service
 
 
 class ReplayNode(CourierNode):
@@ -96,7 +92,7 @@ class ReplayNode(CourierNode):
     checkpoint_every: float | None = None,
     writer_lease_seconds: float = WRITER_LEASE_SECONDS,
   ):
-    writer_lease_seconds = _positive_seconds(writer_lease_seconds, "writer_lease_seconds")
+    writer_lease_seconds = positive_seconds(writer_lease_seconds, "writer_lease_seconds")
     if checkpoint_dir is not None:
       checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
     if checkpoint_every is not None:
@@ -115,23 +111,26 @@ class ReplayNode(CourierNode):
       tables = list(tables)
       build_tables(tables)  # fail here, not in the worker: no tables, duplicate names, non-tables
       tables = [t.snapshot() for t in tables]
-    super().__init__(_serve, tables, checkpoint_dir, checkpoint_every, writer_lease_seconds)
-    self._service: ReplayService | None = None
+    super().__init__(_serve, tables, checkpoint_dir, writer_lease_seconds)
+    self._checkpoint_every = checkpoint_every
+    self._periodic: PeriodicCheckpointer | None = None  # in the worker, while it serves
 
   def build(self, runtime: ProgramRuntime) -> ReplayService:
     service = super().build(runtime)
-    self._service = service
     runtime.stats.track_tables(self.name, service.table_stats)  # sizes and rates, for lp top
+    if self._checkpoint_every is not None:
+      self._periodic = PeriodicCheckpointer(service.checkpoint, self._checkpoint_every)
+      self._periodic.start()
+      context.register_stop_handler(self._periodic.request_stop)  # after the service's close
     return service
 
   def run(self, runtime: ProgramRuntime) -> None:
-    self._service = None
+    self._periodic = None
     try:
       super().run(runtime)
     finally:
       # The worker exits when run() returns: wait for the last checkpoint.
-      service, self._service = self._service, None
-      periodic = None if service is None else service._periodic
+      periodic, self._periodic = self._periodic, None
       if periodic is not None and not periodic.stop(FINAL_CHECKPOINT_SECONDS):
         log.warning(
           "replay node: the last checkpoint was not written within %g s", FINAL_CHECKPOINT_SECONDS

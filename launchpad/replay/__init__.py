@@ -7,9 +7,13 @@ This package holds the in-process core that a replay server builds on:
   rate_limiters  when inserts and samples may proceed (MinSize,
                  SampleToInsertRatio, Queue, Stack, RateLimiter)
   chunk_store    ChunkStore: reference-counted step data, stored once
+  item           Item (a table's record of an item), SampledItem
   table          Table: items, priorities, blocking with timeouts, batches
-                 (insert_many), sampling transactions, snapshots, stats
+                 (insert_many), sampling transactions, stats
+  signature      the dtype and shape every item of a table must have
+  snapshot       a table's whole state as plain values, checked on restore
   table_info     TableInfo: what server_info() reports, under Reverb's names
+  checkpoint     every table's snapshot in one file; periodic checkpoints
   structure      nested items flattened to columns, and nested again
   errors         RateLimiterTimeoutError, TableClosedError
   server         Server: tables on one ChunkStore, served over courier;
@@ -25,8 +29,9 @@ from launchpad.replay import rate_limiters, selectors
 from launchpad.replay.chunk_store import ChunkStore, new_key
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
+from launchpad.replay.item import SampledItem
 from launchpad.replay.server import Server
-from launchpad.replay.table import MAX_SAMPLES_PER_CALL, SampledItem, Table
+from launchpad.replay.table import MAX_SAMPLES_PER_CALL, Table
 from launchpad.replay.table_info import TableInfo
 from launchpad.replay.writer import TrajectoryColumn, TrajectoryWriter
 

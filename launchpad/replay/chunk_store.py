@@ -66,6 +66,11 @@ def new_keys(count: int) -> list[int]:
   return np.frombuffer(raw, dtype="<u8").tolist()
 
 
+def chunk_keys(refs: Mapping[str, Sequence[ChunkRef]]) -> list[int]:
+  """The distinct chunks an item's (canonical) references use, in order of first use."""
+  return list(dict.fromkeys(key for entries in refs.values() for key, _ in entries))
+
+
 def check_key(key: Any, what: str = "key") -> int:
   """Returns `key` as an int, or raises ValueError unless it is an integer in [0, 2**64)."""
   if type(key) is int and 0 <= key < _MAX_KEY:

@@ -34,7 +34,7 @@ import numpy as np
 
 from launchpad.courier import client as courier_client
 from launchpad.replay import structure as structure_lib
-from launchpad.replay.table import _seconds
+from launchpad.replay.table import timeout_seconds
 from launchpad.replay.table_info import TableInfo
 from launchpad.tls import TlsConfig
 
@@ -162,7 +162,7 @@ class Client:
       )
     else:
       raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
-    self._timeout = _seconds(timeout)
+    self._timeout = timeout_seconds(timeout)
 
   def insert(self, data: Any, priorities: Mapping[str, float], timeout: Timeout = None) -> int:
     """Inserts one item into every table of `priorities` (table -> priority); returns its key.
@@ -311,7 +311,7 @@ class Client:
     self._courier.close()
 
   def _limit(self, timeout: Timeout) -> float | None:
-    return self._timeout if timeout is None else _seconds(timeout)
+    return self._timeout if timeout is None else timeout_seconds(timeout)
 
   def _call(self, limit: float | None) -> courier_client.Client:
     return self._courier.with_timeout(None if limit is None else limit + RPC_MARGIN_SECONDS)

@@ -248,7 +248,8 @@ class RateLimiter:
     limiter._kind = kind if isinstance(kind, str) else "RateLimiter"
     return limiter
 
-  def _register(self, table: str) -> None:
+  def register(self, table: str) -> None:
+    """Makes this limiter `table`'s; ValueError if it already belongs to a table (Table calls it)."""
     if self._table is not None:
       raise ValueError(
         f"this rate limiter already belongs to table {self._table!r}; "

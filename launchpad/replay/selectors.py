@@ -44,6 +44,23 @@ def check_priority(priority: Any) -> float:
   return value
 
 
+def check_priorities(priorities: Any, count: int) -> list[float]:
+  """`count` checked priorities from one priority or a sequence (or array) of them, for a batch."""
+  if isinstance(priorities, np.ndarray):
+    priorities = priorities.tolist()
+  if not isinstance(priorities, Sequence) or isinstance(priorities, str):
+    return [check_priority(priorities)] * count
+  if len(priorities) != count:
+    raise ValueError(f"{count} items but {len(priorities)} priorities")
+  values = []
+  for i, priority in enumerate(priorities):
+    try:
+      values.append(check_priority(priority))
+    except ValueError as e:
+      raise ValueError(f"item {i} of the batch: {e}") from None
+  return values
+
+
 class ItemSelector(abc.ABC):
   """The interface every selector implements, as sampler or as remover.
 
@@ -98,9 +115,9 @@ class ItemSelector(abc.ABC):
 
   def insert_many(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """Inserts several keys, all or none (validates everything first)."""
-    self._add_new(keys, self._check_new(keys, priorities))
+    self.insert_unchecked(keys, self._check_new(keys, priorities))
 
-  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+  def insert_unchecked(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """insert_many without its checks: the keys are new and distinct, the priorities checked.
 
     A table that checked them itself calls this directly. All or none still:
@@ -187,7 +204,7 @@ class Uniform(ItemSelector):
     keys = self._keys
     return [(keys[i], 1.0 / n) for i in self._np_rng.integers(0, n, num_samples).tolist()]
 
-  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+  def insert_unchecked(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     start = len(self._keys)
     self._keys.extend(keys)
     self._index.update(zip(keys, range(start, start + len(keys)), strict=True))
@@ -349,7 +366,7 @@ class Prioritized(ItemSelector):
     probabilities = (tree[node] / total).tolist()
     return list(zip(self._keys[node - capacity].tolist(), probabilities, strict=True))
 
-  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+  def insert_unchecked(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     """Vectorised: fills the next leaves, then recomputes the nodes above them level by level.
 
     O(m + log n) numpy work for m keys, or O(n) when the tree has to grow.
@@ -455,7 +472,7 @@ class _Ordered(ItemSelector):
     if key not in self._keys:
       raise KeyError(f"key {key} not found")
 
-  def _add_new(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
+  def insert_unchecked(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     self._keys.update(dict.fromkeys(keys))
 
   def delete(self, key: int) -> None:

@@ -34,7 +34,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,8 @@ from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key, new_keys
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
-from launchpad.replay.table import SampledItem, Table, _priority_list, _seconds
+from launchpad.replay.item import SampledItem
+from launchpad.replay.table import Table, timeout_seconds
 from launchpad.replay.table_info import TableInfo
 from launchpad.tls import TlsConfig
 
@@ -106,6 +107,12 @@ class ReplayService:
       checkpoints left there are removed.
     writer_lease_seconds: how long the chunks a trajectory writer holds
       outlive its last call (see insert_trajectories).
+    register_close: called once, when the service is ready, with the
+      function that closes it (every table closes, so blocked and later
+      inserts and samples get TableClosedError, and writer leases stop being
+      reaped), for an owner that calls it when it stops: a ReplayNode passes
+      `lp.register_stop_handler`. Closing is not a method because this
+      object's public methods are what clients may call.
   """
 
   def __init__(
@@ -113,8 +120,9 @@ class ReplayService:
     tables: Sequence[Table | Mapping[str, Any]],
     checkpoint_dir: str | None = None,
     writer_lease_seconds: float = WRITER_LEASE_SECONDS,
+    register_close: Callable[[Callable[[], None]], Any] | None = None,
   ):
-    self._lease_seconds = _positive_seconds(writer_lease_seconds, "writer_lease_seconds")
+    self._lease_seconds = positive_seconds(writer_lease_seconds, "writer_lease_seconds")
     self._store, built = build_tables(tables)
     self._tables: dict[str, Table] = {t.name: t for t in built}
     # Trajectory writer id -> its lease on the chunks it holds (see insert_trajectories).
@@ -124,12 +132,29 @@ class ReplayService:
     self._closing = threading.Event()
     self._checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     self._checkpoint_lock = threading.Lock()
-    self._periodic: Any = None  # a ReplayNode's PeriodicCheckpointer, if it has one
     self._restored_from: str | None = None
-    """The checkpoint the tables were restored from, if any."""
     if self._checkpoint_dir is not None:
       checkpoint_lib.remove_stale_temp_files(self._checkpoint_dir)  # crashes' leftovers
       self._restore_latest()
+    if register_close is not None:
+      register_close(self._close)
+
+  # In-process access (attributes, not methods: clients cannot call them).
+
+  @property
+  def tables(self) -> dict[str, Table]:
+    """The served tables by name."""
+    return dict(self._tables)
+
+  @property
+  def chunk_store(self) -> ChunkStore:
+    """The store of data the tables share."""
+    return self._store
+
+  @property
+  def restored_from(self) -> str | None:
+    """The checkpoint the tables were restored from on start, or None."""
+    return self._restored_from
 
   # RPC methods.
 
@@ -454,12 +479,12 @@ class ReplayService:
       table = self._table(name)
       try:
         if isinstance(values, Sequence | np.ndarray) and not isinstance(values, str):
-          targets[table] = _priority_list(values, count)
+          targets[table] = selectors.check_priorities(values, count)
         else:
           targets[table] = selectors.check_priority(values)  # one for every item
       except ValueError as e:
         raise ValueError(f"table {name!r}: {e}") from None
-      table._check_signature(specs)
+      table.check_signature(specs)
     return structure, arrays, targets, count
 
 
@@ -480,7 +505,8 @@ def _triple(group: Any) -> tuple[Any, Any, Any]:
   return tuple(group)
 
 
-def _positive_seconds(value: Any, name: str) -> float:
+def positive_seconds(value: Any, name: str) -> float:
+  """`value` as a float, or ValueError naming `name` unless it is a number of seconds > 0."""
   if (
     isinstance(value, bool)
     or not isinstance(value, int | float)
@@ -492,7 +518,7 @@ def _positive_seconds(value: Any, name: str) -> float:
 
 
 def _deadline(timeout: Any) -> float | None:
-  seconds = _seconds(timeout)
+  seconds = timeout_seconds(timeout)
   return None if seconds is None else time.monotonic() + seconds
 
 
@@ -583,16 +609,16 @@ class Server:
   @property
   def tables(self) -> dict[str, Table]:
     """The served tables by name (in-process access, e.g. for checkpoints)."""
-    return dict(self._service._tables)
+    return self._service.tables
 
   @property
   def chunk_store(self) -> ChunkStore:
-    return self._service._store
+    return self._service.chunk_store
 
   @property
   def restored_from(self) -> str | None:
     """The checkpoint the tables were restored from on start, or None."""
-    return self._service._restored_from
+    return self._service.restored_from
 
   def table_stats(self) -> dict[str, dict[str, int]]:
     """Table name -> {"size", "max_size", "num_inserts", "num_samples"} (Table.stats()).
@@ -628,4 +654,4 @@ class Server:
     self.stop()
 
   def __repr__(self) -> str:
-    return f"<replay.Server at {self.address}, tables {list(self._service._tables)}>"
+    return f"<replay.Server at {self.address}, tables {list(self._service.tables)}>"

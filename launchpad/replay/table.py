@@ -1,8 +1,8 @@
 """Table: a thread-safe, rate-limited collection of prioritised items.
 
-Reverb's `Table`, in process. Each item has a uint64 key, a priority, a count
-of the times it was sampled, and data given as references to chunks in a
-shared `ChunkStore` (see chunk_store.py). A table has
+Reverb's `Table`, in process. Each item (item.py) has a uint64 key, a
+priority, a count of the times it was sampled, and data given as references
+to chunks in a shared `ChunkStore` (see chunk_store.py). A table has
 
   a sampler   a selector (selectors.py) that picks the item `sample` returns;
   a remover   a selector that picks the item evicted when an insert takes the
@@ -29,8 +29,10 @@ One call asks for at most MAX_SAMPLES_PER_CALL items.
 `snapshot()` captures everything a checkpoint needs (items in insertion
 order with their priorities and times sampled, the chunks they reference,
 the limiter's counters, the order heaps break ties in) as plain Python and
-numpy values that pickle; `restore()` and `Table.from_snapshot()` bring it
-back. Invalid arguments raise ValueError before anything changes.
+numpy values that pickle (the format: snapshot.py); `restore()` and
+`Table.from_snapshot()` bring it back. A signature (signature.py) fixes the
+dtype and shape of every item's columns. Invalid arguments raise ValueError
+before anything changes.
 """
 
 from __future__ import annotations
@@ -40,25 +42,22 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from launchpad.replay import chunk_store as chunk_store_lib
 from launchpad.replay import rate_limiters, selectors
+from launchpad.replay import signature as signature_lib
+from launchpad.replay import snapshot as snapshot_lib
 from launchpad.replay import structure as structure_lib
-from launchpad.replay.chunk_store import ChunkRef, ChunkStore, ColumnSpec, check_key
+from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key
 from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
+from launchpad.replay.item import Item, SampledItem
 from launchpad.replay.table_info import TableInfo
 
 Timeout = float | datetime.timedelta | None
 """Seconds (or a timedelta) to wait; None waits as long as it takes; 0 does not wait."""
-
-Signature = Mapping[str, tuple[Any, Sequence[int | None]]]
-"""column -> (dtype, shape) of the column's resolved array; None in a shape matches any size."""
-
-SNAPSHOT_FORMAT = "launchpad.replay.Table"
-SNAPSHOT_VERSION = 1
 
 MAX_SAMPLES_PER_CALL = 65_536
 """The most items one sample call may ask for.
@@ -67,71 +66,6 @@ A call's items, their data and its reply are all in memory at once, on the
 server and on the client: a larger request is refused (ValueError) before
 anything changes. Sample in calls of at most this many items instead.
 """
-
-
-class SampledItem(NamedTuple):
-  """One sampled item, as `Table.sample` returns it (unpacks as a tuple too)."""
-
-  key: int
-  data: dict[str, np.ndarray]
-  """column -> array; read-only views of the chunks where no copy was needed."""
-  probability: float
-  """The probability the sampler had of choosing this item."""
-  table_size: int
-  """The number of items in the table when it was sampled."""
-  priority: float
-  times_sampled: int
-  """Including this sample."""
-  structure: Any = None
-  """How `data`'s columns nest (structure.unflatten); None: a flat dict."""
-
-
-class _Item:
-  """An item of the table. Its data is `refs` into `chunks`, in one of two forms:
-
-  row < 0   refs is column -> canonical [(chunk_key, slice or index), ...]
-  row >= 0  refs is column -> chunk_key, and the item is that row of each
-            chunk: the compact form of insert_many, whose items share one
-            refs dict and one chunks dict (no objects of their own for data)
-  """
-
-  __slots__ = (
-    "chunks",
-    "inserted_seq",
-    "key",
-    "priority",
-    "refs",
-    "row",
-    "structure",
-    "times_sampled",
-    "updated_seq",
-  )
-
-  def __init__(
-    self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq, structure, row=-1
-  ):
-    self.key: int = key
-    self.priority: float = priority
-    self.times_sampled: int = times_sampled
-    self.refs: Mapping[str, Any] = refs
-    self.chunks: dict[int, np.ndarray] = chunks  # one reference held in the store for each
-    self.inserted_seq: int = inserted_seq
-    self.updated_seq: int = updated_seq
-    self.structure: Any = structure
-    self.row: int = row
-
-  def data_refs(self) -> dict[str, tuple[ChunkRef, ...]]:
-    """The item's canonical data references, whichever form it is stored in."""
-    if self.row < 0:
-      return dict(self.refs)
-    return {column: ((chunk, self.row),) for column, chunk in self.refs.items()}
-
-  def resolve(self) -> dict[str, np.ndarray]:
-    """The item's arrays (read-only views of its chunks where no copy is needed)."""
-    if self.row < 0:
-      return chunk_store_lib.resolve(self.refs, self.chunks)
-    row, chunks = self.row, self.chunks
-    return {column: chunks[chunk][row, ...] for column, chunk in self.refs.items()}
 
 
 class _CallStats:
@@ -151,89 +85,14 @@ class _CallStats:
     return {name: getattr(self, name) for name in self.__slots__}
 
 
-def _seconds(timeout: Timeout) -> float | None:
+def timeout_seconds(timeout: Timeout) -> float | None:
+  """`timeout` in seconds: None (no bound) for None or infinity; ValueError if NaN or < 0."""
   if timeout is None:
     return None
   seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else float(timeout)
   if math.isnan(seconds) or seconds < 0:
     raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
   return None if math.isinf(seconds) else seconds
-
-
-def _normalize_signature(signature: Signature | None) -> dict[str, ColumnSpec] | None:
-  if signature is None:
-    return None
-  if not isinstance(signature, Mapping) or not signature:
-    raise ValueError(
-      f"signature must be a non-empty mapping column -> (dtype, shape), got {signature!r}"
-    )
-  result: dict[str, ColumnSpec] = {}
-  for column, spec in signature.items():
-    if not isinstance(column, str):
-      raise ValueError(f"signature: column names must be strings, got {column!r}")
-    try:
-      dtype, shape = spec
-      dtype = np.dtype(dtype)
-      dims = tuple(shape)
-    except (TypeError, ValueError):
-      raise ValueError(
-        f"signature column {column!r}: expected (dtype, shape), got {spec!r}"
-      ) from None
-    for dim in dims:
-      if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 0):
-        raise ValueError(
-          f"signature column {column!r}: dimensions must be ints >= 0 or None, got {shape!r}"
-        )
-    result[column] = ColumnSpec(dtype, dims)
-  return result
-
-
-def _plain_signature(
-  signature: Mapping[str, ColumnSpec] | None,
-) -> dict[str, tuple[Any, list]] | None:
-  if signature is None:
-    return None
-  return {
-    column: (spec.dtype.str if spec.dtype.fields is None else spec.dtype.descr, list(spec.shape))
-    for column, spec in signature.items()
-  }
-
-
-def _format_shape(shape: Sequence[int | None]) -> str:
-  return (
-    "("
-    + ", ".join("None" if d is None else str(d) for d in shape)
-    + ("," if len(shape) == 1 else "")
-    + ")"
-  )
-
-
-def _shape_matches(actual: Sequence[int], expected: Sequence[int | None]) -> bool:
-  return len(actual) == len(expected) and all(
-    e is None or a == e for a, e in zip(actual, expected, strict=True)
-  )
-
-
-def _priority_list(priorities: Any, count: int) -> list[float]:
-  """`count` checked priorities from one priority or a sequence (or array) of them."""
-  if isinstance(priorities, np.ndarray):
-    priorities = priorities.tolist()
-  if not isinstance(priorities, Sequence) or isinstance(priorities, str):
-    return [selectors.check_priority(priorities)] * count
-  if len(priorities) != count:
-    raise ValueError(f"{count} items but {len(priorities)} priorities")
-  values = []
-  for i, priority in enumerate(priorities):
-    try:
-      values.append(selectors.check_priority(priority))
-    except ValueError as e:
-      raise ValueError(f"item {i} of the batch: {e}") from None
-  return values
-
-
-def _chunk_keys(refs: Mapping[str, Sequence[ChunkRef]]) -> list[int]:
-  """The distinct chunks an item references, in order of first use."""
-  return list(dict.fromkeys(key for entries in refs.values() for key, _ in entries))
 
 
 class Table:
@@ -265,7 +124,7 @@ class Table:
     max_size: int,
     rate_limiter: rate_limiters.RateLimiter,
     max_times_sampled: int = 0,
-    signature: Signature | None = None,
+    signature: signature_lib.Signature | None = None,
     chunk_store: ChunkStore | None = None,
   ):
     if not isinstance(name, str) or not name:
@@ -287,8 +146,8 @@ class Table:
       raise TypeError(f"table {name!r}: rate_limiter must be a RateLimiter, got {rate_limiter!r}")
     if chunk_store is not None and not isinstance(chunk_store, ChunkStore):
       raise TypeError(f"table {name!r}: chunk_store must be a ChunkStore, got {chunk_store!r}")
-    self._signature = _normalize_signature(signature)
-    rate_limiter._register(name)  # last: a failed construction leaves the limiter free
+    self._signature = signature_lib.normalize(signature)
+    rate_limiter.register(name)  # last: a failed construction leaves the limiter free
 
     self._name = name
     self._sampler = sampler
@@ -301,7 +160,7 @@ class Table:
     self._lock = threading.Lock()
     self._can_insert = threading.Condition(self._lock)
     self._can_sample = threading.Condition(self._lock)
-    self._items: dict[int, _Item] = {}  # in insertion order (dicts keep it)
+    self._items: dict[int, Item] = {}  # in insertion order (dicts keep it)
     self._seq = 0  # orders inserts and updates, for snapshots
     self._epoch = 0  # counts resets and restores, which make pending samples' undo moot
     self._closed = False
@@ -383,6 +242,13 @@ class Table:
   def __repr__(self) -> str:
     return f"Table(name={self._name!r}, size={len(self)}, max_size={self._max_size})"
 
+  def check_signature(self, specs: Mapping[str, ColumnSpec]) -> None:
+    """Raises ValueError, naming the table and the column, unless `specs` match the signature.
+
+    `specs` are an item's columns, column -> ColumnSpec (signature.py).
+    """
+    signature_lib.check(self._name, self._signature, specs)
+
   def can_insert(self, num_inserts: int = 1) -> bool:
     """Whether `num_inserts` inserts could proceed now without waiting."""
     with self._lock:
@@ -426,11 +292,11 @@ class Table:
     key = self._checked(check_key, key, "item key")
     priority = self._checked(selectors.check_priority, priority)
     refs, specs = self._checked(self._store.normalize, data_refs)
-    self._check_signature(specs)
+    self.check_signature(specs)
     if structure is not None:
       self._checked(structure_lib.check, structure, refs)
-    seconds = _seconds(timeout)
-    chunk_keys = _chunk_keys(refs)
+    seconds = timeout_seconds(timeout)
+    chunk_keys = chunk_store_lib.chunk_keys(refs)
     with self._lock:
       if self._closed:
         raise TableClosedError(self._name, "insert")
@@ -454,7 +320,7 @@ class Table:
         self._store.release(chunk_keys)
         raise
       seq = self._next_seq()
-      self._items[key] = _Item(key, priority, 0, refs, chunks, seq, seq, structure)
+      self._items[key] = Item(key, priority, 0, refs, chunks, seq, seq, structure)
       self._limiter.record_insert()
       self._stats["inserts"] += 1
       self._evict()
@@ -503,13 +369,13 @@ class Table:
     count = len(keys)
     if len(set(keys)) != count:
       raise ValueError(f"table {self._name!r}: the batch's item keys are not distinct")
-    values = self._checked(_priority_list, priorities, count)
+    values = self._checked(selectors.check_priorities, priorities, count)
     arrays, specs = self._checked(self._store.rows, columns, count)
     columns = {column: int(chunk) for column, chunk in columns.items()}  # checked by rows()
-    self._check_signature(specs)
+    self.check_signature(specs)
     if structure is not None:
       self._checked(structure_lib.check, structure, columns)
-    seconds = _seconds(timeout)
+    seconds = timeout_seconds(timeout)
     deadline = None if seconds is None else time.monotonic() + seconds
     done = 0
     try:
@@ -650,7 +516,7 @@ class Table:
         max_size=self._max_size,
         max_times_sampled=self._max_times_sampled,
         rate_limiter_info=limiter,
-        signature=_plain_signature(self._signature),
+        signature=signature_lib.plain(self._signature),
         current_size=len(self._items),
         num_unique_samples=stats["unique_samples"],
         closed=self._closed,
@@ -668,45 +534,38 @@ class Table:
   def snapshot(self) -> dict[str, Any]:
     """The table's whole state, consistent at one instant, as plain picklable values.
 
-    Keys: format, version, name, max_size, max_times_sampled, sampler and
-    remover (their options), signature, rate_limiter (configuration and
-    counters), stats, next_seq, items (in insertion order: key, priority,
-    times_sampled, data refs, inserted_seq, updated_seq, structure) and chunks
-    (chunk_key -> array, every chunk the items reference, shared not copied:
-    they are read-only). A server-wide checkpoint can merge the chunks of
-    several tables by key, since equal keys hold equal data.
+    See snapshot.py for what it holds. Its chunks are shared, not copied
+    (they are read-only).
     """
     with self._lock:
       items = []
       chunks: dict[int, np.ndarray] = {}
       for item in self._items.values():
         items.append(
-          {
-            "key": item.key,
-            "priority": item.priority,
-            "times_sampled": item.times_sampled,
-            "data": {column: list(entries) for column, entries in item.data_refs().items()},
-            "inserted_seq": item.inserted_seq,
-            "updated_seq": item.updated_seq,
-            "structure": item.structure,
-          }
+          snapshot_lib.item_entry(
+            item.key,
+            item.priority,
+            item.times_sampled,
+            item.data_refs(),
+            item.inserted_seq,
+            item.updated_seq,
+            item.structure,
+          )
         )
         chunks.update(item.chunks)
-      return {
-        "format": SNAPSHOT_FORMAT,
-        "version": SNAPSHOT_VERSION,
-        "name": self._name,
-        "max_size": self._max_size,
-        "max_times_sampled": self._max_times_sampled,
-        "sampler": self._sampler.options(),
-        "remover": self._remover.options(),
-        "signature": _plain_signature(self._signature),
-        "rate_limiter": self._limiter.snapshot(),
-        "stats": dict(self._stats),
-        "next_seq": self._seq,
-        "items": items,
-        "chunks": chunks,
-      }
+      return snapshot_lib.encode(
+        name=self._name,
+        max_size=self._max_size,
+        max_times_sampled=self._max_times_sampled,
+        sampler=self._sampler.options(),
+        remover=self._remover.options(),
+        signature=self._signature,
+        rate_limiter=self._limiter.snapshot(),
+        stats=self._stats,
+        next_seq=self._seq,
+        items=items,
+        chunks=chunks,
+      )
 
   def restore(self, snapshot: Mapping[str, Any]) -> None:
     """Replaces this table's contents and limiter counters with a snapshot's.
@@ -722,24 +581,33 @@ class Table:
     Raises:
       ValueError: the snapshot is malformed or does not fit this table.
     """
-    prepared, chunks, counters, stats, next_seq = self._check_snapshot(snapshot)
+    prepared = snapshot_lib.prepare(
+      snapshot, self._name, self._max_size, self._signature, self._stats.keys()
+    )
     with self._lock:
-      self._store_all(chunks)
+      self._store_all(prepared.chunks)
       old = [key for item in self._items.values() for key in item.chunks]
       self._items = {}
       self._sampler.clear()
       self._remover.clear()
       self._store.release(old)
-      for key, priority, times_sampled, refs, inserted_seq, updated_seq, structure in prepared:
-        arrays = self._store.acquire(_chunk_keys(refs))
-        self._items[key] = _Item(
-          key, priority, times_sampled, refs, arrays, inserted_seq, updated_seq, structure
+      for entry in prepared.items:
+        arrays = self._store.acquire(chunk_store_lib.chunk_keys(entry.refs))
+        self._items[entry.key] = Item(
+          entry.key,
+          entry.priority,
+          entry.times_sampled,
+          entry.refs,
+          arrays,
+          entry.inserted_seq,
+          entry.updated_seq,
+          entry.structure,
         )
-      self._store.release(chunks)  # the references _store_all took; the items hold their own
+      self._store.release(prepared.chunks)  # _store_all's references; the items hold their own
       self._rebuild_selectors()
-      self._limiter.restore_counters(counters)
-      self._stats.update(stats)
-      self._seq = next_seq
+      self._limiter.restore_counters(prepared.counters)
+      self._stats.update(prepared.stats)
+      self._seq = prepared.next_seq
       self._epoch += 1
       self._notify()
 
@@ -748,18 +616,7 @@ class Table:
     cls, snapshot: Mapping[str, Any], chunk_store: ChunkStore | None = None
   ) -> Table:
     """A new table configured and filled as the snapshot says (for loading a checkpoint)."""
-    if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
-      raise ValueError("not a launchpad.replay.Table snapshot")
-    table = cls(
-      name=snapshot["name"],
-      sampler=selectors.from_options(snapshot["sampler"]),
-      remover=selectors.from_options(snapshot["remover"]),
-      max_size=snapshot["max_size"],
-      rate_limiter=rate_limiters.RateLimiter.from_snapshot(snapshot["rate_limiter"]),
-      max_times_sampled=snapshot["max_times_sampled"],
-      signature=snapshot["signature"],
-      chunk_store=chunk_store,
-    )
+    table = cls(**snapshot_lib.configuration(snapshot), chunk_store=chunk_store)
     table.restore(snapshot)
     return table
 
@@ -772,30 +629,6 @@ class Table:
     except ValueError as e:
       where = f"table {self._name!r}" + (f", {context}" if context else "")
       raise ValueError(f"{where}: {e}") from None
-
-  def _check_signature(self, specs: Mapping[str, ColumnSpec]) -> None:
-    signature = self._signature
-    if signature is None:
-      return
-    for column in specs:
-      if column not in signature:
-        raise ValueError(
-          f"table {self._name!r}: column {column!r} is not in the table's signature "
-          f"(columns: {', '.join(map(repr, signature))})"
-        )
-    for column, expected in signature.items():
-      actual = specs.get(column)
-      if actual is None:
-        raise ValueError(
-          f"table {self._name!r}: the item has no column {column!r}, which the signature "
-          f"requires (dtype {expected.dtype}, shape {_format_shape(expected.shape)})"
-        )
-      if actual.dtype != expected.dtype or not _shape_matches(actual.shape, expected.shape):
-        raise ValueError(
-          f"table {self._name!r}: column {column!r} does not match the signature: expected "
-          f"dtype {expected.dtype} and shape {_format_shape(expected.shape)}, got dtype "
-          f"{actual.dtype} and shape {_format_shape(actual.shape)}"
-        )
 
   def _await(
     self,
@@ -848,7 +681,7 @@ class Table:
     self._seq += 1
     return self._seq
 
-  def _set_priorities(self, items: list[_Item], priorities: list[float]) -> None:
+  def _set_priorities(self, items: list[Item], priorities: list[float]) -> None:
     """(lock held) Priorities already checked; items are in the table."""
     keys = [item.key for item in items]
     self._sampler.update_many(keys, priorities)
@@ -890,7 +723,7 @@ class Table:
       seq = self._seq
       for row, key, priority in zip(rows, keys, priorities, strict=True):
         seq += 1
-        items[key] = _Item(key, priority, 0, columns, arrays, seq, seq, structure, row)
+        items[key] = Item(key, priority, 0, columns, arrays, seq, seq, structure, row)
       self._seq = seq
       self._limiter.record_insert(len(keys))
       self._stats["inserts"] += len(keys)
@@ -904,11 +737,11 @@ class Table:
       ValueError: a selector refused a priority (a weight that overflows).
     """
     try:
-      self._sampler._add_new(keys, priorities)
+      self._sampler.insert_unchecked(keys, priorities)
     except ValueError as e:
       raise ValueError(f"table {self._name!r}: sampler: {e}") from None
     try:
-      self._remover._add_new(keys, priorities)
+      self._remover.insert_unchecked(keys, priorities)
     except ValueError as e:
       for key in keys:
         self._sampler.delete(key)
@@ -920,7 +753,7 @@ class Table:
       victim, _ = self._remover.sample()
       self._remove(self._items[victim], "evictions")
 
-  def _remove(self, item: _Item, reason: str, release: bool = True) -> None:
+  def _remove(self, item: Item, reason: str, release: bool = True) -> None:
     """(lock held) Removes an item and, unless told not to, drops its chunk references."""
     del self._items[item.key]
     self._sampler.delete(item.key)
@@ -939,24 +772,24 @@ class Table:
         order.sort(key=lambda item: item.updated_seq)
       selector.insert_many([item.key for item in order], [item.priority for item in order])
 
-  def _check_num_samples(self, num_samples: Any) -> int:
+  def _bad_num_samples(self, num_samples: Any) -> ValueError:
+    """The error for a `num_samples` that is not an int in [1, MAX_SAMPLES_PER_CALL]."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-      raise ValueError(
+      return ValueError(
         f"table {self._name!r}: num_samples must be a positive integer, got {num_samples!r}"
       )
-    if num_samples > MAX_SAMPLES_PER_CALL:
-      raise ValueError(
-        f"table {self._name!r}: num_samples={num_samples} is more than one call may ask for "
-        f"(at most {MAX_SAMPLES_PER_CALL}, launchpad.replay.MAX_SAMPLES_PER_CALL): a call's "
-        "items are all in memory at once. Sample in chunks: call sample() or sample_batch() "
-        f"repeatedly with at most {MAX_SAMPLES_PER_CALL} items each"
-      )
-    return num_samples
+    return ValueError(
+      f"table {self._name!r}: num_samples={num_samples} is more than one call may ask for "
+      f"(at most {MAX_SAMPLES_PER_CALL}, launchpad.replay.MAX_SAMPLES_PER_CALL): a call's "
+      "items are all in memory at once. Sample in chunks: call sample() or sample_batch() "
+      f"repeatedly with at most {MAX_SAMPLES_PER_CALL} items each"
+    )
 
   def _take(self, sampling: Sampling, num_samples: Any, timeout: Timeout) -> list[SampledItem]:
     """Samples for `sampling` (see `sampling()`), logging in it what it did."""
-    num_samples = self._check_num_samples(num_samples)
-    seconds = _seconds(timeout)
+    if type(num_samples) is not int or not 0 < num_samples <= MAX_SAMPLES_PER_CALL:
+      raise self._bad_num_samples(num_samples)
+    seconds = timeout_seconds(timeout)
     picked: list[tuple] = []
     with self._lock:
       self._await("sample", self._can_sample, self._limiter.can_sample, seconds)
@@ -1007,9 +840,8 @@ class Table:
 
   def _commit(self, sampling: Sampling) -> None:
     """Makes a transaction's samples final: the items it took out drop their chunks."""
-    released = [key for item in sampling.expired for key in item.chunks]
-    sampling.drawn, sampling.firsts, sampling.expired = [], [], []
-    self._store.release(released)
+    if sampling.expired:
+      self._store.release([key for item in sampling.expired for key in item.chunks])
 
   def _undo(self, sampling: Sampling) -> None:
     """Undoes a transaction's samples (see `sampling()`)."""
@@ -1040,9 +872,9 @@ class Table:
 
   def _forget(self, sampling: Sampling) -> None:
     """(lock held) Drops a transaction's log after a reset or restore wiped what it took."""
-    released = [key for item in sampling.expired for key in item.chunks]
+    if sampling.expired:
+      self._store.release([key for item in sampling.expired for key in item.chunks])
     sampling.drawn, sampling.firsts, sampling.expired = [], [], []
-    self._store.release(released)
 
   def _store_all(self, chunks: Mapping[int, np.ndarray]) -> None:
     """(lock held) Puts chunks in the store, each with one reference; all or none."""
@@ -1055,71 +887,11 @@ class Table:
       self._store.release(done)
       raise ValueError(f"table {self._name!r}: cannot restore: {e}") from None
 
-  def _check_snapshot(self, snapshot: Any) -> tuple:
-    """Validates a snapshot against this table; returns what `restore` needs."""
-    name = self._name
-
-    def bad(message: str) -> ValueError:
-      return ValueError(f"table {name!r}: cannot restore: {message}")
-
-    if not isinstance(snapshot, Mapping) or snapshot.get("format") != SNAPSHOT_FORMAT:
-      raise bad("not a launchpad.replay.Table snapshot")
-    if snapshot.get("version") != SNAPSHOT_VERSION:
-      raise bad(f"snapshot version {snapshot.get('version')!r}, this code reads {SNAPSHOT_VERSION}")
-    try:
-      raw_items = list(snapshot["items"])
-      raw_chunks = dict(snapshot["chunks"])
-      limiter = rate_limiters.RateLimiter.from_snapshot(snapshot["rate_limiter"])
-      stats = {k: int(v) for k, v in dict(snapshot.get("stats", {})).items() if k in self._stats}
-      next_seq = int(snapshot.get("next_seq", 0))
-    except (KeyError, TypeError, ValueError) as e:
-      raise bad(f"malformed snapshot ({type(e).__name__}: {e})") from None
-    if len(raw_items) > self._max_size:
-      raise bad(f"{len(raw_items)} items do not fit max_size {self._max_size}")
-    chunks: dict[int, np.ndarray] = {}
-    for key, array in raw_chunks.items():
-      key = check_key(key, "chunk key")
-      array = np.asarray(array)
-      if array.ndim < 1 or array.shape[0] < 1:
-        raise bad(f"chunk {key} has shape {array.shape}: chunks need at least one step")
-      chunks[key] = array
-    prepared = []
-    seen: set[int] = set()
-    used: set[int] = set()
-    for entry in raw_items:
-      try:
-        key = check_key(entry["key"], "item key")
-        priority = selectors.check_priority(entry["priority"])
-        times_sampled = entry["times_sampled"]
-        inserted_seq, updated_seq = int(entry["inserted_seq"]), int(entry["updated_seq"])
-        if (
-          isinstance(times_sampled, bool) or not isinstance(times_sampled, int) or times_sampled < 0
-        ):
-          raise ValueError(f"times_sampled must be an integer >= 0, got {times_sampled!r}")
-        refs, specs = chunk_store_lib.normalize_refs(entry["data"], chunks.get)
-        structure = entry.get("structure")
-        if structure is not None:
-          structure_lib.check(structure, refs)
-      except (KeyError, TypeError, ValueError) as e:
-        raise bad(
-          f"item {entry.get('key') if isinstance(entry, Mapping) else entry!r}: {e}"
-        ) from None
-      if key in seen:
-        raise bad(f"item {key} appears twice")
-      seen.add(key)
-      self._check_signature(specs)
-      used.update(_chunk_keys(refs))
-      prepared.append((key, priority, times_sampled, refs, inserted_seq, updated_seq, structure))
-    prepared.sort(key=lambda entry: entry[4])  # insertion order
-    next_seq = max([next_seq, *(max(entry[4], entry[5]) for entry in prepared)])
-    needed = {key: chunks[key] for key in used}  # chunks no item references are not restored
-    return prepared, needed, limiter.snapshot(), stats, next_seq
-
 
 class Sampling:
   """One transaction of samples from a table (`Table.sampling()`): all of them count, or none.
 
-  Use it as a context manager: leaving the block normally commits, an
+  Use it as a context manager, once: leaving the block normally commits, an
   exception undoes every sample taken through it. One thread uses it.
   """
 
@@ -1127,10 +899,10 @@ class Sampling:
 
   def __init__(self, table: Table):
     self.table = table
-    self.drawn: list[_Item] = []  # every item drawn, once per draw
-    self.firsts: list[_Item] = []  # the items it sampled for the first time
-    self.expired: list[_Item] = []  # items that left the table, their chunks still held
-    self.epoch: int | None = None  # the table's epoch when it last sampled
+    self.drawn: list[Item] = []  # every item drawn, once per draw
+    self.firsts: list[Item] = []  # the items it sampled for the first time
+    self.expired: list[Item] = []  # items that left the table, their chunks still held
+    self.epoch = table._epoch  # what it took belongs to this epoch (see Table._forget)
 
   def sample(self, num_samples: int = 1, timeout: Timeout = None) -> list[SampledItem]:
     """Samples as `Table.sample` does, as part of this transaction."""

@@ -57,7 +57,7 @@ import numpy as np
 from launchpad.replay import selectors
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ColumnSpec, new_key
-from launchpad.replay.table import Timeout, _seconds
+from launchpad.replay.table import Timeout, timeout_seconds
 
 if TYPE_CHECKING:
   from launchpad.replay.client import Client
@@ -254,7 +254,7 @@ class TrajectoryWriter:
     self._client = client
     self.num_keep_alive_refs = num_keep_alive_refs
     self.max_chunk_length = max_chunk_length
-    self._timeout = _seconds(timeout)
+    self._timeout = timeout_seconds(timeout)
     self._id = new_key()  # the server tracks the chunks this writer holds under it
     self._specs: dict[str, ColumnSpec] = {}
     self._window: collections.deque[dict[str, _Location]] = collections.deque(
@@ -347,7 +347,7 @@ class TrajectoryWriter:
         before it were inserted, those after it stay queued.
     """
     self._check_open()
-    self._send(self._timeout if timeout is None else _seconds(timeout))
+    self._send(self._timeout if timeout is None else timeout_seconds(timeout))
 
   def end_episode(self, clear_buffers: bool = True, timeout: Timeout = None) -> None:
     """Flushes; with `clear_buffers`, empties the history first (references to it go stale).
