@@ -41,11 +41,13 @@ class DQNConfig:
   insert_period: int = 8  # vector steps between two inserts of an actor
   params_update_period: int = 50  # vector steps between two parameter pulls
 
-  # Evaluation and stopping.
+  # Evaluation and stopping. The evaluator stops the program once an evaluation
+  # reaches `target_return`, or, once the actors have taken `max_env_steps`
+  # steps, after one last evaluation.
   eval_period: int = 1000  # environment steps between evaluations
   eval_episodes: int = 10
-  target_return: float = 195.0  # the program stops once an evaluation reaches it
-  max_env_steps: int = 200_000  # ... or once the actors have taken this many steps
+  target_return: float = 195.0
+  max_env_steps: int = 200_000
 
   # Every call to another node gives up after this many seconds.
   timeout_seconds: float = 60.0

@@ -1,4 +1,4 @@
-"""The evaluator: greedy episodes every so many environment steps, and the learning curve."""
+"""The evaluator: greedy episodes every so many environment steps, the curve, the run's end."""
 
 from __future__ import annotations
 
@@ -55,10 +55,13 @@ class Evaluator:
   """Evaluates the learner's network every `config.eval_period` environment steps.
 
   Each evaluation runs `config.eval_episodes` greedy episodes at once and
-  adds a row to dqn_evaluations.csv. Once the mean return reaches
-  `config.target_return` the evaluator stops the program; however the
-  program ends, it draws the learning curve (dqn_curve.png) first.
-  Served by a CourierNode so that a test can call `evaluate()`.
+  adds a row to dqn_evaluations.csv. The evaluator ends the run: it stops
+  the program once the mean return reaches `config.target_return`, or once
+  the actors have taken `config.max_env_steps` steps, after one last
+  evaluation, so that the curve ends with the network trained on all of
+  them. However the program ends, it draws the learning curve
+  (dqn_curve.png) first. Served by a CourierNode so that a test can call
+  `evaluate()`.
   """
 
   def __init__(
@@ -97,29 +100,36 @@ class Evaluator:
 
   def run(self) -> None:
     try:
-      solved = self._evaluate_until_solved()
+      reason = self._evaluate_until_done()
     finally:
       self._save_curve()
-    if solved:
-      last = self._evaluations[-1]
-      print(
-        f"Evaluator: reached the target return {self._config.target_return:g} after "
-        f"{last.env_steps} environment steps, {last.seconds:.1f} s; stopping the program",
-        flush=True,
-      )
+    if reason:
+      print(f"Evaluator: {reason}; stopping the program", flush=True)
       lp.stop()
 
-  def _evaluate_until_solved(self) -> bool:
-    """Evaluates whenever an evaluation is due; True once one reached the target."""
+  def _evaluate_until_done(self) -> str | None:
+    """Evaluates whenever an evaluation is due, until one ends the run; then why it does.
+
+    An evaluation is due every `eval_period` environment steps and once the
+    step budget is spent. None if the program was stopped by something else.
+    """
+    config = self._config
     next_due = 0
     while not lp.wait_for_stop(POLL_SECONDS):
       if self._counter.get_counts()[ENV_STEPS] < next_due:
         continue
       evaluation = self.evaluate()
-      if evaluation.mean_return >= self._config.target_return:
-        return True
-      next_due = evaluation.env_steps + self._config.eval_period
-    return False
+      if evaluation.mean_return >= config.target_return:
+        return (
+          f"reached the target return {config.target_return:g} after "
+          f"{evaluation.env_steps} environment steps, {evaluation.seconds:.1f} s"
+        )
+      if evaluation.env_steps >= config.max_env_steps:
+        return (
+          f"{evaluation.env_steps} environment steps reached the budget of {config.max_env_steps}"
+        )
+      next_due = min(evaluation.env_steps + config.eval_period, config.max_env_steps)
+    return None
 
   def _write_rows(self, rows: list[tuple], mode: str) -> None:
     with (self._directory / EVALUATIONS_FILE).open(mode, newline="") as f:

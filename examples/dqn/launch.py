@@ -4,7 +4,8 @@
   python examples/dqn/launch.py --num_actors=2        # every node a thread
 
 It runs until an evaluation reaches --target_return (195: the mean of 10
-greedy episodes) or the actors have taken --max_env_steps steps, and leaves
+greedy episodes), or until the actors have taken --max_env_steps steps and
+the evaluator has evaluated the network once more, and leaves
 dqn_curve.png and dqn_evaluations.csv in --output_dir (default: the run
 directory of a multiprocess launch, else the current directory).
 """
@@ -29,7 +30,9 @@ from dqn.program import make_program
 _DEFAULTS = DQNConfig()
 _NUM_ACTORS = flags.DEFINE_integer("num_actors", 4, "How many actor nodes.")
 _MAX_ENV_STEPS = flags.DEFINE_integer(
-  "max_env_steps", _DEFAULTS.max_env_steps, "Stop once the actors have taken this many steps."
+  "max_env_steps",
+  _DEFAULTS.max_env_steps,
+  "Stop, after one last evaluation, once the actors have taken this many steps.",
 )
 _TARGET_RETURN = flags.DEFINE_float(
   "target_return", _DEFAULTS.target_return, "Stop once an evaluation's mean return reaches this."

@@ -21,7 +21,7 @@ def make_program(
   """
   program = lp.Program("dqn")
   replay = program.add_node(lp.ReplayNode([make_table(config)]), label="replay")
-  counter = program.add_node(lp.CourierNode(Counter, config.max_env_steps), label="counter")
+  counter = program.add_node(lp.CourierNode(Counter), label="counter")
   learner = program.add_node(lp.CourierNode(Learner, replay, config), label="learner")
   with program.group("actor"):
     for actor_id in range(num_actors):

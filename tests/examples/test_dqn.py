@@ -2,8 +2,9 @@
 
 These runs are a few hundred environment steps: they check that every node
 does its part (data reaches replay, the learner steps and updates priorities,
-the evaluator records returns and draws the curve, the counter or the
-evaluator stops the program), not that the agent learns (docs/examples.md).
+the counter adds up steps, the evaluator records returns, draws the curve and
+stops the program at the target or the step budget), not that the agent
+learns (docs/examples.md).
 """
 
 import csv
@@ -196,7 +197,9 @@ def test_actors_fill_replay_and_the_learner_and_evaluator_use_it(lp_launch, tmp_
   assert [int(row["learner_steps"]) for row in rows] == [5]
 
 
-def test_counter_stops_the_program_at_the_step_budget(lp_launch, tmp_path, capsys):
+def test_evaluator_stops_the_program_at_the_step_budget_after_a_last_evaluation(
+  lp_launch, tmp_path, capsys
+):
   config = dataclasses.replace(SMALL, max_env_steps=600)
   controller = lp_launch(program.make_program(config, num_actors=2, output_dir=str(tmp_path)))
   assert controller.wait(timeout=WAIT_SECONDS)
@@ -206,19 +209,20 @@ def test_counter_stops_the_program_at_the_step_budget(lp_launch, tmp_path, capsy
   assert "reached the target return" not in out
   rows = _read_rows(tmp_path / evaluator.EVALUATIONS_FILE)
   assert rows and all(float(row["mean_return"]) >= 8 for row in rows)
+  assert int(rows[-1]["env_steps"]) >= 600  # the last evaluation came after the budget
   assert (tmp_path / evaluator.CURVE_FILE).stat().st_size > 0
 
 
-def test_counter_counts_and_stops_the_program_at_its_budget(lp_launch):
+def test_counter_adds_up_what_every_caller_sends(lp_launch):
   counter_program = lp.Program("counter")
-  handle = counter_program.add_node(lp.CourierNode(counter.Counter, max_env_steps=10))
-  controller = lp_launch(counter_program)
+  handle = counter_program.add_node(lp.CourierNode(counter.Counter))
+  lp_launch(counter_program)
   client = handle.dereference().with_timeout(WAIT_SECONDS)
+  assert client.get_counts() == {"env_steps": 0}
   assert client.increment(env_steps=4, learner_steps=1) == {"env_steps": 4, "learner_steps": 1}
-  assert client.get_counts() == {"env_steps": 4, "learner_steps": 1}
-  assert not controller.done
-  assert client.increment(env_steps=6)["env_steps"] == 10  # the budget: the counter stops it
-  assert controller.wait(timeout=WAIT_SECONDS)
+  futures = [client.futures.increment(env_steps=1) for _ in range(20)]
+  assert sorted(f.result(timeout=WAIT_SECONDS)["env_steps"] for f in futures) == list(range(5, 25))
+  assert client.get_counts() == {"env_steps": 24, "learner_steps": 1}
 
 
 # The script, as a user runs it.
@@ -266,7 +270,7 @@ def test_script_in_processes_writes_the_curve_into_the_run_directory(tmp_path):
   [learner_line] = [line for line in out.splitlines() if "Learner: stopped after" in line]
   assert int(learner_line.split()[-2]) > 0, learner_line
   rows = _read_rows(run_dir / evaluator.EVALUATIONS_FILE)
-  assert rows and int(rows[-1]["env_steps"]) > 0
+  assert rows and int(rows[-1]["env_steps"]) >= 800
   assert (run_dir / evaluator.CURVE_FILE).stat().st_size > 0
 
 
