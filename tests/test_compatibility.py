@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -425,9 +426,21 @@ def raw_server(address):
     lp.wait_for_stop(TIMEOUT)
 
 
+def connect(port: int) -> socket.socket:
+  """Connects once the server node listens (it starts beside this one)."""
+  deadline = time.monotonic() + TIMEOUT
+  while True:
+    try:
+      return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    except ConnectionRefusedError:
+      if time.monotonic() > deadline:
+        raise
+      threading.Event().wait(0.02)
+
+
 def raw_client(address):
   _, port = address.resolve().rsplit(":", 1)
-  with socket.create_connection(("127.0.0.1", int(port)), timeout=TIMEOUT) as connection:
+  with connect(int(port)) as connection:
     connection.sendall(b"hello")
     reply = connection.recv(16)
   assert reply == b"HELLO", reply

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from launchpad import address, errors, flags
+from launchpad.launch import lifetime, processes, terminals, test, threads
 from launchpad.launch import plan as plan_lib
-from launchpad.launch import processes, terminals, test, threads
 from launchpad.launch.controller import Controller
 from launchpad.program import Program
 from launchpad.tls import TlsConfig
@@ -144,6 +144,10 @@ def launch(
     controller = threads.launch(plan, grace_period)
   if test_case is not None:
     test.add_cleanup(test_case, controller)
+  elif kind != "test_mp":
+    # As in Launchpad, a main may return right after lp.launch: the process
+    # lives until the program ends.
+    lifetime.process.watch(controller)
   launched.append(controller)
   return controller
 

@@ -1,11 +1,12 @@
-"""Keeps the launching process alive until the programs it runs in threads end.
+"""Keeps the launching process alive until the programs it launched end.
 
 Launchpad lets a main return right after `lp.launch(program)` (Acme's mains
 do) and keeps the process alive until the program ends. Python begins to
 shut down as soon as the main module's code ends: from then on a thread can
-no longer register an exit hook (a node creating a ThreadPoolExecutor fails:
-"can't register atexit after shutdown"), and on Python 3.12.0-3.12.1 no
-thread can start at all. So the main thread is held back before that:
+no longer register an exit hook (a local_mt node creating a
+ThreadPoolExecutor fails: "can't register atexit after shutdown"), and on
+Python 3.12.0-3.12.1 no thread can start at all, not even the launchers'
+own. So the main thread is held back before that:
 
 - Python 3.12 and later: `sys.monitoring` reports the return of the
   `__main__` module's code, or its unwinding (`sys.exit()` included), and
@@ -30,8 +31,12 @@ import sys
 import threading
 from collections.abc import Callable
 from types import CodeType, FrameType
+from typing import TYPE_CHECKING
 
 from launchpad import context
+
+if TYPE_CHECKING:
+  from launchpad.launch.controller import Controller
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ _TOOL_IDS = (3, 4)
 
 
 class ProcessLifetime:
-  """The programs this process runs in threads, and the hook that waits for them."""
+  """The programs this process launched, and the hook that waits for them."""
 
   def __init__(self) -> None:
     self._lock = threading.Lock()
@@ -50,6 +55,18 @@ class ProcessLifetime:
     self._idle.set()
     self._hook: _Hook | None = None
     self._atexit_registered = False
+
+  def watch(self, controller: Controller) -> None:
+    """Keeps this process alive until `controller`'s program has ended."""
+    self.started(controller, lambda: bool(controller.failures()))
+
+    def ended_when_done() -> None:
+      controller.wait(raise_error=False)
+      self.ended(controller)
+
+    threading.Thread(
+      target=ended_when_done, name=f"{controller.program}-lifetime", daemon=True
+    ).start()
 
   def started(self, program: object, failed: Callable[[], bool]) -> None:
     """`program` runs; `failed()` tells, once it ended, whether it failed."""

@@ -1,9 +1,7 @@
 """The threads launcher (`local_mt`): every node is a thread of this process.
 
 Nodes still talk through real courier servers and the coordinator, so a
-program that works here works in processes and on other hosts. As in
-Launchpad, the process lives until the program ends even if the main code
-returns right after `lp.launch` (launch/lifetime.py).
+program that works here works in processes and on other hosts.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import time
 
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
-from launchpad.launch import lifetime, worker
+from launchpad.launch import worker
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 
@@ -25,19 +23,16 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   """Starts every node of `plan` in a thread and returns at once.
 
   With `handle_signals` (from the main thread only), Ctrl-C or SIGTERM stops
-  the program gracefully; a second one exits at once. The process then
-  outlives its main code until the program ends, and exits with status 1 if
-  the program failed.
+  the program gracefully; a second one exits at once. If a node fails after
+  the main thread has returned, the process exits with status 1.
   """
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
   workers = _Threads(plan, runtime)
   controller = Controller(plan, coordinator, runtime, workers, grace_period)
-  if handle_signals:
-    lifetime.process.started(controller, lambda: bool(controller.failures()))
   for node in plan.workers:
     workers.start(node.name)
-  controller.start_supervisor(handle_signals, lambda: lifetime.process.ended(controller))
+  controller.start_supervisor(handle_signals)
   return controller
 
 

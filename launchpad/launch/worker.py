@@ -30,8 +30,10 @@ STOP_NEWS_SECONDS = 2.0
 REPORT_SECONDS = 30.0
 
 
-def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
-  """Runs `node` in the calling thread and reports STARTED, then FINISHED or FAILED.
+def run_node(node: Node, runtime: context.ProgramRuntime) -> bool:
+  """Runs `node` in the calling thread and reports STARTED, then FINISHED or
+  FAILED; True if the node returned, or ended with sys.exit() or
+  sys.exit(0) (a finished node, as for a process exiting with status 0).
 
   A node that ends because the program is stopping has stopped, not failed
   (`stopped_by_the_stop`). How it ended is reported from another thread: a
@@ -42,12 +44,16 @@ def run_node(node: Node, runtime: context.ProgramRuntime) -> None:
   event = control_pb2.NodeEvent
   try:
     _report(runtime, event(node=node.name, kind=event.STARTED))
-    ended: BaseException | None = None
+    ending = _Ending(node.name, runtime)
     try:
       node.run(runtime)
     except BaseException as e:  # noqa: BLE001 - every way a node can end is reported
-      ended = e
-    _report_aside(node.name, runtime, ended)
+      ending.error = e  # nothing more here: a stop handler's exception may come at any time
+    try:
+      ending.wait_reported()
+    except BaseException:  # noqa: BLE001 - raised into this thread by a stop handler
+      ending.wait_reported()
+    return ending.error is None or _clean_exit(ending.error)
   finally:
     context.set_node(None)
 
@@ -74,29 +80,51 @@ def report_finished(name: str, runtime: context.ProgramRuntime) -> None:
   _report(runtime, control_pb2.NodeEvent(node=name, kind=control_pb2.NodeEvent.FINISHED))
 
 
-def _report_aside(name: str, runtime: context.ProgramRuntime, ended: BaseException | None) -> None:
-  """Reports how node `name` ended from a thread of its own, waiting for it;
-  exceptions raised into this thread meanwhile change nothing: the node has
-  ended already."""
-  reporter = threading.Thread(
-    target=_report_end, args=(name, runtime, ended), name=f"{name}-report", daemon=True
-  )
-  reporter.start()
-  deadline = time.monotonic() + STOP_NEWS_SECONDS + REPORT_SECONDS
-  while reporter.is_alive():
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-      log.error("node %s: the report of its end was not sent within %g s", name, REPORT_SECONDS)
-      return
-    try:
-      reporter.join(remaining)
-    except BaseException:  # noqa: BLE001 - raised into this thread by a stop handler
-      pass
+class _Ending:
+  """Reports how a node ended, from a thread started before the node runs:
+  the node's own thread may receive an exception from a stop handler at any
+  moment, and it must not land inside a control-plane call."""
+
+  def __init__(self, name: str, runtime: context.ProgramRuntime):
+    self.error: BaseException | None = None
+    self._name = name
+    self._runtime = runtime
+    self._ended = threading.Event()
+    self._reporter = threading.Thread(target=self._report, name=f"{name}-report", daemon=True)
+    self._reporter.start()
+
+  def wait_reported(self) -> None:
+    """Says the node has ended (with `error`, if any) and waits up to
+    REPORT_SECONDS (and STOP_NEWS_SECONDS) for the report; an exception raised
+    into this thread meanwhile interrupts one wait, not the report."""
+    deadline = time.monotonic() + STOP_NEWS_SECONDS + REPORT_SECONDS
+    while True:
+      try:
+        self._ended.set()
+        self._reporter.join(max(0.0, deadline - time.monotonic()))
+        if not self._reporter.is_alive():
+          return
+        if time.monotonic() >= deadline:
+          log.error(
+            "node %s: the report of its end was not sent within %g s", self._name, REPORT_SECONDS
+          )
+          return
+      except BaseException:  # noqa: BLE001 - raised into this thread by a stop handler
+        pass
+
+  def _report(self) -> None:
+    self._ended.wait()
+    _report_end(self._name, self._runtime, self.error)
+
+
+def _clean_exit(error: BaseException) -> bool:
+  """sys.exit() or sys.exit(0): a finished node, as for a process exiting with status 0."""
+  return isinstance(error, SystemExit) and error.code in (None, 0)
 
 
 def _report_end(name: str, runtime: context.ProgramRuntime, ended: BaseException | None) -> None:
   event = control_pb2.NodeEvent
-  if ended is None:
+  if ended is None or _clean_exit(ended):
     _report(runtime, event(node=name, kind=event.FINISHED))
   elif stopped_by_the_stop(ended, runtime):
     if not isinstance(ended, (_STOP_ERRORS, *_STOP_EXITS)):
