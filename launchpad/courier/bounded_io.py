@@ -32,10 +32,18 @@ def wait(sock: socket.socket, events: int, deadline: Deadline, what: str) -> Non
     raise deadline.error(what)
 
 
-def recv_into(sock: socket.socket, view: memoryview, deadline: Deadline | None, what: str) -> int:
-  """Reads at least one byte into `view` (0 at the end of the stream)."""
+def recv_into(
+  sock: socket.socket, view: memoryview, deadline: Deadline | None, what: str, drained: bool = False
+) -> int:
+  """Reads at least one byte into `view` (0 at the end of the stream).
+
+  `drained`: the caller just found nothing more to read (a read came back
+  short), so this waits before reading instead of trying first.
+  """
   if deadline is None or deadline.at is None:
     return sock.recv_into(view)
+  if drained:
+    wait(sock, select.POLLIN, deadline, what)
   while True:
     try:
       return sock.recv_into(view, 0, socket.MSG_DONTWAIT)

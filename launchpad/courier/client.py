@@ -92,27 +92,33 @@ class Client:
     tls: TlsConfig | None = None,
   ):
     resolver = StaticAddress(address) if isinstance(address, str) else address
-    self._timeout = _valid_timeout(timeout, label)
-    self._channel = _Channel(resolver, secret, label, tls)
+    self._view(_Channel(resolver, secret, label, tls), timeout)
+
+  def _view(self, channel: _Channel, timeout: float | None) -> None:
+    self._channel = channel
+    self._timeout = timeouts.validate(
+      timeout, f"the timeout of the courier client of node {channel.label}"
+    )
+    self._call = _Method(channel, "__call__", self._timeout, as_future=False)
+    self._futures = _Futures(channel, self._timeout)
 
   def __getattr__(self, name: str) -> _Method:
     if name.startswith("__"):
       raise AttributeError(name)
-    return _Method(self._channel, name, self._timeout, as_future=False)
+    return _remember(self, _Method(self._channel, name, self._timeout, as_future=False))
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    return self._channel.call("__call__", args, kwargs, self._timeout)
+    return self._call(*args, **kwargs)
 
   @property
   def futures(self) -> _Futures:
     """`client.futures.method(...)` returns a concurrent.futures.Future."""
-    return _Futures(self._channel, self._timeout)
+    return self._futures
 
   def with_timeout(self, timeout: float | None) -> Client:
     """A view of this client whose calls use `timeout`; connections are shared."""
     view = object.__new__(Client)
-    view._timeout = _valid_timeout(timeout, self._channel.label)
-    view._channel = self._channel
+    view._view(self._channel, timeout)
     return view
 
   def close(self) -> None:
@@ -131,39 +137,50 @@ class Client:
     return f"<courier.Client of {self._channel.label}>"
 
 
-def _valid_timeout(timeout: float | None, label: str) -> float | None:
-  return timeouts.validate(timeout, f"the timeout of the courier client of node {label}")
+# Methods a client (or its futures) remembers as attributes, so that calling
+# them again skips __getattr__ and building the method; beyond this many
+# names (a caller making names up), methods are built on each access.
+MAX_REMEMBERED_METHODS = 256
+
+
+def _remember(owner: Any, method: _Method) -> _Method:
+  if len(owner.__dict__) < MAX_REMEMBERED_METHODS:
+    owner.__dict__[method.name] = method
+  return method
 
 
 class _Method:
-  __slots__ = ("_as_future", "_channel", "_name", "_timeout")
+  """One remote method of a client view, with the texts its errors use."""
+
+  __slots__ = ("arguments", "as_future", "channel", "name", "operation", "timeout")
 
   def __init__(self, channel: _Channel, name: str, timeout: float | None, as_future: bool):
-    self._channel = channel
-    self._name = name
-    self._timeout = timeout
-    self._as_future = as_future
+    self.channel = channel
+    self.name = name
+    self.timeout = timeout
+    self.as_future = as_future
+    self.operation = f"call {channel.label}.{name}"
+    self.arguments = f"arguments of {channel.label}.{name}"
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    if self._as_future:
-      return self._channel.submit(self._name, args, kwargs, self._timeout)
-    return self._channel.call(self._name, args, kwargs, self._timeout)
+    if self.as_future:
+      return self.channel.submit(self, args, kwargs)
+    return self.channel.call(self, args, kwargs)
 
 
 class _Futures:
-  __slots__ = ("_channel", "_timeout")
-
   def __init__(self, channel: _Channel, timeout: float | None):
     self._channel = channel
     self._timeout = timeout
+    self._call = _Method(channel, "__call__", timeout, as_future=True)
 
   def __getattr__(self, name: str) -> _Method:
     if name.startswith("__"):
       raise AttributeError(name)
-    return _Method(self._channel, name, self._timeout, as_future=True)
+    return _remember(self, _Method(self._channel, name, self._timeout, as_future=True))
 
   def __call__(self, *args: Any, **kwargs: Any) -> Future:
-    return self._channel.submit("__call__", args, kwargs, self._timeout)
+    return self._call(*args, **kwargs)
 
 
 def decode_reply(frame: protocol.Frame, label: str) -> Any:
@@ -207,39 +224,39 @@ class _Channel:
     self._sync: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
     self._pipelined: _PipelinedConnection | None = None
 
-  def call(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
-    deadline = Deadline(timeout, f"call {self.label}.{method}", ADVICE)
+  def call(self, method: _Method, args: tuple, kwargs: dict) -> Any:
+    deadline = Deadline(method.timeout, method.operation, ADVICE)
     conn = getattr(self._local, "conn", None)
     if conn is None:
-      conn = self._open_sync(deadline, method)
+      conn = self._open_sync(deadline, method.name)
     with conn.lock:  # close() from another thread waits for no call, but sees this one
       if self.closed:
         self._local.conn = None
-        raise self.closed_error(method)
+        raise self.closed_error(method.name)
       if deadline.expired():
         raise deadline.error(NOT_SENT)
       try:
-        frame = conn.call(method, args, kwargs, deadline, self.label)
+        frame = conn.call(method, args, kwargs, deadline)
       except errors.CallTimeoutError:
         self._drop(conn)  # the connection may be in the middle of a frame
         raise
       except (EOFError, OSError) as e:
         self._drop(conn)
         if self.closed:
-          raise self.closed_error(method) from None
-        raise self.lost(method, conn.address, e) from None
+          raise self.closed_error(method.name) from None
+        raise self.lost(method.name, conn.address, e) from None
     if self.closed:  # close() came during the call and left this connection to us
       self._drop(conn)
     return decode_reply(frame, self.label)
 
-  def submit(self, method: str, args: tuple, kwargs: dict, timeout: float | None) -> Future:
-    deadline = Deadline(timeout, f"call {self.label}.{method}", ADVICE)
+  def submit(self, method: _Method, args: tuple, kwargs: dict) -> Future:
+    deadline = Deadline(method.timeout, method.operation, ADVICE)
     with self._lock:
       if self.closed:
-        raise self.closed_error(method)
+        raise self.closed_error(method.name)
       conn = self._pipelined
       if conn is None or conn.closed:
-        conn = self._pipelined = _PipelinedConnection(self, deadline, method)
+        conn = self._pipelined = _PipelinedConnection(self, deadline, method.name)
     return conn.submit(method, args, kwargs, deadline)
 
   def close(self) -> None:
@@ -352,10 +369,8 @@ class _SyncConnection:
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
-  def call(
-    self, method: str, args: tuple, kwargs: dict, deadline: Deadline, label: str
-  ) -> protocol.Frame:
-    payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
+  def call(self, method: _Method, args: tuple, kwargs: dict, deadline: Deadline) -> protocol.Frame:
+    payload, buffers = serialization.dumps((method.name, args, kwargs), method.arguments)
     call_id = next(self._ids) & 0xFFFFFFFF
     start = time.perf_counter()
     protocol.send_frame(self.sock, protocol.REQUEST, 0, call_id, payload, buffers, deadline)
@@ -379,8 +394,11 @@ class _PipelinedConnection:
   A thread connects it; then a reader thread completes futures as replies
   arrive. Calls submitted before the connection is up wait in a backlog, so
   submitting a future never blocks on the server starting. Each future has
-  its call's deadline: the deadline watcher fails it when it passes, and a
-  request is only sent before it.
+  its call's deadline: the deadline watcher fails it when it passes. A
+  request is only sent before it, with a plain blocking write (as fast as
+  the connection allows when the server is slower than the callers); if a
+  future's deadline passes while its request is being written, the watcher
+  cuts the connection, which wakes the writer.
   """
 
   def __init__(self, channel: _Channel, deadline: Deadline, method: str):
@@ -388,20 +406,21 @@ class _PipelinedConnection:
     self.address = "(connecting)"
     self.closed = False
     self._channel = channel
-    self._pending: dict[int, tuple[Future, str]] = {}
-    self._backlog: list[tuple[int, bytes, list[memoryview], Deadline]] = []
+    # call id -> (future, method name, deadline)
+    self._pending: dict[int, tuple[Future, str, Deadline]] = {}
+    self._backlog: list[tuple[int, bytes, list[memoryview]]] = []
     self._error: BaseException | None = None  # why connecting failed
     self._cut: str | None = None  # why this client closed the connection itself
+    self._sending: int | None = None  # the call whose request is being written
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
     threading.Thread(
       target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
     ).start()
 
-  def submit(self, method: str, args: tuple, kwargs: dict, deadline: Deadline) -> Future:
-    label = self._channel.label
+  def submit(self, method: _Method, args: tuple, kwargs: dict, deadline: Deadline) -> Future:
     future: Future = Future()
-    payload, buffers = serialization.dumps((method, args, kwargs), f"arguments of {label}.{method}")
+    payload, buffers = serialization.dumps((method.name, args, kwargs), method.arguments)
     if deadline.expired():
       _complete(future, error=deadline.error(NOT_SENT))
       return future
@@ -410,39 +429,47 @@ class _PipelinedConnection:
         _complete(future, error=self._error)
         return future
       call_id = next(self._ids) & 0xFFFFFFFF
-      self._pending[call_id] = (future, method)
+      self._pending[call_id] = (future, method.name, deadline)
       if self.sock is None:
-        self._backlog.append((call_id, payload, buffers, deadline))
+        self._backlog.append((call_id, payload, buffers))
       else:
-        self._send(call_id, payload, buffers, deadline)
+        self._send(call_id, payload, buffers)
     if deadline.at is not None:
       _deadlines.add(deadline, self, call_id)
     return future
 
-  def _send(self, call_id: int, payload: bytes, buffers: list[memoryview], deadline: Deadline):
-    """Sends a request (the write lock held); a failure closes the connection,
-    since the stream may then be cut in the middle of a frame."""
+  def _send(self, call_id: int, payload: bytes, buffers: list[memoryview]) -> None:
+    """Sends a request (the write lock held) unless its deadline has passed;
+    a failure closes the connection, which may be cut in the middle of a frame."""
+    if call_id not in self._pending:
+      return  # expired while it waited to be sent
+    self._sending = call_id
     try:
       protocol.send_frame(
-        self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers, deadline
+        self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
       )
-    except errors.CallTimeoutError as e:
-      entry = self._pending.pop(call_id, None)
-      if entry is not None:
-        _complete(entry[0], error=e)
+    except OSError:
+      self.close()  # the reader fails every pending future, this one included
+    finally:
+      self._sending = None
+
+  def expire(self, call_id: int) -> None:
+    entry = self._pending.pop(call_id, None)
+    if entry is None:
+      return  # answered already
+    deadline = entry[2]
+    if self.sock is None:
+      what = "it was still waiting to connect to its node"
+    elif self._sending == call_id:
+      what = "while sending the request"
       self._cut = (
         f"the client closed its connection to node {self._channel.label} at {self.address} "
         "because a request could not be sent within its timeout (the node may be stuck)"
       )
-      self.close()  # the reader fails the other pending futures
-    except OSError:
-      self.close()  # the reader fails every pending future, this one included
-
-  def expire(self, call_id: int, deadline: Deadline) -> None:
-    entry = self._pending.pop(call_id, None)
-    if entry is not None:
-      what = _NO_REPLY if self.sock is not None else "it was still waiting to connect to its node"
-      _complete(entry[0], error=deadline.error(what))
+      self.close()  # wakes the writer; the reader fails the other pending futures
+    else:
+      what = _NO_REPLY
+    _complete(entry[0], error=deadline.error(what))
 
   def close(self) -> None:
     self.closed = True
@@ -472,11 +499,10 @@ class _PipelinedConnection:
         target=self._read_loop, name=f"{self._channel.label}-futures", daemon=True
       ).start()
       backlog, self._backlog = self._backlog, []
-      for call_id, payload, buffers, call_deadline in backlog:
+      for call_id, payload, buffers in backlog:
         if self.closed:
           break  # the reader fails what is left
-        if call_id in self._pending:  # not expired meanwhile
-          self._send(call_id, payload, buffers, call_deadline)
+        self._send(call_id, payload, buffers)
     if self.closed:
       self.close()
 
@@ -484,7 +510,7 @@ class _PipelinedConnection:
     """The deadline of a future that waits for the connection and has the
     most time left; None if none waits (the watcher fails those it expires)."""
     with self._write_lock:
-      waiting = [d for call_id, _, _, d in self._backlog if call_id in self._pending]
+      waiting = [self._pending[i][2] for i, _, _ in self._backlog if i in self._pending]
     waiting = [d for d in waiting if not d.expired()]
     if not waiting:
       return None
@@ -495,7 +521,7 @@ class _PipelinedConnection:
     with self._write_lock:
       self._error = error
       pending, self._pending, self._backlog = self._pending, {}, []
-    for future, _ in pending.values():
+    for future, _, _ in pending.values():
       _complete(future, error=error)
 
   def _read_loop(self) -> None:
@@ -518,7 +544,7 @@ class _PipelinedConnection:
       self.sock.close()
       with self._write_lock:
         pending, self._pending = self._pending, {}
-      for future, method in pending.values():
+      for future, method, _ in pending.values():
         _complete(future, error=self._lost(method, error))
 
   def _lost(self, method: str, cause: BaseException | None) -> BaseException:
@@ -541,17 +567,21 @@ def _complete(future: Future, result: Any = None, error: BaseException | None = 
 
 
 class _DeadlineWatcher:
-  """Fails futures whose call's deadline passes; one thread, started on demand."""
+  """Fails futures whose call's deadline passes; one thread, started on demand.
+
+  Its entries hold no Deadline (the pending call does): they outlive the
+  calls until their time comes, and fewer objects keep the collector fast.
+  """
 
   def __init__(self):
-    self._heap: list[tuple[float, int, _PipelinedConnection, int, Deadline]] = []
+    self._heap: list[tuple[float, int, _PipelinedConnection, int]] = []
     self._order = itertools.count()
     self._wake = threading.Condition()
     self._thread: threading.Thread | None = None
 
   def add(self, deadline: Deadline, conn: _PipelinedConnection, call_id: int) -> None:
     with self._wake:
-      heapq.heappush(self._heap, (deadline.at, next(self._order), conn, call_id, deadline))
+      heapq.heappush(self._heap, (deadline.at, next(self._order), conn, call_id))
       if self._thread is None:
         self._thread = threading.Thread(target=self._run, name="courier-deadlines", daemon=True)
         self._thread.start()
@@ -563,8 +593,8 @@ class _DeadlineWatcher:
       with self._wake:
         while not self._heap or self._heap[0][0] > time.monotonic():
           self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
-        _, _, conn, call_id, deadline = heapq.heappop(self._heap)
-      conn.expire(call_id, deadline)
+        _, _, conn, call_id = heapq.heappop(self._heap)
+      conn.expire(call_id)
 
 
 _deadlines = _DeadlineWatcher()

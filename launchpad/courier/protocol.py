@@ -164,10 +164,18 @@ def send_frame(
   """
   header = HEADER.pack(kind, flags, len(buffers), call_id, len(payload))
   if not buffers:
-    if deadline is None:
-      sock.sendall(header + payload)
-    else:
-      send_all(sock, header + payload, deadline, _SENDING)
+    data = header + payload
+    if deadline is None or deadline.at is None:
+      sock.sendall(data)
+    elif isinstance(sock, tls_socket.TlsSocket):
+      sock.sendall(data, deadline, _SENDING)
+    else:  # bounded_io.send_all, its first try inline: the fast path of small calls
+      try:
+        sent = sock.send(data, socket.MSG_DONTWAIT)
+      except BlockingIOError:
+        sent = 0
+      if sent < len(data):
+        bounded_io.send_all(sock, memoryview(data)[sent:], deadline, _SENDING)
     return
   lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
   parts = [memoryview(header + lengths), memoryview(payload), *buffers]
@@ -225,15 +233,18 @@ class FrameReader:
     out[:have] = self._view[self._start : self._start + have]
     self._start += have
     view = memoryview(out)
+    drained = False
     while have < n:
-      got = bounded_io.recv_into(self._sock, view[have:], deadline, _STALLED)
+      got = bounded_io.recv_into(self._sock, view[have:], deadline, _STALLED, drained)
       if not got:
         raise EOFError("connection closed in the middle of a frame")
       have += got
+      drained = True  # it came back short, having taken all there was
     return out
 
   def _wait(self, deadline: Deadline | None, spin: float) -> None:
     """Reads at least one byte, polling for `spin` seconds first."""
+    polled = False
     if spin:
       end = time.monotonic() + spin
       if deadline is not None and deadline.at is not None and deadline.at < end:
@@ -242,12 +253,14 @@ class FrameReader:
         try:
           got = self._sock.recv_into(self._view[self._end :], 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
+          polled = True
           continue
         if not got:
           raise EOFError("connection closed")
         self._end += got
         return
-    got = bounded_io.recv_into(self._sock, self._view[self._end :], deadline, _NO_REPLY)
+    view = self._view[self._end :]
+    got = bounded_io.recv_into(self._sock, view, deadline, _NO_REPLY, drained=polled)
     if not got:
       raise EOFError("connection closed")
     self._end += got
