@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -419,8 +420,9 @@ class Table:
     running alongside see the table as it is. If the block raises, every
     sample of the transaction is undone: counts, the limiter's counters and
     `times_sampled` go back, and the items that left come back where they
-    were (FIFO/LIFO order and heap tie-breaking as before; the selectors are
-    rebuilt for that, O(n log n) in the table's size). A reset or restore
+    were (FIFO/LIFO order and heap tie-breaking as before: a FIFO, LIFO or
+    heap selector is rebuilt for that, O(n) in the table's size, heaps
+    O(n log n)). A reset or restore
     in between makes the undo moot: what it wiped stays wiped. What other
     calls did meanwhile stays done. The rate limiter's call statistics
     (`insert_stats`, `sample_stats`) keep the calls.
@@ -766,11 +768,15 @@ class Table:
   def _rebuild_selectors(self) -> None:
     """(lock held) Refills both selectors from the items, in the order each restores from."""
     for selector in (self._sampler, self._remover):
-      selector.clear()
-      order = list(self._items.values())
-      if selector.restore_order == "updated":
-        order.sort(key=lambda item: item.updated_seq)
-      selector.insert_many([item.key for item in order], [item.priority for item in order])
+      self._rebuild(selector)
+
+  def _rebuild(self, selector: selectors.ItemSelector) -> None:
+    """(lock held) Refills a selector from the items (valid and distinct: no checks needed)."""
+    selector.clear()
+    order = list(self._items.values())
+    if selector.restore_order == "updated":
+      order.sort(key=lambda item: item.updated_seq)
+    selector.insert_unchecked([item.key for item in order], [item.priority for item in order])
 
   def _bad_num_samples(self, num_samples: Any) -> ValueError:
     """The error for a `num_samples` that is not an int in [1, MAX_SAMPLES_PER_CALL]."""
@@ -862,8 +868,14 @@ class Table:
       if back:
         for item in back:
           self._items[item.key] = item
-        self._items = dict(sorted(self._items.items(), key=lambda entry: entry[1].inserted_seq))
-        self._rebuild_selectors()
+        # Two runs in insertion order, merged by the sort in O(n).
+        order = sorted(self._items.values(), key=operator.attrgetter("inserted_seq"))
+        self._items = {item.key: item for item in order}
+        for selector in (self._sampler, self._remover):
+          if selector.is_deterministic:  # where they come back decides what it picks
+            self._rebuild(selector)
+          else:  # a random selector's probabilities do not depend on the order of inserts
+            selector.insert_unchecked([item.key for item in back], [item.priority for item in back])
         self._limiter.undo_delete(len(back))
         self._stats["expired"] -= len(back)
         self._evict()  # inserts that came meanwhile may have filled the places they left
