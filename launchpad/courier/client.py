@@ -430,12 +430,12 @@ class _PipelinedConnection:
         return future
       call_id = next(self._ids) & 0xFFFFFFFF
       self._pending[call_id] = (future, method.name, deadline)
+      if deadline.at is not None:  # before sending: the watcher may have to cut a stuck write
+        _deadlines.add(deadline, self, call_id)
       if self.sock is None:
         self._backlog.append((call_id, payload, buffers))
       else:
         self._send(call_id, payload, buffers)
-    if deadline.at is not None:
-      _deadlines.add(deadline, self, call_id)
     return future
 
   def _send(self, call_id: int, payload: bytes, buffers: list[memoryview]) -> None:
@@ -510,7 +510,8 @@ class _PipelinedConnection:
     """The deadline of a future that waits for the connection and has the
     most time left; None if none waits (the watcher fails those it expires)."""
     with self._write_lock:
-      waiting = [self._pending[i][2] for i, _, _ in self._backlog if i in self._pending]
+      entries = [self._pending.get(i) for i, _, _ in self._backlog]  # the watcher may pop some
+    waiting = [entry[2] for entry in entries if entry is not None]
     waiting = [d for d in waiting if not d.expired()]
     if not waiting:
       return None

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from launchpad import errors
-from launchpad.courier import protocol
+from launchpad.courier import protocol, serialization
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
@@ -123,12 +123,15 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
   return data
 
 
-def serve_handshake(conn: socket.socket, secret: bytes) -> protocol.FrameReader:
-  """Passes the handshake as a server knowing `secret` and reads one request."""
+def serve_handshake(conn: socket.socket, secret: bytes, reply: bool = True) -> None:
+  """Passes the handshake as a server knowing `secret`; with `reply`, reads
+  one request and echoes its first argument."""
   assert protocol.server_handshake(conn, secret, Deadline(TIMEOUT, "the fake server's handshake"))
-  reader = protocol.FrameReader(conn)
-  reader.read(Deadline(TIMEOUT, "the fake server's read"))
-  return reader
+  if reply:
+    request = protocol.FrameReader(conn).read(Deadline(TIMEOUT, "the fake server's read"))
+    _, args, _ = serialization.loads(request.payload, request.buffers)
+    payload, _ = serialization.dumps(args[0])
+    protocol.send_frame(conn, protocol.REPLY, 0, request.call_id, payload, [])
 
 
 def check_timeout_error(error: BaseException | None, *phrases: str) -> None:
@@ -211,7 +214,8 @@ def test_call_against_a_peer_that_stalls_mid_reply_times_out(fake_server, peer):
   header = protocol.HEADER.pack(protocol.REPLY, 0, 0, 1, 1 << 20)
 
   def behave(conn: socket.socket) -> None:
-    serve_handshake(conn, secret)
+    serve_handshake(conn, secret, reply=False)
+    protocol.FrameReader(conn).read(Deadline(TIMEOUT, "the fake server's read"))
     conn.sendall(header + bytes(100))  # a reply of 1 MiB begins
     if peer == "dribbles":
       dribble(conn, bytes(100))
@@ -225,32 +229,40 @@ def test_call_against_a_peer_that_stalls_mid_reply_times_out(fake_server, peer):
   client.close()
 
 
+@pytest.mark.parametrize("connected", [False, True], ids=["connecting", "connected"])
 @pytest.mark.parametrize("futures", [False, True], ids=["sync", "future"])
-def test_sending_to_a_peer_that_does_not_read_times_out(fake_server, futures):
+def test_sending_to_a_peer_that_does_not_read_times_out(fake_server, futures, connected):
+  """A request far larger than the socket buffers, to a peer that reads no
+  more: sent while the connection is being made, or on one already up."""
   secret = os.urandom(32)
-  handshaken = threading.Event()
 
   def behave(conn: socket.socket) -> None:
-    assert protocol.server_handshake(conn, secret, Deadline(TIMEOUT, "the fake handshake"))
-    handshaken.set()
-    wait_closed(conn)
+    serve_handshake(conn, secret, reply=connected)  # answers a first call
+    wait_closed(conn)  # then reads nothing
 
   client = Client(fake_server(behave).address, secret=secret, label="deaf[0]", timeout=1.0)
-  big = np.zeros(64 << 20, np.uint8)  # far more than the socket buffers hold
+  patient = client.with_timeout(TIMEOUT + MARGIN)
+  big = np.zeros(64 << 20, np.uint8)
   if futures:
-    patient = client.with_timeout(TIMEOUT + MARGIN).futures.echo("small")  # on the same connection
+    if connected:  # a first call opens the futures' connection
+      assert patient.futures.echo("first").result(TIMEOUT) == "first"
+    small = patient.futures.echo("small")  # in flight on the same connection
     error, took = elapsed_call(
       lambda: client.futures.echo(big).result(TIMEOUT + MARGIN), 1 + MARGIN
     )
     # The connection was cut mid-request, so the other future fails too, and says why.
-    lost = patient.exception(TIMEOUT + MARGIN)
+    lost = small.exception(TIMEOUT + MARGIN)
     assert isinstance(lost, errors.ConnectionLostError), repr(lost)
     assert "could not be sent within its timeout" in str(lost) and "deaf[0]" in str(lost)
   else:
-    error, took = elapsed_call(lambda: client.echo(big), 1.0 + MARGIN)
-  assert handshaken.is_set()
-  # A future may be failed by the deadline watcher first, with its own words.
-  check_timeout_error(error, "call deaf[0].echo", *(() if futures else ("sending the request",)))
+
+    def call_big():
+      if connected:  # a first call opens this thread's connection
+        assert patient.echo("first") == "first"
+      client.echo(big)
+
+    error, took = elapsed_call(call_big, 1.0 + MARGIN)
+  check_timeout_error(error, "call deaf[0].echo", "sending the request")
   assert took < 1.0 + MARGIN
   client.close()
 
