@@ -93,6 +93,12 @@ class ControlClient:
     """Sends what this process measured of itself and its nodes (stats.Reporter)."""
     self._call("ReportStats", stats, control_pb2.Empty)
 
+  def report_metrics(self, report: control_pb2.MetricsReport) -> None:
+    """Sends a node's metrics (lp.report), with this process's pid and host."""
+    report.pid = os.getpid()
+    report.host = socket.gethostname()
+    self._call("ReportMetrics", report, control_pb2.Empty)
+
   def wait_stop(self, timeout: float) -> control_pb2.StopState:
     """Returns when the program is stopping, or after `timeout` (at most 30 s)."""
     request = control_pb2.WaitStopRequest(timeout=timeout)

@@ -4,6 +4,7 @@
 # source: control.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import symbol_database as _symbol_database
@@ -13,49 +14,55 @@ from google.protobuf.internal import builder as _builder
 _sym_db = _symbol_database.Default()
 
 
-
-
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rcontrol.proto\x12\x11launchpad.control\"\x07\n\x05\x45mpty\"<\n\x08\x45ndpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\"@\n\x0fRegisterRequest\x12-\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\"/\n\x0eResolveRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"z\n\x0cResolveReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12-\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\x12\x1a\n\x12previous_addresses\x18\x04 \x03(\t\"\xfe\x01\n\tNodeEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.launchpad.control.NodeEvent.Kind\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\x33\n\texception\x18\x08 \x01(\x0b\x32 .launchpad.control.ExceptionInfo\"-\n\x04Kind\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x46INISHED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02J\x04\x08\x07\x10\x08R\x05\x65rror\"_\n\rExceptionInfo\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x10\n\x08qualname\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12\r\n\x05notes\x18\x05 \x03(\t\"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\"\n\x0fWaitStopRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"-\n\tStopState\x12\x10\n\x08stopping\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xee\x01\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\x05usage\x18\x08 \x01(\x0b\x32\x1f.launchpad.control.ProcessUsage\x12+\n\x05stats\x18\t \x01(\x0b\x32\x1c.launchpad.control.NodeStats\x12\x11\n\tstats_age\x18\n \x01(\x01\"n\n\x0bStatusReply\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\x05nodes\x18\x04 \x03(\x0b\x32\x1d.launchpad.control.NodeStatus\"9\n\x0cProcessUsage\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\"\x94\x01\n\nTableStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08max_size\x18\x03 \x01(\x04\x12\x0f\n\x07inserts\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x1a\n\x12inserts_per_second\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01\"\x9c\x01\n\tNodeStats\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x18\n\x10\x63\x61lls_per_second\x18\x04 \x01(\x01\x12\x19\n\x11\x65rrors_per_second\x18\x05 \x01(\x01\x12-\n\x06tables\x18\x06 \x03(\x0b\x32\x1d.launchpad.control.TableStats\"\x86\x01\n\x0cProcessStats\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.launchpad.control.ProcessUsage\x12+\n\x05nodes\x18\x04 \x03(\x0b\x32\x1c.launchpad.control.NodeStats2\x86\x04\n\x0b\x43oordinator\x12H\n\x08Register\x12\".launchpad.control.RegisterRequest\x1a\x18.launchpad.control.Empty\x12M\n\x07Resolve\x12!.launchpad.control.ResolveRequest\x1a\x1f.launchpad.control.ResolveReply\x12@\n\x06Report\x12\x1c.launchpad.control.NodeEvent\x1a\x18.launchpad.control.Empty\x12@\n\x04Stop\x12\x1e.launchpad.control.StopRequest\x1a\x18.launchpad.control.Empty\x12L\n\x08WaitStop\x12\".launchpad.control.WaitStopRequest\x1a\x1c.launchpad.control.StopState\x12\x42\n\x06Status\x12\x18.launchpad.control.Empty\x1a\x1e.launchpad.control.StatusReply\x12H\n\x0bReportStats\x12\x1f.launchpad.control.ProcessStats\x1a\x18.launchpad.control.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
+  b'\n\rcontrol.proto\x12\x11launchpad.control"\x07\n\x05\x45mpty"<\n\x08\x45ndpoint\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t"@\n\x0fRegisterRequest\x12-\n\x08\x65ndpoint\x18\x01 \x01(\x0b\x32\x1b.launchpad.control.Endpoint"/\n\x0eResolveRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07timeout\x18\x02 \x01(\x01"z\n\x0cResolveReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12-\n\x08\x65ndpoint\x18\x03 \x01(\x0b\x32\x1b.launchpad.control.Endpoint\x12\x1a\n\x12previous_addresses\x18\x04 \x03(\t"\xfe\x01\n\tNodeEvent\x12\x0c\n\x04node\x18\x01 \x01(\t\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.launchpad.control.NodeEvent.Kind\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\x33\n\texception\x18\x08 \x01(\x0b\x32 .launchpad.control.ExceptionInfo"-\n\x04Kind\x12\x0b\n\x07STARTED\x10\x00\x12\x0c\n\x08\x46INISHED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02J\x04\x08\x07\x10\x08R\x05\x65rror"_\n\rExceptionInfo\x12\x0e\n\x06module\x18\x01 \x01(\t\x12\x10\n\x08qualname\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x03(\t\x12\r\n\x05notes\x18\x05 \x03(\t"\x1d\n\x0bStopRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t""\n\x0fWaitStopRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01"-\n\tStopState\x12\x10\n\x08stopping\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t"\xa1\x02\n\nNodeStatus\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x11\n\taddresses\x18\x05 \x03(\t\x12\x10\n\x08restarts\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12.\n\x05usage\x18\x08 \x01(\x0b\x32\x1f.launchpad.control.ProcessUsage\x12+\n\x05stats\x18\t \x01(\x0b\x32\x1c.launchpad.control.NodeStats\x12\x11\n\tstats_age\x18\n \x01(\x01\x12\x31\n\x07metrics\x18\x0b \x01(\x0b\x32 .launchpad.control.MetricsReport"n\n\x0bStatusReply\x12\x0f\n\x07program\x18\x01 \x01(\t\x12\x10\n\x08stopping\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12,\n\x05nodes\x18\x04 \x03(\x0b\x32\x1d.launchpad.control.NodeStatus"9\n\x0cProcessUsage\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04"\x94\x01\n\nTableStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08max_size\x18\x03 \x01(\x04\x12\x0f\n\x07inserts\x18\x04 \x01(\x04\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x1a\n\x12inserts_per_second\x18\x06 \x01(\x01\x12\x1a\n\x12samples_per_second\x18\x07 \x01(\x01"\x9c\x01\n\tNodeStats\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x63\x61lls\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x18\n\x10\x63\x61lls_per_second\x18\x04 \x01(\x01\x12\x19\n\x11\x65rrors_per_second\x18\x05 \x01(\x01\x12-\n\x06tables\x18\x06 \x03(\x0b\x32\x1d.launchpad.control.TableStats"\x86\x01\n\x0cProcessStats\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x0c\n\x04host\x18\x02 \x01(\t\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.launchpad.control.ProcessUsage\x12+\n\x05nodes\x18\x04 \x03(\x0b\x32\x1c.launchpad.control.NodeStats"\xc1\x01\n\rMetricsReport\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12<\n\x06values\x18\x03 \x03(\x0b\x32,.launchpad.control.MetricsReport.ValuesEntry\x12\x0c\n\x04time\x18\x04 \x01(\x01\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x0c\n\x04host\x18\x06 \x01(\t\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xd3\x04\n\x0b\x43oordinator\x12H\n\x08Register\x12".launchpad.control.RegisterRequest\x1a\x18.launchpad.control.Empty\x12M\n\x07Resolve\x12!.launchpad.control.ResolveRequest\x1a\x1f.launchpad.control.ResolveReply\x12@\n\x06Report\x12\x1c.launchpad.control.NodeEvent\x1a\x18.launchpad.control.Empty\x12@\n\x04Stop\x12\x1e.launchpad.control.StopRequest\x1a\x18.launchpad.control.Empty\x12L\n\x08WaitStop\x12".launchpad.control.WaitStopRequest\x1a\x1c.launchpad.control.StopState\x12\x42\n\x06Status\x12\x18.launchpad.control.Empty\x1a\x1e.launchpad.control.StatusReply\x12H\n\x0bReportStats\x12\x1f.launchpad.control.ProcessStats\x1a\x18.launchpad.control.Empty\x12K\n\rReportMetrics\x12 .launchpad.control.MetricsReport\x1a\x18.launchpad.control.Emptyb\x06proto3'
+)
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'control_pb2', _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "control_pb2", _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMPTY']._serialized_start=36
-  _globals['_EMPTY']._serialized_end=43
-  _globals['_ENDPOINT']._serialized_start=45
-  _globals['_ENDPOINT']._serialized_end=105
-  _globals['_REGISTERREQUEST']._serialized_start=107
-  _globals['_REGISTERREQUEST']._serialized_end=171
-  _globals['_RESOLVEREQUEST']._serialized_start=173
-  _globals['_RESOLVEREQUEST']._serialized_end=220
-  _globals['_RESOLVEREPLY']._serialized_start=222
-  _globals['_RESOLVEREPLY']._serialized_end=344
-  _globals['_NODEEVENT']._serialized_start=347
-  _globals['_NODEEVENT']._serialized_end=601
-  _globals['_NODEEVENT_KIND']._serialized_start=543
-  _globals['_NODEEVENT_KIND']._serialized_end=588
-  _globals['_EXCEPTIONINFO']._serialized_start=603
-  _globals['_EXCEPTIONINFO']._serialized_end=698
-  _globals['_STOPREQUEST']._serialized_start=700
-  _globals['_STOPREQUEST']._serialized_end=729
-  _globals['_WAITSTOPREQUEST']._serialized_start=731
-  _globals['_WAITSTOPREQUEST']._serialized_end=765
-  _globals['_STOPSTATE']._serialized_start=767
-  _globals['_STOPSTATE']._serialized_end=812
-  _globals['_NODESTATUS']._serialized_start=815
-  _globals['_NODESTATUS']._serialized_end=1053
-  _globals['_STATUSREPLY']._serialized_start=1055
-  _globals['_STATUSREPLY']._serialized_end=1165
-  _globals['_PROCESSUSAGE']._serialized_start=1167
-  _globals['_PROCESSUSAGE']._serialized_end=1224
-  _globals['_TABLESTATS']._serialized_start=1227
-  _globals['_TABLESTATS']._serialized_end=1375
-  _globals['_NODESTATS']._serialized_start=1378
-  _globals['_NODESTATS']._serialized_end=1534
-  _globals['_PROCESSSTATS']._serialized_start=1537
-  _globals['_PROCESSSTATS']._serialized_end=1671
-  _globals['_COORDINATOR']._serialized_start=1674
-  _globals['_COORDINATOR']._serialized_end=2192
+  _globals["_METRICSREPORT_VALUESENTRY"]._loaded_options = None
+  _globals["_METRICSREPORT_VALUESENTRY"]._serialized_options = b"8\001"
+  _globals["_EMPTY"]._serialized_start = 36
+  _globals["_EMPTY"]._serialized_end = 43
+  _globals["_ENDPOINT"]._serialized_start = 45
+  _globals["_ENDPOINT"]._serialized_end = 105
+  _globals["_REGISTERREQUEST"]._serialized_start = 107
+  _globals["_REGISTERREQUEST"]._serialized_end = 171
+  _globals["_RESOLVEREQUEST"]._serialized_start = 173
+  _globals["_RESOLVEREQUEST"]._serialized_end = 220
+  _globals["_RESOLVEREPLY"]._serialized_start = 222
+  _globals["_RESOLVEREPLY"]._serialized_end = 344
+  _globals["_NODEEVENT"]._serialized_start = 347
+  _globals["_NODEEVENT"]._serialized_end = 601
+  _globals["_NODEEVENT_KIND"]._serialized_start = 543
+  _globals["_NODEEVENT_KIND"]._serialized_end = 588
+  _globals["_EXCEPTIONINFO"]._serialized_start = 603
+  _globals["_EXCEPTIONINFO"]._serialized_end = 698
+  _globals["_STOPREQUEST"]._serialized_start = 700
+  _globals["_STOPREQUEST"]._serialized_end = 729
+  _globals["_WAITSTOPREQUEST"]._serialized_start = 731
+  _globals["_WAITSTOPREQUEST"]._serialized_end = 765
+  _globals["_STOPSTATE"]._serialized_start = 767
+  _globals["_STOPSTATE"]._serialized_end = 812
+  _globals["_NODESTATUS"]._serialized_start = 815
+  _globals["_NODESTATUS"]._serialized_end = 1104
+  _globals["_STATUSREPLY"]._serialized_start = 1106
+  _globals["_STATUSREPLY"]._serialized_end = 1216
+  _globals["_PROCESSUSAGE"]._serialized_start = 1218
+  _globals["_PROCESSUSAGE"]._serialized_end = 1275
+  _globals["_TABLESTATS"]._serialized_start = 1278
+  _globals["_TABLESTATS"]._serialized_end = 1426
+  _globals["_NODESTATS"]._serialized_start = 1429
+  _globals["_NODESTATS"]._serialized_end = 1585
+  _globals["_PROCESSSTATS"]._serialized_start = 1588
+  _globals["_PROCESSSTATS"]._serialized_end = 1722
+  _globals["_METRICSREPORT"]._serialized_start = 1725
+  _globals["_METRICSREPORT"]._serialized_end = 1918
+  _globals["_METRICSREPORT_VALUESENTRY"]._serialized_start = 1873
+  _globals["_METRICSREPORT_VALUESENTRY"]._serialized_end = 1918
+  _globals["_COORDINATOR"]._serialized_start = 1921
+  _globals["_COORDINATOR"]._serialized_end = 2516
 # @@protoc_insertion_point(module_scope)

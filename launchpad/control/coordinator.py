@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 
 from launchpad.control import auth, control_pb2
+from launchpad.control import metrics as metrics_lib
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class Coordinator:
     self._closed = False
     self._server: grpc.Server | None = None
     self.address: str | None = None
+    # What nodes reported with lp.report, and who else wants each report.
+    self.metrics = metrics_lib.MetricsLog()
+    self._metrics_listeners: list[Callable[[metrics_lib.Metrics], None]] = []
 
   # The launcher's side.
 
@@ -126,6 +130,7 @@ class Coordinator:
     with self._changed:
       self._closed = True
       self._changed.notify_all()
+    self.metrics.close()
     if self._server is not None:
       self._server.stop(grace=1.0).wait(5.0)
 
@@ -157,6 +162,11 @@ class Coordinator:
   def failures(self) -> list[NodeRecord]:
     with self._changed:
       return [r for r in self.nodes.values() if r.state == FAILED]
+
+  def add_metrics_listener(self, listener: Callable[[metrics_lib.Metrics], None]) -> None:
+    """Calls `listener(metrics)` with every report from now on, in the
+    thread that received it; what it raises is logged."""
+    self._metrics_listeners.append(listener)
 
   def node_restarted(self, name: str) -> None:
     """Marks a node that its launcher started again after a failure."""
@@ -239,6 +249,40 @@ class Coordinator:
           record.usage, record.stats = stats.usage, counters.get(record.name)
           record.stats_time = now
 
+  def report_metrics(self, report: control_pb2.MetricsReport) -> None:
+    """Keeps a node's lp.report: in `metrics`, and for its listeners. A report
+    that names no node goes to the one running node with its pid and host, if
+    there is exactly one (else it is kept under '')."""
+    with self._changed:
+      node = report.node
+      if node:
+        self._record(node)
+      else:
+        senders = [
+          r.name
+          for r in self.nodes.values()
+          if r.state == RUNNING and (r.pid, r.host) == (report.pid, report.host)
+        ]
+        node = senders[0] if len(senders) == 1 else ""
+    metrics = self.metrics.add(
+      metrics_lib.Metrics(node, report.step, dict(report.values), report.time)
+    )
+    for listener in list(self._metrics_listeners):
+      try:
+        listener(metrics)
+      except Exception:
+        log.exception("program %s: a listener of metrics failed", self.program)
+
+  def _latest_metrics(self, name: str) -> dict[str, Any]:
+    """The NodeStatus field of the latest metrics node `name` reported, if any."""
+    latest = self.metrics.latest(name)
+    if latest is None:
+      return {}
+    report = control_pb2.MetricsReport(
+      node=latest.node, step=latest.step, values=latest.values, time=latest.time
+    )
+    return {"metrics": report}
+
   def _stats_of(self, record: NodeRecord, now: float) -> dict[str, Any]:
     """The NodeStatus fields of `record`'s latest stats (none unless it runs)."""
     if record.state != RUNNING or record.usage is None:
@@ -261,6 +305,7 @@ class Coordinator:
           restarts=r.restarts,
           description=r.description,
           **self._stats_of(r, now),
+          **self._latest_metrics(r.name),
         )
         for r in self.nodes.values()
       ]
@@ -326,6 +371,7 @@ class Coordinator:
         ),
         "Status": method(lambda r: self.status(), pb.Empty),
         "ReportStats": method(lambda r: self.report_stats(r) or pb.Empty(), pb.ProcessStats),
+        "ReportMetrics": method(lambda r: self.report_metrics(r) or pb.Empty(), pb.MetricsReport),
       },
     )
 
