@@ -20,6 +20,7 @@ from typing import Protocol
 from launchpad import context, errors, restarts
 from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2, failures
+from launchpad.control import metrics as metrics_lib
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator, NodeRecord
 from launchpad.launch import signals
 from launchpad.launch.plan import Plan
@@ -64,6 +65,8 @@ class Controller:
     self._failure_raised = False
     restarter = restarts.Restarter(coordinator, plan.restart_policies, workers.start)
     coordinator.set_failure_policy(restarter.on_failure)
+    if run_dir is not None:  # every lp.report also lands in the run's metrics.jsonl
+      coordinator.add_metrics_listener(metrics_lib.MetricsFile(run_dir).write)
 
   @property
   def done(self) -> bool:
@@ -206,6 +209,13 @@ class Controller:
     """Every node's state, pid, host and restarts, and the latest stats its
     process reported (what `lp status` shows)."""
     return self._coordinator.status()
+
+  def metrics(self, since: int = 0, timeout: float | None = 0.0) -> list[metrics_lib.Metrics]:
+    """What the nodes reported with lp.report, in the order it came: the
+    reports numbered `since` and after (ask next for the number after the
+    last one returned), waiting up to `timeout` seconds (None: no limit) for
+    one if there is none yet; [] once the program is over and all were read."""
+    return self._coordinator.metrics.since(since, timeout)
 
   def _running_nodes(self) -> list[str]:
     """The nodes that have not ended yet."""
