@@ -43,6 +43,7 @@ from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
 from launchpad.resources import DockerConfig, PythonProcess, RayResources
+from launchpad.sweep import report, sweep
 from launchpad.tls import TlsConfig
 
 __all__ = [
@@ -87,8 +88,10 @@ __all__ = [
   "make_program",
   "make_program_stopper",
   "register_stop_handler",
+  "report",
   "stop",
   "stop_event",
+  "sweep",
   "unregister_stop_handler",
   "wait_for_stop",
 ]

@@ -5,6 +5,7 @@
   lp status --watch [RUN]   (or lp top [RUN]): a live table of a running program
   lp stop RUN
   lp graph [--format=dot|mermaid|svg|png] [-o FILE] TARGET [-- ARGS...]
+  lp sweep [--mode=...] TARGET --space SPACE.toml [--trials N] [--parallel K] [-- ARGS...]
 
 Exit status of `lp launch`: 0 when the program ended normally (its nodes
 ended, or lp.stop() was called); 1 when a node failed (its traceback or exit
@@ -33,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import tomllib
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -88,6 +90,39 @@ lp.wait_for_stop() returns in every node; nodes still running after
 exit status: 0 program ended normally; 1 a node failed, or the target
 raised; 2 bad command line or target, nothing ran; 128+N stopped by signal N
 (130 Ctrl-C, 143 SIGTERM).
+"""
+
+SWEEP_HELP = """\
+Runs trials of a program over a search space, at most --parallel at once,
+stopping the losers early with --pruner. Each trial calls TARGET's program
+factory with its parameters as keyword arguments and launches the program
+it returns with --mode; nodes report with lp.report(step=..., NAME=value),
+and the sweep optimizes --objective.
+
+TARGET is file.py (its function make_program), file.py:function or
+package.module:function. SPACE.toml gives each parameter:
+  learning_rate = {type = "float", low = 1e-4, high = 1e-2, log = true}
+  batch_size = {type = "int", low = 32, high = 256, step = 32}
+  target_update_period = [50, 250, 1000]      # a choice; also {values = [...]}
+  num_actors = 2                               # a constant
+and `seed` like any parameter; without it each trial's seed is its number.
+
+The sweep lives in ~/.launchpad/sweeps/NAME/ (the study, status.json,
+results.csv, curves.png, a directory per trial). Run the same command
+again to resume a sweep that was stopped or killed: finished trials are
+kept, the ones it left running run again. `lp status` and `lp top NAME`
+show it from another shell.
+
+examples:
+  lp sweep examples/dqn/sweep.py --space examples/dqn/sweep.toml --parallel 2 --pruner median
+  lp sweep --mode=threads agent.py:make_program --space space.toml --sampler tpe --trials 20
+
+exit status: 0 every trial ended (some may have been pruned or have
+failed: the table says which); 1 a trial failed under --fail-fast (its
+traceback is printed), or no trial completed; 2 bad command line, target,
+space, option or storage, or the sweep runs already: nothing ran;
+128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM) after stopping the
+running trials, which run again when the sweep does.
 """
 
 GRAPH_HELP = """\
@@ -150,6 +185,8 @@ def _command(argv: list[str] | None) -> int:
     return _watch(args)
   if args.command == "graph":
     return _graph(args)
+  if args.command == "sweep":
+    return _sweep(args)
   return _stop(args)
 
 
@@ -220,7 +257,65 @@ def _parser() -> argparse.ArgumentParser:
   drawing.add_argument("-o", "--output", type=pathlib.Path, help="write here, not to stdout")
   drawing.add_argument("target", help="file.py, file.py:function or package.module:function")
   drawing.add_argument("target_args", nargs="*", help="-- then the target's flags")
+  _add_sweep_parser(commands)
   return parser
+
+
+def _add_sweep_parser(commands: Any) -> None:
+  sweep = commands.add_parser(
+    "sweep",
+    help="run many variants of a program, stopping the losers early",
+    description=SWEEP_HELP,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sweep.add_argument("--space", required=True, type=pathlib.Path, help="the search space (TOML)")
+  sweep.add_argument("--trials", type=_positive(int), metavar="N", help="default: the grid's size")
+  sweep.add_argument("--parallel", type=_positive(int), default=1, metavar="K", help="at once")
+  sweep.add_argument("--mode", default="multiprocess", choices=sorted(MODES), help="launcher")
+  sweep.add_argument(
+    "--sampler", choices=["grid", "random", "tpe"], help="default: grid if it can, else tpe"
+  )
+  sweep.add_argument("--sampler-seed", type=int, default=0, metavar="N")
+  sweep.add_argument(
+    "--pruner",
+    default="none",
+    choices=["none", "median", "asha", "hyperband"],
+    help="early stopping",
+  )
+  for what in ("sampler", "pruner"):
+    sweep.add_argument(
+      f"--{what}-arg",
+      action="append",
+      default=[],
+      type=_keyword,
+      metavar="KEY=VALUE",
+      help=f"an argument of the Optuna {what} (e.g. n_startup_trials=2); repeat for more",
+    )
+  sweep.add_argument("--objective", default="return", help="the lp.report metric to optimize")
+  sweep.add_argument("--direction", default="maximize", choices=["maximize", "minimize"])
+  sweep.add_argument(
+    "--storage", metavar="URL", help="SQLAlchemy URL (default: SQLite in the sweep)"
+  )
+  sweep.add_argument("--name", help="the sweep's name (default: TARGET's and SPACE's file names)")
+  sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
+  sweep.add_argument("--trial-timeout", type=_positive(float), metavar="SECONDS")
+  sweep.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
+  sweep.add_argument("--hosts", type=pathlib.Path, help="ssh mode: the hosts file")
+  sweep.add_argument("--ray-address", help="ray mode: the cluster to join")
+  sweep.add_argument("target", help="file.py, file.py:function or package.module:function")
+  sweep.add_argument("target_args", nargs="*", help="-- then the target's flags")
+
+
+def _keyword(text: str) -> tuple[str, Any]:
+  """An argparse type: KEY=VALUE, VALUE read as a TOML value (a number, true,
+  "text", [1, 2]) or else taken as a string."""
+  key, equals, value = text.partition("=")
+  if not equals or not key.isidentifier():
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+  try:
+    return key, tomllib.loads(f"value = {value}")["value"]
+  except tomllib.TOMLDecodeError:
+    return key, value
 
 
 def _add_watch_options(parser: argparse.ArgumentParser) -> None:
@@ -385,6 +480,14 @@ def _tls_option(args: argparse.Namespace) -> bool | TlsConfig:
 
 
 def _program_from(path: str, function: str, target_args: list[str]) -> Program:
+  program = _function_of(path, function, target_args)()
+  if not isinstance(program, Program):
+    raise _UserError(f"{path}:{function}() returned {program!r}, not a lp.Program.")
+  return program
+
+
+def _function_of(path: str, function: str, target_args: list[str]) -> Callable[..., Any]:
+  """The target's `function`, once its module is loaded and its flags parsed."""
   module = _load(path)
   try:
     absl_flags.FLAGS([path, *target_args], known_only=False)
@@ -393,10 +496,7 @@ def _program_from(path: str, function: str, target_args: list[str]) -> Program:
   make = getattr(module, function, None)
   if not callable(make):
     raise _UserError(f"{path} has no function {function!r}; name one that returns a lp.Program.")
-  program = make()
-  if not isinstance(program, Program):
-    raise _UserError(f"{path}:{function}() returned {program!r}, not a lp.Program.")
-  return program
+  return make
 
 
 def _load(path: str) -> Any:
@@ -533,12 +633,69 @@ def _capturing_launch() -> Iterator[None]:
     launchpad.launch = launch_lib.launch = original
 
 
+def _sweep(args: argparse.Namespace) -> int:
+  """`lp sweep`: parses, loads the factory, and hands over to lp.sweep."""
+  sweep_lib = importlib.import_module("launchpad.sweep")  # the package, not lp.sweep
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    if args.mode == "ssh" and args.hosts is None:
+      raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+    importlib.import_module("launchpad.sweep.study").import_optuna().logging.set_verbosity(
+      logging.WARNING  # the sweep says what happens to each trial itself
+    )
+    path, _, function = args.target.partition(":")
+    factory = _function_of(path, function or "make_program", args.target_args)
+    launch_options = {"grace_period": args.grace_period}
+    if args.hosts is not None:
+      launch_options["hosts"] = args.hosts
+    if args.ray_address is not None:
+      launch_options["ray_address"] = args.ray_address
+    result = sweep_lib.sweep(
+      factory,
+      args.space,
+      trials=args.trials,
+      parallel=args.parallel,
+      launch_type=MODES[args.mode],
+      sampler=args.sampler,
+      pruner=args.pruner,
+      storage=args.storage,
+      name=args.name,
+      objective=args.objective,
+      direction=args.direction,
+      fail_fast=args.fail_fast,
+      sampler_seed=args.sampler_seed,
+      sampler_options=dict(args.sampler_arg),
+      pruner_options=dict(args.pruner_arg),
+      trial_timeout=args.trial_timeout,
+      launch_options=launch_options,
+    )
+  except sweep_lib.TrialFailedError as e:
+    print(f"\nlp sweep: {e}", file=sys.stderr)
+    return 1
+  except Exception as e:  # noqa: BLE001 - the sweep's refusal, or the target's own error
+    return _failed("lp sweep", e)
+  if result.stopped_by is not None:
+    return 128 + result.stopped_by
+  if result.best is None:
+    print(
+      f"lp sweep: no trial of {result.name} completed; results.csv and each trial's error.txt "
+      f"in {result.directory} say why.",
+      file=sys.stderr,
+    )
+    return 1
+  return 0
+
+
 def _watch(args: argparse.Namespace) -> int:
-  """`lp status --watch` and `lp top`: a live table of one running program."""
+  """`lp status --watch` and `lp top`: a live table of one running program or sweep."""
   command = f"lp {args.command}"
+  sweeps = importlib.import_module("launchpad.sweep.status")
   try:
     run = runs.find(args.run) if args.run else _only_run()
   except LookupError as e:
+    sweep = sweeps.find(args.run) if args.run else _only_sweep(sweeps)
+    if sweep is not None:
+      return sweeps.watch(sweep, sys.stdout, args.interval, args.iterations)
     print(f"{command}: {e}", file=sys.stderr)
     return 2
   try:
@@ -566,6 +723,12 @@ def _watch(args: argparse.Namespace) -> int:
     return 1
 
 
+def _only_sweep(sweeps: Any) -> Any:
+  """The one running sweep when no program runs outside sweeps, else None."""
+  running = sweeps.running()
+  return running[0] if len(running) == 1 and not runs.current() else None
+
+
 def _only_run() -> runs.Run:
   current = runs.current()
   if len(current) == 1:
@@ -579,18 +742,30 @@ def _only_run() -> runs.Run:
 def _status(args: argparse.Namespace) -> int:
   if args.watch:
     return _watch(args)
+  sweeps = importlib.import_module("launchpad.sweep.status")
   try:
     selected = [runs.find(args.run)] if args.run else runs.current()
   except LookupError as e:
-    print(f"lp status: {e}", file=sys.stderr)
-    return 2
-  if not selected:
+    sweep = sweeps.find(args.run)
+    status = sweep.read_status() if sweep is not None else None
+    if status is None:
+      print(f"lp status: {e}", file=sys.stderr)
+      return 2
+    sys.stdout.write(sweeps.table(status))
+    return 0
+  sweep_tables = []
+  if not args.run:
+    statuses = (sweep.read_status() for sweep in sweeps.running())
+    sweep_tables = [sweeps.table(status) for status in statuses if status is not None]
+  if not selected and not sweep_tables:
     print("no running programs")
     return 0
-  # All at once, each within runs.QUERY_SECONDS: a stuck run holds up no other.
-  with concurrent.futures.ThreadPoolExecutor(len(selected)) as pool:
-    tables = list(pool.map(_run_table, selected))
-  sys.stdout.write("".join(tables))
+  tables = []
+  if selected:
+    # All at once, each within runs.QUERY_SECONDS: a stuck run holds up no other.
+    with concurrent.futures.ThreadPoolExecutor(len(selected)) as pool:
+      tables = list(pool.map(_run_table, selected))
+  sys.stdout.write("".join(tables + sweep_tables))
   return 0
 
 
