@@ -5,17 +5,19 @@ fork server of its own, streams their output back, and reports their exits.
 Its standard input and output are the SSH channel: length-prefixed pickles,
 after a magic string that tells them apart from whatever a login shell
 prints first. When the channel closes (the launcher ended, was killed, or the
-connection dropped), the agent kills every node it started, removes the code
-and exits: nothing outlives the launch on any host.
+connection dropped), the agent kills every node it started, and the fork
+server every process those started, removes the code and exits: nothing
+outlives the launch on any host.
 
 Launcher -> agent: ("setup", Setup), then ("start", name, payload) and
 ("kill", [names]). Agent -> launcher: ("ready", info), ("output", name, bytes),
-("exited", name, pid, returncode).
+("exited", name, pid, returncode, oom_killed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import pathlib
 import pickle
@@ -130,7 +132,8 @@ class _Agent:
     workdir.mkdir(parents=True, exist_ok=True)
     bundle.extract(setup.files, workdir)
     os.chdir(workdir)
-    self._names: dict[int, str] = {}
+    self._names: dict[int, str] = {}  # the fork server's key of each start -> node
+    self._keys = itertools.count()
     self._closed: dict[str, threading.Event] = {}
     self._lock = threading.Lock()
     self._selector = selectors.DefaultSelector()
@@ -165,28 +168,29 @@ class _Agent:
 
   def _start(self, name: str, payload: bytes) -> None:
     ours, theirs = socket.socketpair()
-    pid = self._fork_server.start(payload, theirs)
-    theirs.close()
+    key = next(self._keys)
     with self._lock:
-      self._names[pid] = name
+      self._names[key] = name
       self._closed[name] = threading.Event()
+    self._fork_server.start(key, payload, theirs)
+    theirs.close()
     self._selector.register(ours, selectors.EVENT_READ, name)
     self._wake_w.send(b"x")
 
   def _kill(self, name: str) -> None:
     with self._lock:
-      pids = [pid for pid, n in self._names.items() if n == name]
-    for pid in pids:
-      zygote.kill_session(pid)
+      keys = [key for key, n in self._names.items() if n == name]
+    for key in keys:
+      self._fork_server.kill(key)
 
-  def _exited(self, pid: int, returncode: int) -> None:
+  def _exited(self, key: int, pid: int, returncode: int, oom_killed: bool) -> None:
     with self._lock:
-      name = self._names.pop(pid, None)
+      name = self._names.pop(key, None)
       closed = self._closed.get(name)
     if name is None:
       return
     closed.wait(OUTPUT_DRAIN_SECONDS)  # its last lines go first: they explain the exit
-    self._send(("exited", name, pid, returncode))
+    self._send(("exited", name, pid, returncode, oom_killed))
 
   def _forward_output(self) -> None:
     while True:
@@ -210,11 +214,7 @@ class _Agent:
       pass  # the launcher is gone; close() ends everything
 
   def close(self) -> None:
-    """Kills every node still running and removes the code."""
-    with self._lock:
-      pids = list(self._names)
-    for pid in pids:
-      zygote.kill_session(pid)
+    """Kills every node still running, and all they started, and removes the code."""
     self._fork_server.close()
     shutil.rmtree(self._code, ignore_errors=True)
 

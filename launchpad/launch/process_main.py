@@ -2,8 +2,9 @@
 
 Used two ways: in a child freshly forked by the launcher's fork server
 (`zygote.py`; fast: launchpad is already imported there), and in a fresh
-interpreter for nodes that need one,
-reading the same payload from standard input.
+interpreter for nodes that need one, reading the same payload from standard
+input. Either way the process exits with status 0 when its node finished
+and 1 when it failed, whatever the node raised.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ import dataclasses
 import os
 import signal
 import sys
+import traceback
+from typing import NoReturn
 
 import cloudpickle
 
+from launchpad import errors
 from launchpad.context import ProgramRuntime
-from launchpad.launch import worker
+from launchpad.courier import serialization
+from launchpad.launch import node_logging, worker
 from launchpad.nodes.base import Node
 from launchpad.tls import TlsConfig
 
-_PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 # How a launcher starts a node in a fresh interpreter; the payload comes on stdin.
 COMMAND = "from launchpad.launch import process_main; process_main.main()"
 # The address a node's servers bind and advertise to the other nodes.
@@ -32,26 +38,53 @@ RUN_DIR_VARIABLE = "LAUNCHPAD_RUN_DIR"
 
 @dataclasses.dataclass
 class WorkerSpec:
-  """What a node's process needs; travels pickled, holding the program secret."""
+  """What a node's process needs; travels pickled, holding the program secret.
+
+  The node travels pickled on its own inside the spec, and is loaded only
+  once the node's process can report to the coordinator: a node whose code
+  cannot be loaded there (a module missing on the host, an argument whose
+  unpickling raises) is that node's failure, reported with its traceback.
+  """
 
   program: str
   coordinator: str
   secret: bytes
-  node: Node
+  node: Node | bytes  # bytes once it travelled: the node pickled on its own
   env: dict[str, str]
   tls: TlsConfig | None = None
+  # The launcher's absl verbosity, if it chose one (-v); None: INFO.
+  absl_verbosity: int | None = dataclasses.field(default_factory=node_logging.chosen_verbosity)
+  name: str = ""  # the node's name, taken from `node`
 
-  def run(self) -> None:
+  def __post_init__(self):
+    if isinstance(self.node, Node):
+      self.name = self.node.name
+
+  def __reduce__(self):
+    node = self.node if isinstance(self.node, bytes) else serialization.cloudpickle_dumps(self.node)
+    fields = (self.program, self.coordinator, self.secret, node, self.env, self.tls)
+    return WorkerSpec, (*fields, self.absl_verbosity, self.name)
+
+  def run(self) -> bool:
     """Runs the node in the calling thread, in this process's environment
-    plus the spec's, and returns when it ended (its outcome reported)."""
+    plus the spec's, and returns when it ended (its outcome reported): True
+    if it finished, False if it failed."""
     os.environ.update(self.env)
+    node_logging.show(self.absl_verbosity)
     runtime = self.runtime()
     try:
-      worker.run_node(self.node, runtime)
+      node = self.node if isinstance(self.node, Node) else cloudpickle.loads(self.node)
+      return worker.run_node(node, runtime)
+    except BaseException as e:  # noqa: BLE001 - not loaded, or its end not reported: a failure
+      try:
+        runtime.control.report(worker.failure_event(self.name, e))
+      except errors.LaunchpadError:
+        traceback.print_exc()  # the node's output at least tells
+      return False
     finally:
       runtime.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
+      sys.stdout.flush()
+      sys.stderr.flush()
 
   def runtime(self) -> ProgramRuntime:
     """The program as this node's process sees it. Its servers bind
@@ -61,32 +94,54 @@ class WorkerSpec:
     return ProgramRuntime(self.program, self.coordinator, self.secret, host=host, tls=self.tls)
 
 
-def run(payload: bytes, output_fd: int | None) -> None:
-  """Runs the node described by `payload` in this process and exits."""
-  _detach()
-  if output_fd is not None:
-    _redirect_output(output_fd)
-  spec: WorkerSpec = cloudpickle.loads(payload)
-  spec.run()
-  os._exit(0)  # node threads the user left behind must not keep the process
+def run(payload: bytes, output_fd: int | None) -> NoReturn:
+  """Runs the node described by `payload` in this process and exits: status
+  0 if the node finished, 1 if it failed. Nothing it raises leaves this
+  function (in a forked child, that would unwind into the fork server's
+  loop); node threads the user left behind do not keep the process."""
+  status = 1
+  try:
+    _detach()
+    if output_fd is not None:
+      _redirect_output(output_fd)
+    spec: WorkerSpec = cloudpickle.loads(payload)
+    status = 0 if spec.run() else 1
+  except BaseException:  # noqa: BLE001 - told in the node's output; the process ends here
+    traceback.print_exc()
+  finally:
+    try:
+      sys.stdout.flush()
+      sys.stderr.flush()
+    finally:
+      os._exit(status)
 
 
 def _detach() -> None:
   """Own session (a Ctrl-C in the terminal reaches the launcher only, which
   stops the program gracefully), and death with the parent, even by SIGKILL."""
-  parent_pid = os.getppid()
   try:
     os.setsid()
   except OSError:
     pass  # already a session leader
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-  except (OSError, AttributeError):
-    pass  # not Linux: the coordinator-loss watcher still ends the node
+  die_with_parent()
+
+
+def die_with_parent() -> None:
+  """SIGKILL when the parent process dies; exits at once if it died already."""
+  parent_pid = os.getppid()
+  prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
   if os.getppid() != parent_pid:
     os._exit(1)  # the parent died before the death signal was armed
+
+
+def prctl(option: int, value: int) -> None:
+  """Linux's prctl(2); nothing elsewhere (the coordinator-loss watcher still
+  ends every node)."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(option, value)
+  except (OSError, AttributeError):
+    pass
 
 
 def _redirect_output(fd: int) -> None:

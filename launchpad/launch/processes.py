@@ -3,21 +3,23 @@
 Nodes start in parallel from a fork server that has launchpad imported
 already, so a node process is ready in tens of milliseconds instead of the
 second a fresh interpreter takes. Groups given `lp.PythonProcess(interpreter=
-..., args=...)` start from that interpreter instead. Every node process dies
-with the launcher, even when the launcher is killed with SIGKILL: it is in a
-session of its own with a parent-death signal, and it stops by itself when
-the coordinator disappears.
+..., args=...)` start from that interpreter instead. Every node process, and
+every process it starts, ends with its node and with the launcher, even when
+the launcher is killed with SIGKILL (see `zygote.py`). A node process that
+exits with status 0 without having reported is a finished node; any other
+status, or a signal, is a failure.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 import pathlib
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -69,7 +71,7 @@ def launch(
   controller = Controller(plan, coordinator, runtime, processes, grace_period, run_dir=run.path)
   processes.start_all()
   if terminal == "tmux_session":
-    tmux.open_windows(run, list(processes.pids()))
+    tmux.open_windows(run, [worker.name for worker in plan.workers])
   controller.start_supervisor(handle_signals, lambda: _close_run(output, run, terminal))
   return controller
 
@@ -82,10 +84,17 @@ def _close_run(output: OutputMux, run: runs.Run, terminal: str) -> None:
 
 
 def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, PythonProcess]:
+  """Each group's settings, interpreters resolved to their paths."""
   groups = {worker.label for worker in plan.workers}
-  return resources_lib.by_group(
+  resources = resources_lib.by_group(
     plan.program, groups, local_resources, PythonProcess, "multiprocess"
   )
+  return {
+    group: dataclasses.replace(r, interpreter=_interpreter(r.interpreter, group))
+    if r.interpreter
+    else r
+    for group, r in resources.items()
+  }
 
 
 def _child_environment() -> dict[str, str]:
@@ -95,18 +104,14 @@ def _child_environment() -> dict[str, str]:
 
 
 class _Child:
-  """One node process."""
+  """One start of a node's process."""
 
-  def __init__(self, name: str, pid: int):
+  def __init__(self, name: str, key: int):
     self.name = name
-    self.pid = pid
+    self.key = key  # the fork server's name for this start
+    self.pid = 0  # until the fork server has forked it
     self.killed = False
     self.returncode: int | None = None
-
-  def kill(self) -> None:
-    """SIGKILL to the node's whole session: its own children die with it."""
-    self.killed = True
-    zygote.kill_session(self.pid)
 
 
 class _Processes:
@@ -124,14 +129,14 @@ class _Processes:
     self._output = output
     self._nodes: dict[str, Node] = {worker.name: worker for worker in plan.workers}
     self._children: dict[str, _Child] = {}
-    self._by_pid: dict[int, _Child] = {}
-    self._early_exits: dict[int, int] = {}
+    self._by_key: dict[int, _Child] = {}
+    self._keys = itertools.count()
     self._changed = threading.Condition()
     self._fork_server: zygote.ForkServer | None = None
     self.coordinator = coordinator
 
   def start_all(self) -> None:
-    self._fork_server = zygote.ForkServer(self._exited_pid, _child_environment())
+    self._fork_server = zygote.ForkServer(self._exited, _child_environment(), self._started)
     for index, name in enumerate(self._nodes):
       self._start(name, index)
 
@@ -147,37 +152,30 @@ class _Processes:
       self._plan.program, self.coordinator.address, self._plan.secret, node, env
     )
     payload = serialization.cloudpickle_dumps(spec)
-    output = self._output.attach(name, index)
+    command = fresh_env = None
     if resource.interpreter or resource.args:
-      pid = self._spawn(resource, payload, output)
-    else:
-      pid = self._fork_server.start(payload, output)
-    output.close()
-    child = _Child(name, pid)
+      interpreter = resource.interpreter or sys.executable
+      command = [interpreter, "-c", process_main.COMMAND, *resource.args]
+      fresh_env = {**_child_environment(), **resource.env}
+    output = self._output.attach(name, index)
+    child = _Child(name, next(self._keys))
     with self._changed:
-      self._children[name] = self._by_pid[pid] = child
-      returncode = self._early_exits.pop(pid, None)
-    if returncode is not None:
-      self._exited_pid(pid, returncode)
-
-  def _spawn(self, resource: PythonProcess, payload: bytes, output: socket.socket) -> int:
-    process = subprocess.Popen(
-      [resource.interpreter or sys.executable, "-c", process_main.COMMAND, *resource.args],
-      stdin=subprocess.PIPE,
-      stdout=output.fileno(),
-      stderr=output.fileno(),
-      env={**_child_environment(), **resource.env},
-    )
-    process.stdin.write(payload)
-    process.stdin.close()
-    threading.Thread(
-      target=lambda: self._exited_pid(process.pid, process.wait()), daemon=True
-    ).start()
-    return process.pid
+      self._children[name] = self._by_key[child.key] = child
+    try:
+      self._fork_server.start(child.key, payload, output, command, fresh_env)
+    except errors.LaunchpadError:
+      with self._changed:
+        del self._by_key[child.key]
+        child.returncode = -signal.SIGKILL  # never started: nothing to wait for
+        self._changed.notify_all()
+      raise
+    finally:
+      output.close()
 
   def pids(self) -> dict[str, int]:
+    """Name -> pid of every node process started so far."""
     with self._changed:
-      return {name: child.pid for name, child in self._children.items()}
+      return {name: child.pid for name, child in self._children.items() if child.pid}
 
   def join(self, timeout: float) -> bool:
     with self._changed:
@@ -189,28 +187,70 @@ class _Processes:
     return ended
 
   def kill(self, names: list[str]) -> None:
+    """SIGKILL to each node's whole session; its keeper kills the rest."""
     with self._changed:
       children = [self._children[n] for n in names if n in self._children]
+      for child in children:
+        child.killed = True
     for child in children:
-      child.kill()
+      self._fork_server.kill(child.key)
 
-  def _exited_pid(self, pid: int, returncode: int) -> None:
+  def _started(self, key: int, pid: int) -> None:
     with self._changed:
-      child = self._by_pid.pop(pid, None)
-      if child is None:  # it exited before _start recorded it
-        self._early_exits[pid] = returncode
-        return
+      child = self._by_key.get(key)
+      if child is not None:
+        child.pid = pid
+
+  def _exited(self, key: int, pid: int, returncode: int, oom_killed: bool) -> None:
+    with self._changed:
+      child = self._by_key.pop(key)
+      child.pid = pid or child.pid
       child.returncode = returncode
       self._changed.notify_all()
     if not child.killed:
-      report_unannounced_exit(
+      report_exit(
         self.coordinator,
         child.name,
         child.pid,
         socket.gethostname(),
-        exit_reason(returncode),
+        returncode,
+        oom_killed,
         self._output.log_path(child.name),
       )
+
+
+def _interpreter(interpreter: str, group: str) -> str:
+  """The path of `interpreter` (a path, or a name on PATH)."""
+  path = shutil.which(interpreter)
+  if path is None:
+    raise errors.ProgramError(
+      f"group {group!r}: lp.PythonProcess(interpreter={interpreter!r}) is not an executable "
+      "file, nor a name found on PATH; give the path of a Python that has launchpad installed."
+    )
+  return path
+
+
+def report_exit(
+  coordinator: Coordinator,
+  name: str,
+  pid: int,
+  host: str,
+  returncode: int,
+  oom_killed: bool,
+  log_path: pathlib.Path,
+) -> None:
+  """Reports how node `name`'s process ended if the node itself did not
+  say: status 0 is a node that finished (it called os._exit(0), say), any
+  other status or a signal a failure (`oom_killed`: the out-of-memory
+  killer was at work meanwhile)."""
+  if returncode != 0:
+    report_unannounced_exit(
+      coordinator, name, pid, host, exit_reason(returncode, oom_killed), log_path
+    )
+  elif coordinator.nodes[name].state not in (FINISHED, FAILED):
+    coordinator.report(
+      control_pb2.NodeEvent(node=name, kind=control_pb2.NodeEvent.FINISHED, pid=pid, host=host)
+    )
 
 
 def report_unannounced_exit(
@@ -237,15 +277,20 @@ def report_unannounced_exit(
   )
 
 
-def exit_reason(code: int | None) -> str:
-  """Why a process ended, in words."""
-  if code is None:
-    return "the process ended in an unknown way"
+def exit_reason(code: int, oom_killed: bool = False) -> str:
+  """Why a process ended, in words. The out-of-memory killer is named only
+  on evidence: `oom_killed`, the kernel's count of its kills in the node's
+  memory cgroup rose while the node ran."""
   if code >= 0:
     return f"the process exited with status {code}"
   name = signal.Signals(-code).name
-  hint = " (the kernel's out-of-memory killer sends SIGKILL)" if code == -signal.SIGKILL else ""
-  return f"the process was killed by {name}{hint}"
+  if oom_killed:
+    return (
+      f"the process was killed by {name}, by the kernel's out-of-memory killer (its memory "
+      "cgroup counted an out-of-memory kill meanwhile); give the node more memory, or make it "
+      "use less"
+    )
+  return f"the process was killed by {name}"
 
 
 def _log_tail(path: pathlib.Path, lines: int = 30) -> str:

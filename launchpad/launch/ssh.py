@@ -204,17 +204,18 @@ class _RemoteWorkers:
     if stream is not None:
       stream.sendall(data)
 
-  def exited(self, name: str, pid: int, returncode: int) -> None:
+  def exited(self, name: str, pid: int, returncode: int, oom_killed: bool) -> None:
     with self._changed:
       killed = name in self._killed
       self._ended(name)
     if not killed:
-      processes.report_unannounced_exit(
+      processes.report_exit(
         self._coordinator,
         name,
         pid,
         self._by_node[name].host.name,
-        processes.exit_reason(returncode),
+        returncode,
+        oom_killed,
         self._output.log_path(name),
       )
 
@@ -337,7 +338,7 @@ class _HostConnection:
     if kind == "output":
       self._workers.output(message[1], message[2])
     elif kind == "exited":
-      self._workers.exited(message[1], message[2], message[3])
+      self._workers.exited(*message[1:])
 
   def _read_stderr(self) -> None:
     for raw in self._process.stderr:

@@ -12,7 +12,7 @@ import time
 
 from launchpad.context import ProgramRuntime
 from launchpad.control.coordinator import Coordinator
-from launchpad.launch import worker
+from launchpad.launch import node_logging, worker
 from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
 
@@ -26,6 +26,7 @@ def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) 
   the program gracefully; a second one exits at once. If a node fails after
   the main thread has returned, the process exits with status 1.
   """
+  node_logging.show()  # the nodes' absl logging, as in node processes
   coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
   runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
   workers = _Threads(plan, runtime)

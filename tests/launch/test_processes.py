@@ -243,6 +243,9 @@ def fresh_interpreter_node_facts(launched, resource):
       "work": client(fresh).work(2),
       "forked_ppid": client(forked).ppid(),
     }
+    keepers = [psutil.Process(facts[k]) for k in ("ppid", "forked_ppid")]
+    facts["keepers_parents"] = [keeper.ppid() for keeper in keepers]
+    facts["fork_server_parent"] = psutil.Process(keepers[0].ppid()).ppid()
   except lp.LaunchpadError as e:
     controller.stop(timeout=TIMEOUT)
     failures = [f"{r.name}: {r.description}\n{r.traceback}" for r in controller.failures()]
@@ -260,9 +263,12 @@ def test_python_process_interpreter_and_args_start_a_fresh_interpreter(launched)
   assert facts["argv"][1:] == ["--foo"]
   assert facts["work"] == 6
   assert facts["pid"] != os.getpid()
-  # Started by the launcher itself, not forked by the fork server.
-  assert facts["ppid"] == os.getpid()
-  assert facts["forked_ppid"] != os.getpid()
+  # Like a forked node, it runs under a keeper of the fork server (which
+  # ends what the node leaves behind), a child of this process.
+  assert facts["ppid"] != facts["forked_ppid"]
+  [fork_server, same] = facts["keepers_parents"]
+  assert fork_server == same
+  assert facts["fork_server_parent"] == os.getpid()
   assert os.path.realpath(facts["executable"]) == os.path.realpath(sys.executable)
 
 
@@ -376,7 +382,7 @@ def test_node_killed_with_sigkill_fails_the_program(launched):
     controller.wait(TIMEOUT)
   error = info.value
   assert error.node == "failer[0]"
-  assert "SIGKILL" in error.description
+  assert error.description == "the process was killed by SIGKILL"  # no out-of-memory guess
   assert "killed by SIGKILL" in str(error)
   assert_everything_ended(controller, before)
 
@@ -619,6 +625,19 @@ def test_unpicklable_node_argument_is_rejected_naming_the_node_and_path():
   message = str(info.value)
   assert "node holder[0]" in message
   assert "['args'][0]" in message
+
+
+def test_an_interpreter_that_does_not_exist_is_an_error_naming_its_group(launchpad_home):
+  program = lp.Program("no_python")
+  program.add_node(lp.PyNode(print, "never runs"), label="learner")
+  resource = lp.PythonProcess(interpreter="python-that-is-not-there")
+  with pytest.raises(lp.ProgramError) as info:
+    lp.launch(program, launch_type="local_mp", local_resources={"learner": resource})
+  message = str(info.value)
+  assert "group 'learner'" in message
+  assert "interpreter='python-that-is-not-there'" in message
+  assert "give the path of a Python" in message
+  assert not (launchpad_home / "runs").exists() or not any((launchpad_home / "runs").iterdir())
 
 
 def test_local_resources_for_a_group_the_program_lacks_is_an_error(tmp_path, monkeypatch):
