@@ -811,6 +811,8 @@ def _run_table(run: runs.Run) -> str:
     lines.append(
       f"  {node.node:24} {node.state:9} {node.pid or '-':>7} {node.restarts:>8} {cpu:>6} {mem:>8}"
     )
+    if node.HasField("metrics"):
+      lines.append(f"    {live_view.metrics_line(node.metrics)}")
   return "\n".join(lines) + "\n"
 
 

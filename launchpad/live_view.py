@@ -37,6 +37,8 @@ def frame(reply: control_pb2.StatusReply, title: str) -> str:
   for node in reply.nodes:
     rows.append(_row(node))
     tables[len(rows) - 1] = [_table_line(t) for t in node.stats.tables]
+    if node.HasField("metrics"):
+      tables[len(rows) - 1].append(metrics_line(node.metrics))
   widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
   for index, row in enumerate(rows):
     cells = [
@@ -78,6 +80,12 @@ def _table_line(table: control_pb2.TableStats) -> str:
     f"table {table.name}: size {table.size}/{table.max_size}  "
     f"inserts/s {_rate(table.inserts_per_second)}  samples/s {_rate(table.samples_per_second)}"
   )
+
+
+def metrics_line(metrics: control_pb2.MetricsReport) -> str:
+  """The node's latest lp.report, as `step 1200: loss 0.25  return 183`."""
+  values = "  ".join(f"{name} {metrics.values[name]:.4g}" for name in sorted(metrics.values))
+  return f"step {metrics.step}: {values}"
 
 
 def _rate(value: float) -> str:

@@ -19,9 +19,11 @@ def save_curves(
   objective: str,
   title: str,
   best: dict[str, Any] | None,
+  varying: list[str],
 ) -> bool:
   """Draws the curves of `trials` (Optuna FrozenTrials; `table` their rows)
-  into `path`; False when matplotlib is not installed."""
+  into `path`, naming the best trial's `varying` parameters (those the
+  space gives more than one value); False when matplotlib is not installed."""
   try:
     from matplotlib.figure import Figure
   except ImportError:
@@ -56,13 +58,17 @@ def save_curves(
       linewidth=2.5,
       label=f"best: trial {best['number']}, {objective} {results.format_value(best['value'])}",
     )
-    title = f"{title}\nbest: {results.params_text(best['params'])}"
+    chosen_params = {k: v for k, v in best["params"].items() if k in varying}
+    title = f"{title}\nbest: {results.params_text(chosen_params)}"
   if results.PRUNED in labelled:
     axes.plot([], [], marker="x", color="black", linestyle="none", label="pruned here")
   axes.set_xlabel("step (lp.report)")
   axes.set_ylabel(objective)
   axes.set_title(title)
   axes.grid(alpha=0.3)
-  axes.legend(loc="best", fontsize=9)
+  if labelled or best is not None:
+    axes.legend(loc="best", fontsize=9)
+  else:
+    axes.text(0.5, 0.5, f"no trial reported {objective}", ha="center", transform=axes.transAxes)
   figure.savefig(path, dpi=100)
   return True

@@ -546,6 +546,7 @@ class _Sweep:
       definition.objective,
       f"sweep {self.name}: {definition.objective} of every trial",
       best,
+      [n for n, p in definition.space.parameters.items() if p.grid() is None or len(p.grid()) > 1],
     )
     counts = results.counts(table)
     summary = ", ".join(f"{counts[s]} {s}" for s in sorted(counts))

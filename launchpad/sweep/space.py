@@ -268,7 +268,9 @@ def _range(name: str, kind: str, entry: Mapping[str, Any], where: str) -> Parame
   step = entry.get("step")
   if step is not None:
     if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
-      raise SpaceError(f"{where}.step is {step!r}; it must be a {_kind_noun(kind)} above 0.")
+      raise SpaceError(
+        f"{where}.step is {step!r}; it must be {'an integer' if kind == 'int' else 'a number'} above 0."
+      )
     if log:
       raise SpaceError(f"{where}: give log = true or a step, not both.")
   if kind == "float":

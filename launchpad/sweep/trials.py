@@ -116,13 +116,13 @@ class TrialRun:
     try:
       controller = self._start_program()
     except Exception as e:  # noqa: BLE001 - the user's factory, or its program's launch
-      self._end(FAILED, "".join(traceback.format_exception(e)))
+      self._end(FAILED, _error_text(f"trial {self.number} could not start", e))
       return
     self.run_dir = controller.run_dir
     try:
       how = self._watch(controller)
     except Exception as e:  # noqa: BLE001 - a stop that did not end the program, say
-      self._end(FAILED, "".join(traceback.format_exception(e)))
+      self._end(FAILED, _error_text(f"trial {self.number}'s program did not end", e))
       return
     self._end(how, _failure_text(controller) if how == FAILED else "")
 
@@ -166,6 +166,11 @@ class TrialRun:
       except OSError:
         pass  # the sweep still records the error in its study
     self._events.put(Ended(self, how, error))
+
+
+def _error_text(what: str, error: Exception) -> str:
+  """A line saying what went wrong, then the traceback."""
+  return f"{what}: {type(error).__name__}: {error}\n" + "".join(traceback.format_exception(error))
 
 
 def _failure_text(controller: Any) -> str:
