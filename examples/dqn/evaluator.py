@@ -91,6 +91,10 @@ class Evaluator:
     )
     self._evaluations.append(evaluation)
     self._write_rows([evaluation], mode="a")
+    # For a sweep to prune on (examples/dqn/trial.py), and for `lp status`. Pruners
+    # compare trials at equal steps: evaluations come every eval_period steps or so.
+    step = env_steps // self._config.eval_period * self._config.eval_period
+    lp.report(step=step, mean_return=evaluation.mean_return, learner_steps=learner_steps)
     print(
       f"Evaluator: return {evaluation.mean_return:6.1f} after {env_steps} environment steps, "
       f"{learner_steps} learner steps, {evaluation.seconds:.1f} s",
