@@ -87,11 +87,22 @@ class RayResources:
     resources: custom resources per node, as the cluster's nodes declare
       them (`ray start --resources`, a KubeRay group's rayStartParams),
       e.g. {'TPU': 4}.
+    placement_strategy: reserve the group's resources together in one Ray
+      placement group, one bundle (the above) per node, before its actors
+      start: 'PACK' (on as few Ray nodes as possible), 'SPREAD' (on as many
+      as possible), 'STRICT_PACK' (all on one Ray node), 'STRICT_SPREAD'
+      (each on a different Ray node). Default None: each actor is placed
+      on its own.
+    placement_timeout: seconds the launch waits for the placement group to
+      be placed before it fails naming the group (an autoscaling cluster
+      may need minutes to add nodes).
   """
 
   num_cpus: float = 0.1
   num_gpus: float = 0.0
   resources: dict[str, float] = dataclasses.field(default_factory=dict)
+  placement_strategy: str | None = None
+  placement_timeout: float = 60.0
 
   def __post_init__(self):
     _check_amount("num_cpus", self.num_cpus)
@@ -107,6 +118,35 @@ class RayResources:
           "num_gpus."
         )
       _check_amount(f"resources[{name!r}]", amount)
+    _check_placement(self)
+
+  def bundle(self) -> dict[str, float]:
+    """What one node reserves, as a Ray placement group bundle: the amounts above 0."""
+    wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+    return {name: float(amount) for name, amount in wanted.items() if amount > 0}
+
+
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def _check_placement(resources: RayResources) -> None:
+  strategy = resources.placement_strategy
+  if strategy is not None and strategy not in PLACEMENT_STRATEGIES:
+    raise ValueError(
+      f"RayResources placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)} "
+      f"(or None: no placement group), got {strategy!r}."
+    )
+  _check_amount("placement_timeout", resources.placement_timeout)
+  if not resources.placement_timeout > 0:
+    raise ValueError(
+      f"RayResources placement_timeout must be > 0 seconds, got {resources.placement_timeout!r}."
+    )
+  if strategy is not None and not resources.bundle():
+    raise ValueError(
+      f"RayResources placement_strategy={strategy!r} reserves each node's num_cpus, num_gpus "
+      "and resources, which are all 0: Ray refuses empty bundles; give the group something "
+      "to reserve (e.g. num_cpus=0.1)."
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,14 @@ launcher as in every other mode, actors register their courier addresses
 with it, report how their node ended, and learn of the stop from it.
 
 On a cluster of this host (one the launcher starts, or one whose nodes have
-a loopback address) the coordinator and the nodes bind loopback. On a
-remote cluster the coordinator binds every interface and advertises the
-launcher's IP, and each node binds the IP of the Ray node it runs on.
+a loopback address) the coordinator and the nodes bind loopback, and so do
+Ray's own servers in a cluster the launcher starts. On a remote cluster the
+coordinator binds every interface and advertises the launcher's IP, and
+each node binds the IP of the Ray node it runs on.
+
+A group whose lp.RayResources name a placement strategy gets a Ray
+placement group, one bundle per node, placed before its actors start and
+removed when the program ends.
 """
 
 from __future__ import annotations
@@ -33,13 +38,12 @@ import cloudpickle
 
 from launchpad import errors, runs
 from launchpad import resources as resources_lib
-from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
 from launchpad.courier import serialization
 from launchpad.launch import process_main
-from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
+from launchpad.launch.session import Session
 from launchpad.resources import RayResources
 from launchpad.tls import TlsConfig
 
@@ -47,8 +51,21 @@ from launchpad.tls import TlsConfig
 # default; launchpad shows every node's lines, as in the other modes. Read
 # when Ray is imported: a user's own setting, or an earlier import, wins.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray (2.60) gives a new local cluster this machine's outward IP, on which its
+# servers listen on every interface, and rewrites a loopback address to join
+# (127.0.0.1:PORT) to that IP. With this variable at 0, meant for macOS and
+# Windows, it uses 127.0.0.1 for both, and its servers listen on loopback
+# only. Read when Ray is imported, like the one above.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ.setdefault(LOOPBACK_SWITCH, "0")
 try:
   import ray
+  from ray.util.placement_group import (
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+  )
+  from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 except ImportError as e:
   raise ImportError(
     "launch_type='ray' needs Ray: install it with pip install 'launchpad-rl[ray]'."
@@ -64,82 +81,62 @@ ANY_INTERFACE = "0.0.0.0"
 OUTPUT_LINGER_SECONDS = 1.0
 # Bound on the check that the cluster's address accepts connections.
 CONNECT_TIMEOUT_SECONDS = 10.0
+# How often a launch looks again at a placement group Ray has not placed yet.
+PLACEMENT_POLL_SECONDS = 0.2
+# The host names Ray replaces by this machine's IP in an address to join.
+RAY_LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def launch(
-  plan: Plan,
-  grace_period: float = 10.0,
-  local_resources: dict[str, Any] | None = None,
-  *,
-  address: str | None = None,
-  tls: bool | TlsConfig = False,
-  handle_signals: bool = True,
-) -> Controller:
-  """Starts one Ray actor per node of `plan` and returns once all are created.
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+  """Options of the Ray launcher (`lp.launch` arguments of the same names).
 
-  Args:
-    address: the Ray cluster to join ('auto', 'ray://head:10001', 'host:6379').
-      Default: the cluster this process joined already (ray.init), else the
-      one $RAY_ADDRESS names, else a new local cluster that ends with the
-      program.
+  Attributes:
+    local_resources: group label -> lp.RayResources(num_cpus=, num_gpus=,
+      resources=, placement_strategy=).
+    ray_address: the Ray cluster to join ('auto', 'ray://head:10001',
+      'host:6379'). Default: the cluster this process joined already
+      (ray.init), else the one $RAY_ADDRESS names, else a new local cluster
+      on loopback that ends with the program.
     tls: encrypt traffic between nodes and with the coordinator: True makes a
       certificate for this launch; or give lp.TlsConfig.from_files(...).
-    handle_signals: Ctrl-C and SIGTERM stop the program gracefully (main
-      thread only); a failure after the main thread returned exits with 1.
   """
-  resources = _group_resources(plan, local_resources or {})
-  tls = TlsConfig.for_launch(tls)
-  cluster = _session.join(
-    address, sum(_resource(resources, w.label).num_cpus for w in plan.workers)
-  )
-  try:
+
+  local_resources: dict[str, Any] | None = None
+  ray_address: str | None = None
+  tls: bool | TlsConfig = False
+
+
+class RayLauncher:
+  """One Ray actor per node."""
+
+  options = RayOptions
+  single_host = False
+  nodes_travel = True
+
+  def prepare(self, session: Session, options: RayOptions) -> _Actors:
+    plan = session.plan
+    resources = _group_resources(plan, options.local_resources or {})
+    tls = TlsConfig.for_launch(options.tls)
+    cluster = _session.join(
+      options.ray_address, sum(_resource(resources, w.label).num_cpus for w in plan.workers)
+    )
+    session.on_close("the Ray cluster", _session.leave)
     if cluster.started:
       _check_fits(resources, ray.cluster_resources())
-    return _launch(plan, grace_period, resources, cluster, tls, handle_signals)
-  except BaseException:
-    _session.leave()
-    raise
+    run = session.create_run()
+    # Ray streams actors' output to this process a little late, and says
+    # nothing when all of it has arrived.
+    session.on_close("the nodes' last output", lambda: time.sleep(OUTPUT_LINGER_SECONDS))
+    port = session.start_coordinator(LOOPBACK if cluster.local else ANY_INTERFACE, tls)
+    address = f"{cluster.launcher_ip}:{port.rpartition(':')[2]}"
+    actors = _Actors(plan, resources, session.coordinator, address, cluster, run, tls)
+    session.on_close("the Ray actors", actors.close)
+    session.start_runtime(address, tls)
+    return actors
 
 
-def _launch(
-  plan: Plan,
-  grace_period: float,
-  resources: dict[str, RayResources],
-  cluster: _Cluster,
-  tls: TlsConfig | None,
-  handle_signals: bool,
-) -> Controller:
-  coordinator = Coordinator(
-    plan.program,
-    plan.node_names,
-    plan.secret,
-    host=LOOPBACK if cluster.local else ANY_INTERFACE,
-    tls=tls,
-  )
-  port = coordinator.start().rpartition(":")[2]
-  address = f"{LOOPBACK if cluster.local else ray.util.get_node_ip_address()}:{port}"
-  run = runs.create(plan.program)
-  run.write(address, plan.secret, tls)
-  actors = _Actors(plan, resources, coordinator, address, cluster.local, run, tls)
-  runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source, tls=tls)
-  controller = Controller(plan, coordinator, runtime, actors, grace_period, run_dir=run.path)
-  try:
-    actors.start_all()
-  except BaseException:
-    actors.close()
-    runtime.close()
-    coordinator.close()
-    run.finish()
-    raise
-  controller.start_supervisor(handle_signals, functools.partial(_end, actors, run))
-  return controller
-
-
-def _end(actors: _Actors, run: runs.Run) -> None:
-  actors.close()
-  run.finish()
-  time.sleep(OUTPUT_LINGER_SECONDS)
-  _session.leave()
+LAUNCHER = RayLauncher()
 
 
 def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, RayResources]:
@@ -172,6 +169,7 @@ class _Cluster:
 
   started: bool  # a launch started it, on this host
   local: bool  # every node of it runs on this host: loopback reaches them all
+  launcher_ip: str  # this machine's IP as the cluster's nodes reach it
 
 
 class _Session:
@@ -186,7 +184,7 @@ class _Session:
     self._lock = threading.Lock()
     self._users = 0
     self._opened = False
-    self._cluster = _Cluster(started=False, local=False)
+    self._cluster = _Cluster(started=False, local=False, launcher_ip=LOOPBACK)
 
   def join(self, address: str | None, num_cpus: float) -> _Cluster:
     with self._lock:
@@ -207,20 +205,71 @@ def _connect(address: str | None, num_cpus: float) -> tuple[_Cluster, bool]:
   if ray.is_initialized():
     if address:
       log.warning("this process has joined a Ray cluster already (ray.init); %r is unused", address)
-    return _Cluster(started=False, local=_is_loopback(ray.util.get_node_ip_address())), False
+    return _joined(), False
   address = address or os.environ.get("RAY_ADDRESS")
   if address:
     _check_reachable(address)
-    ray.init(address=address)
-    return _Cluster(started=False, local=_is_loopback(ray.util.get_node_ip_address())), True
+    _join(address)
+    return _joined(), True
+  _check_stays_on_loopback()
   # Enough CPUs for every node's request, a tenth of a core each by default.
   ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)))
-  return _Cluster(started=True, local=True), True
+  return _Cluster(started=True, local=True, launcher_ip=LOOPBACK), True
+
+
+def _join(address: str) -> None:
+  """ray.init(address), or an error that says what to check."""
+  try:
+    ray.init(address=address)
+  except ConnectionError as e:
+    raise errors.ProgramError(
+      f"cannot join the Ray cluster at {address}: {e}. If the cluster uses Ray's token "
+      "authentication, set RAY_AUTH_MODE=token here, with its token in RAY_AUTH_TOKEN, the "
+      "file RAY_AUTH_TOKEN_PATH names or ~/.ray/auth_token: Ray does not turn it on by itself "
+      "for an address it is given."
+    ) from e
+
+
+def _joined() -> _Cluster:
+  """The cluster this process has just joined (as a driver or a Ray Client)."""
+  nodes = [node["NodeManagerAddress"] for node in ray.nodes() if node["Alive"]]
+  if all(_is_loopback(ip) for ip in nodes):
+    return _Cluster(started=False, local=True, launcher_ip=LOOPBACK)
+  if ray.util.client.ray.is_connected():
+    # This process is no Ray node: the cluster reaches it where it sends from.
+    return _Cluster(started=False, local=False, launcher_ip=_source_ip(nodes[0]))
+  return _Cluster(started=False, local=False, launcher_ip=ray.util.get_node_ip_address())
+
+
+def _source_ip(towards: str) -> str:
+  """The IP this machine sends from to `towards` (a UDP connect sends nothing)."""
+  family = socket.AF_INET6 if ":" in towards else socket.AF_INET
+  with socket.socket(family, socket.SOCK_DGRAM) as probe:
+    probe.connect((towards, 9))
+    return probe.getsockname()[0]
+
+
+def _check_stays_on_loopback() -> None:
+  """Fails before starting a local cluster that would listen on every
+  interface: Ray was imported before this module set LOOPBACK_SWITCH, or the
+  user set it to 1. (Before ray.init, get_node_ip_address is the IP Ray
+  gives a new local cluster.)"""
+  ip = ray.util.get_node_ip_address()
+  if not _is_loopback(ip):
+    raise errors.ProgramError(
+      f"a local Ray cluster started now would use this machine's address {ip} and listen on "
+      f"every interface, because Ray was imported before launchpad's Ray launcher set "
+      f"{LOOPBACK_SWITCH}=0 (or it is set to 1). Set {LOOPBACK_SWITCH}=0 in the environment "
+      "to keep it on loopback; or, for a local cluster other machines reach, start it "
+      "yourself (ray.init() before lp.launch, or `ray start --head` and ray_address=...)."
+    )
 
 
 def _check_reachable(address: str) -> None:
   """Fails at once where ray.init would retry for minutes: a HOST:PORT or
-  ray://HOST:PORT address must accept connections."""
+  ray://HOST:PORT address must accept connections, and so must the address
+  Ray turns a loopback HOST:PORT into."""
+  client = address.startswith("ray://")
   host, _, port = address.removeprefix("ray://").rpartition(":")
   if not (host and port.isdigit()):
     return  # 'auto', or a form Ray resolves and reports on itself
@@ -232,13 +281,27 @@ def _check_reachable(address: str) -> None:
       "its head node) and the address: HEAD_IP:6379 for a process on a cluster node, "
       "ray://HEAD:10001 through the Ray Client server."
     ) from e
+  ip = ray.util.get_node_ip_address()  # what Ray puts in place of a loopback host
+  if client or host.strip("[]") not in RAY_LOCALHOST_NAMES or _is_loopback(ip):
+    return
+  try:
+    socket.create_connection((ip, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+  except OSError as e:
+    raise errors.ProgramError(
+      f"Ray would join {address} at {ip}:{port} instead, where the cluster does not listen "
+      f"({e}): Ray was imported before launchpad's Ray launcher set {LOOPBACK_SWITCH}=0 (or "
+      f"it is set to 1). Set {LOOPBACK_SWITCH}=0 in the environment to join a cluster that "
+      "listens on loopback only."
+    ) from e
 
 
 def _is_loopback(ip: str) -> bool:
   try:
-    return ipaddress.ip_address(ip).is_loopback
+    address = ipaddress.ip_address(ip)
   except ValueError:
     return False
+  mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+  return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 _session = _Session()
@@ -298,7 +361,7 @@ class _Actors:
     resources: dict[str, RayResources],
     coordinator: Coordinator,
     address: str,
-    local: bool,
+    cluster: _Cluster,
     run: runs.Run,
     tls: TlsConfig | None,
   ):
@@ -307,15 +370,21 @@ class _Actors:
     self._resources = resources
     self._coordinator = coordinator
     self._address = address
-    self._local = local
-    self._env = {process_main.RUN_DIR_VARIABLE: str(run.path)} if local else {}
+    self._cluster = cluster
+    self._local = cluster.local
+    self._env = {process_main.RUN_DIR_VARIABLE: str(run.path)} if cluster.local else {}
     # Actor names are node names: unique within a namespace of this launch.
     self._namespace = f"{run.name}-{uuid.uuid4().hex[:8]}"
     self._nodes = {node.name: node for node in plan.workers}
     self._actors: dict[str, _Actor] = {}
     self._changed = threading.Condition()
+    self._placement = _Placement(self._namespace)
 
   def start_all(self) -> None:
+    """Places the groups that ask for placement groups, then starts every node."""
+    self._placement.place(
+      self._plan, self._resources, wait_for_autoscaler=not self._cluster.started
+    )
     for name in self._nodes:
       self.start(name)
 
@@ -337,6 +406,7 @@ class _Actors:
         num_gpus=resource.num_gpus,
         resources=dict(resource.resources),
         max_restarts=0,
+        scheduling_strategy=self._placement.strategy(name),
       ).remote(name)
     except (ValueError, TypeError) as e:
       raise errors.ProgramError(
@@ -388,8 +458,87 @@ class _Actors:
       ray.kill(actor.handle)
 
   def close(self) -> None:
-    """Ends every actor still there (one whose node could not start outlives its run)."""
+    """Ends every actor still there (one whose node could not start outlives
+    its run), and removes the program's placement groups."""
     self.kill(list(self._nodes))
+    self._placement.remove()
+
+
+class _Placement:
+  """The placement groups of one program: one per group that asks for one
+  (lp.RayResources(placement_strategy=...)), a bundle per node of the group."""
+
+  def __init__(self, namespace: str):
+    self._namespace = namespace
+    self._groups: dict[str, Any] = {}  # label -> its placement group
+    self._bundles: dict[str, tuple[Any, int]] = {}  # node name -> (placement group, bundle)
+
+  def place(
+    self, plan: Plan, resources: dict[str, RayResources], wait_for_autoscaler: bool
+  ) -> None:
+    """Creates the placement groups and returns once Ray has placed them all.
+
+    Raises:
+      errors.ProgramError: naming the first group Ray has not placed within
+        its placement_timeout (or at once, when Ray finds it cannot be
+        placed and no autoscaler may add nodes: `wait_for_autoscaler` False).
+    """
+    started = time.monotonic()
+    for label, resource in resources.items():
+      if resource.placement_strategy is None:
+        continue
+      names = [worker.name for worker in plan.workers if worker.label == label]
+      group = placement_group(
+        [resource.bundle()] * len(names),
+        strategy=resource.placement_strategy,
+        name=f"{self._namespace}/{label}",
+      )
+      self._groups[label] = group
+      self._bundles.update({name: (group, index) for index, name in enumerate(names)})
+    for label, group in self._groups.items():
+      _wait_placed(label, group, resources[label], started, wait_for_autoscaler)
+
+  def strategy(self, name: str) -> PlacementGroupSchedulingStrategy | None:
+    """Where node `name`'s actor goes: its bundle, if its group has a placement group."""
+    if name not in self._bundles:
+      return None
+    group, index = self._bundles[name]
+    return PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+
+  def remove(self) -> None:
+    for group in self._groups.values():
+      remove_placement_group(group)
+    self._groups.clear()
+    self._bundles.clear()
+
+
+def _wait_placed(
+  label: str, group: Any, resource: RayResources, started: float, wait_for_autoscaler: bool
+) -> None:
+  deadline = started + resource.placement_timeout
+  while not group.wait(max(0.0, min(PLACEMENT_POLL_SECONDS, deadline - time.monotonic()))):
+    state = placement_group_table(group)["stats"]["scheduling_state"]
+    if time.monotonic() >= deadline or (state == "INFEASIBLE" and not wait_for_autoscaler):
+      raise errors.ProgramError(_unplaced(label, group, resource, state, started))
+
+
+def _unplaced(label: str, group: Any, resource: RayResources, state: str, started: float) -> str:
+  count, bundle = len(group.bundle_specs), resource.bundle()
+  strategy = resource.placement_strategy
+  if strategy == "STRICT_SPREAD":
+    need = f"{count} Ray nodes that each have {bundle} free"
+  elif strategy == "STRICT_PACK":
+    need = f"one Ray node that has {count} x {bundle} free"
+  else:
+    need = f"{count} x {bundle} free on the cluster's nodes"
+  alive = sum(1 for node in ray.nodes() if node["Alive"])
+  return (
+    f"group {label!r} ({count} nodes) could not be placed with placement_strategy="
+    f"{strategy!r} in {time.monotonic() - started:.0f} s (Ray says {state}): it needs {need}, "
+    f"and the cluster has {alive} Ray node{'' if alive == 1 else 's'}. Add Ray nodes that have "
+    "the resources, choose another placement_strategy, or give the group more time "
+    "(lp.RayResources(placement_timeout=...))."
+  )
 
 
 _IMPORT_HINT = (

@@ -1,9 +1,11 @@
 """Tests of the Ray launcher (`launch_type='ray'`) on one real local Ray instance.
 
 The module starts one small Ray instance and every program joins it, so
-each test pays for actors, not for a cluster. Ray is told to use loopback
-(it would pick the host's outward address otherwise). Nodes defined here
-travel to their actors by value: actors never import this module.
+each test pays for actors, not for a cluster. The launcher's module keeps
+Ray on loopback (it would take the host's outward address and listen on
+every interface otherwise); the instance checks that it does. Nodes defined
+here travel to their actors by value: actors never import this module.
+Tests on a cluster of two Ray nodes are in test_ray_cluster.py.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -28,8 +31,6 @@ import cloudpickle
 import pytest
 from absl import flags
 
-# Read by Ray when it is imported, in this process and in the children it starts.
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 pytest.importorskip("launchpad.launch.ray", reason="needs ray")
 
 import ray
@@ -38,6 +39,8 @@ import launchpad as lp
 from launchpad import runs
 from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import FINISHED
+from launchpad.launch import ray as ray_launcher
+from tests import ray_cluster
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -46,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 60.0
 
 
-def _load_example(name: str) -> types.ModuleType:
+def load_example(name: str) -> types.ModuleType:
   """examples/NAME.py, loaded once per process under the name the examples'
   own tests use, its absl flags on a FlagValues of their own (the examples
   share flag names); it travels to the actors by value."""
@@ -64,8 +67,11 @@ def _load_example(name: str) -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-  """One local Ray instance for the module; its address."""
+  """One local Ray instance for the module, listening on loopback only; its address."""
   ray.init(num_cpus=2, resources={"widget": 2}, include_dashboard=False)
+  listening = ray_cluster.listening_sockets(os.getpid())  # this process and Ray's
+  outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
+  assert not outside, f"the test's Ray instance listens beyond loopback: {outside}"
   yield ray.get_runtime_context().gcs_address
   ray.shutdown()
 
@@ -149,7 +155,7 @@ def program_with(name: str, node: lp.Node, label: str) -> tuple[lp.Program, lp.H
 
 
 def test_consumer_producers_example_runs_to_completion_in_actors(launched):
-  example = _load_example("consumer_producers")
+  example = load_example("consumer_producers")
   controller = launched(example.make_program(num_producers=2, num_steps=3))
   assert controller.wait(TIMEOUT) is True
   assert controller.failures() == []
@@ -172,7 +178,7 @@ def test_with_tls_nodes_reach_the_coordinator_over_tls_only(launched):
 
 
 def test_replay_example_runs_to_completion_in_actors(launched):
-  example = _load_example("replay_actors_learner")
+  example = load_example("replay_actors_learner")
   controller = launched(example.make_program(num_actors=1, num_steps=5))
   assert controller.wait(TIMEOUT) is True
   assert controller.failures() == []
@@ -315,6 +321,19 @@ def test_local_resources_must_name_groups_and_be_ray_resources(resources, error,
     ({"resources": {1: 1}}, TypeError, "named by strings"),
     ({"resources": {"widget": float("nan")}}, ValueError, "resources['widget'] must be >= 0"),
     ({"resources": ["widget"]}, TypeError, "resources must be a dict"),
+    (
+      {"placement_strategy": "spread"},
+      ValueError,
+      "placement_strategy must be one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",
+    ),
+    ({"placement_timeout": 0}, ValueError, "placement_timeout must be > 0 seconds, got 0"),
+    ({"placement_timeout": "60"}, TypeError, "placement_timeout must be a number"),
+    (
+      {"placement_strategy": "PACK", "num_cpus": 0},
+      ValueError,
+      "placement_strategy='PACK' reserves each node's num_cpus, num_gpus and resources, which "
+      "are all 0",
+    ),
   ],
 )
 def test_ray_resources_reject_bad_values(kwargs, error, message):
@@ -325,8 +344,9 @@ def test_ray_resources_reject_bad_values(kwargs, error, message):
 # A cluster of the launcher's own.
 
 # Starts a program on a new local cluster, fails to launch one that asks for
-# a resource the cluster lacks, and checks that the cluster ends with the
-# first program.
+# a resource the cluster lacks and one whose placement group cannot be placed
+# on its one Ray node (at once: no autoscaler will add one), and checks that
+# the cluster ends with the first program.
 _OWN_CLUSTER_SCRIPT = textwrap.dedent(
   """
   import threading
@@ -346,6 +366,14 @@ _OWN_CLUSTER_SCRIPT = textwrap.dedent(
   try:
     lp.launch(program("second"), launch_type="ray",
               local_resources={"service": lp.RayResources(resources={"widget": 1})})
+  except lp.ProgramError as e:
+    print("refused:", e)
+  pair = lp.Program("third")
+  for _ in range(2):
+    pair.add_node(lp.CourierNode(Service), label="pair")
+  spread = lp.RayResources(placement_strategy="STRICT_SPREAD", placement_timeout=600)
+  try:
+    lp.launch(pair, launch_type="ray", local_resources={"pair": spread})
   except lp.ProgramError as e:
     print("refused:", e)
   controller.stop(timeout=30)
@@ -373,8 +401,107 @@ def test_a_cluster_started_by_the_launcher_checks_requests_and_ends_with_the_pro
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   refused = [line for line in lines if line.startswith("refused:")]
-  assert len(refused) == 1 and "group 'service' asks for 1 widget" in refused[0], lines
+  assert len(refused) == 2, lines
+  widget, pair = refused
+  assert "group 'service' asks for 1 widget" in widget
+  # Within this test's TIMEOUT, far less than the group's placement_timeout.
+  strategy = "placement_strategy='STRICT_SPREAD'"
+  assert f"group 'pair' (2 nodes) could not be placed with {strategy}" in pair
+  assert "(Ray says INFEASIBLE): it needs 2 Ray nodes that each have" in pair
+  assert "the cluster has 1 Ray node." in pair
   assert "initialized: False" in lines and "children left: 0" in lines, lines
+
+
+# Launches a program on a new local cluster and prints, as JSON, every TCP
+# socket that the launcher and its descendants (Ray's processes, the node's
+# actor) listen on while the program runs.
+_LISTENING_SCRIPT = textwrap.dedent(
+  """
+  import json
+  import os
+  import launchpad as lp
+  from tests import ray_cluster
+
+  class Service:
+    def ping(self):
+      return "pong"
+
+  program = lp.Program("listening")
+  service = program.add_node(lp.CourierNode(Service), label="service")
+  controller = lp.launch(program, launch_type="ray", grace_period=2.0)
+  assert service.dereference().with_timeout(30).ping() == "pong"
+  print(json.dumps(ray_cluster.listening_sockets(os.getpid())))
+  controller.stop(timeout=30)
+  """
+)
+
+
+def _without_ray_settings(tmp_path: pathlib.Path) -> dict[str, str]:
+  """This process's environment without RAY_ADDRESS and Ray's loopback switch
+  (the launcher sets that one itself), with a temporary LAUNCHPAD_HOME."""
+  drop = ("RAY_ADDRESS", ray_launcher.LOOPBACK_SWITCH)
+  env = {key: value for key, value in os.environ.items() if key not in drop}
+  return {**env, "LAUNCHPAD_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+
+
+def test_a_cluster_started_by_the_launcher_listens_on_loopback_only(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-c", _LISTENING_SCRIPT],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=_without_ray_settings(tmp_path),
+    cwd=tmp_path,
+  )
+  assert result.returncode == 0, result.stderr
+  listening = json.loads(result.stdout.splitlines()[-1])
+  # Ray's servers, the coordinator in the launcher, the node's courier server in its actor.
+  names = {name for name, _, _ in listening}
+  assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::NodeActor") for n in names)
+  outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
+  assert not outside, f"listening beyond loopback: {outside}"
+
+
+# With Ray imported before the launcher and the switch at 1, Ray would start
+# a local cluster on the machine's outward address: the launch refuses.
+_OUTWARD_SCRIPT = textwrap.dedent(
+  """
+  import ray
+  import launchpad as lp
+
+  if ray.util.get_node_ip_address().startswith("127."):
+    print("no outward address")
+  else:
+    program = lp.Program("outward")
+    program.add_node(lp.PyNode(print), label="printer")
+    try:
+      lp.launch(program, launch_type="ray")
+    except lp.ProgramError as e:
+      print("refused:", e)
+    print("initialized:", ray.is_initialized())
+  """
+)
+
+
+def test_the_launcher_refuses_to_start_a_cluster_that_would_listen_beyond_loopback(tmp_path):
+  env = {**_without_ray_settings(tmp_path), ray_launcher.LOOPBACK_SWITCH: "1"}
+  result = subprocess.run(
+    [sys.executable, "-c", _OUTWARD_SCRIPT],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=env,
+    cwd=tmp_path,
+  )
+  assert result.returncode == 0, result.stderr
+  if result.stdout.strip() == "no outward address":
+    pytest.skip("this machine has no address but loopback: Ray stays on it anyway")
+  lines = result.stdout.splitlines()
+  [refused] = [line for line in lines if line.startswith("refused:")]
+  assert "a local Ray cluster started now would use this machine's address" in refused
+  assert "listen on every interface" in refused
+  assert "Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment" in refused
+  assert "initialized: False" in lines
 
 
 # The command line.

@@ -1,0 +1,260 @@
+"""Real Ray clusters on loopback, each in a directory of its own, for the
+Ray launcher's tests: two nodes (`start`), or one head started by `ray start`
+(`start_head`).
+
+Run as a script, it starts a head node and a second node, both with node IP
+127.0.0.1 (on which Ray binds its servers to loopback only), each with a
+custom resource of its own ({"head_node": 4}, {"second_node": 4}), its own
+temp directory and log monitor, and a Ray Client server on the head; prints
+one JSON line (the GCS address, the Ray Client address, both node ids);
+and shuts the cluster down when its stdin closes or it gets SIGTERM. Its
+directory is a short temporary one, not pytest's: Ray puts Unix sockets in
+it, whose paths may not exceed 107 bytes.
+
+Why not two `ray start ... --block` processes: in Ray 2.60 `ray start`
+replaces 127.0.0.1, given as --node-ip-address or in --address, by this
+machine's outward IP, on which Ray listens on every interface; and with
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps 127.0.0.1, it refuses to
+start a second node. Ray's own test cluster (ray.cluster_utils.Cluster)
+takes the node IP as given, so it makes the nodes here. The cluster's
+processes run with that variable at 0 all the same: the Ray Client server
+rewrites the GCS address it is given otherwise, and cannot reach it.
+
+    python tests/ray_cluster.py DIRECTORY
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+# Ray's switch that keeps 127.0.0.1 as it is (see above).
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Bound on the cluster's start (two nodes take ~10 s on a loaded 2-core machine).
+START_SECONDS = 120.0
+# Bound on its shutdown, after which what is left is killed.
+STOP_SECONDS = 30.0
+# What each node has: logical CPUs (more than the machine's two: the nodes
+# of the tests ask for a tenth each) and its own custom resource.
+NODE_CPUS = 4
+NODE_RESOURCE_AMOUNT = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class RayCluster:
+  """A running cluster: where to join it, and its nodes' ids."""
+
+  address: str  # the head's GCS, 127.0.0.1:PORT
+  client_address: str  # its Ray Client server, ray://127.0.0.1:PORT
+  head_id: str
+  second_id: str
+  pid: int  # of the process that owns the cluster
+
+
+@dataclasses.dataclass(frozen=True)
+class RayHead:
+  """A running one-node cluster of `ray start --head`."""
+
+  address: str  # its GCS, 127.0.0.1:PORT
+  pid: int  # of `ray start`, whose descendants are the node's processes
+
+
+def listening_sockets(pid: int) -> list[tuple[str, str, int]]:
+  """(process name, ip, port) of every TCP socket that `pid` and its
+  descendants listen on."""
+  found = []
+  root = psutil.Process(pid)
+  for process in [root, *root.children(recursive=True)]:
+    try:
+      name = process.name()
+      for connection in process.net_connections("inet"):
+        if connection.status == psutil.CONN_LISTEN:
+          found.append((name, connection.laddr.ip, connection.laddr.port))
+    except psutil.NoSuchProcess:
+      continue
+  return found
+
+
+def is_loopback(ip: str) -> bool:
+  """127.0.0.0/8, ::1, or 127.x mapped into IPv6 (a dual-stack socket bound to 127.0.0.1)."""
+  address = ipaddress.ip_address(ip)
+  mapped = getattr(address, "ipv4_mapped", None)
+  return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def start(log: pathlib.Path, env: dict[str, str]) -> Iterator[RayCluster]:
+  """Starts the cluster in a child process whose output goes to `log`;
+  yields it; stops it and every process of it, by pid, and removes its
+  directory."""
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="lpray-"))
+  # Ray writes the address of a cluster it starts under $RAY_TMPDIR/ray, where
+  # the `ray.init("auto")` of other Ray users on this machine would find it.
+  (directory / "ray").mkdir()
+  with log.open("w") as output:
+    child = subprocess.Popen(
+      [sys.executable, __file__, str(directory)],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=output,
+      text=True,
+      env={**env, "RAY_TMPDIR": str(directory), LOOPBACK_SWITCH: "0"},
+    )
+  try:
+    line = _first_line(child, START_SECONDS)
+    if not line:
+      status = "still starting" if child.poll() is None else f"exit status {child.returncode}"
+      raise RuntimeError(
+        f"the Ray cluster did not start within {START_SECONDS} s ({status}); its log, "
+        f"{log}:\n{log.read_text()[-5000:]}"
+      )
+    yield RayCluster(**json.loads(line), pid=child.pid)
+  finally:
+    _stop(child)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_head(log: pathlib.Path, env: dict[str, str]) -> Iterator[RayHead]:
+  """Starts a one-node cluster with `ray start --head --block` on 127.0.0.1
+  (Ray's switch at 0: it listens on loopback only), in `env`, its output to
+  `log`; yields it; ends it by SIGTERM to its pid (Ray then
+  stops the node's processes), killing by pid whatever is left."""
+  directory = pathlib.Path(tempfile.mkdtemp(prefix="lpray-"))
+  ray = pathlib.Path(sys.executable).with_name("ray")  # the CLI beside this Python
+  command = [
+    *(str(ray), "start", "--head", "--block", "--disable-usage-stats"),
+    "--include-dashboard=false",
+    f"--node-ip-address={LOOPBACK}",
+    "--port=0",  # Ray picks the GCS port, and writes the address below
+    f"--ray-client-server-port={_free_port()}",  # not 10001, which may be another head's
+    f"--num-cpus={NODE_CPUS}",
+    f"--temp-dir={directory}",
+  ]
+  with log.open("w") as output:
+    child = subprocess.Popen(
+      command,
+      stdin=subprocess.DEVNULL,
+      stdout=subprocess.PIPE,
+      stderr=output,
+      text=True,
+      env={**env, LOOPBACK_SWITCH: "0"},
+    )
+  try:
+    address_file = directory / "ray_current_cluster"
+    if not _wait_for_line(child, "This command will now block forever", START_SECONDS):
+      raise RuntimeError(
+        f"`ray start --head` did not start within {START_SECONDS} s; its log, {log}:\n"
+        f"{log.read_text()[-5000:]}"
+      )
+    yield RayHead(address_file.read_text().strip(), child.pid)
+  finally:
+    _stop(child, signal.SIGTERM)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wait_for_line(child: subprocess.Popen, text: str, timeout: float) -> bool:
+  """Whether `child` printed a line containing `text` within `timeout`
+  (False at once if it exits first); its other lines are dropped."""
+  found: list[bool] = []
+  done = threading.Event()
+
+  def read() -> None:
+    for line in child.stdout:
+      if text in line and not found:
+        found.append(True)
+        done.set()
+    done.set()
+
+  threading.Thread(target=read, daemon=True).start()
+  done.wait(timeout)
+  return bool(found)
+
+
+def _first_line(child: subprocess.Popen, timeout: float) -> str:
+  lines: list[str] = []
+  reader = threading.Thread(target=lambda: lines.append(child.stdout.readline()), daemon=True)
+  reader.start()
+  reader.join(timeout)
+  return lines[0] if lines else ""
+
+
+def _stop(child: subprocess.Popen, signum: int | None = None) -> None:
+  """Closes the child's stdin, or sends it `signum`: it shuts its cluster
+  down; then kills by pid whatever of it is left."""
+  try:
+    descendants = psutil.Process(child.pid).children(recursive=True)
+  except psutil.NoSuchProcess:
+    descendants = []
+  if signum is None:
+    child.stdin.close()
+  else:
+    child.send_signal(signum)
+  try:
+    child.wait(STOP_SECONDS)
+  except subprocess.TimeoutExpired:
+    child.kill()
+    child.wait(STOP_SECONDS)
+  _, alive = psutil.wait_procs(descendants, timeout=STOP_SECONDS)
+  for process in alive:
+    process.kill()
+  psutil.wait_procs(alive, timeout=STOP_SECONDS)
+
+
+def _node_args(resource: str, directory: pathlib.Path) -> dict:
+  return {
+    "node_ip_address": LOOPBACK,
+    "num_cpus": NODE_CPUS,
+    "resources": {resource: NODE_RESOURCE_AMOUNT},
+    "temp_dir": str(directory),
+  }
+
+
+def _free_port() -> int:
+  """A port free on loopback now. Ray's Ray Client server takes no port 0:
+  Ray picks its other ports the same way."""
+  with socket.socket() as probe:
+    probe.bind((LOOPBACK, 0))
+    return probe.getsockname()[1]
+
+
+def main(directory: pathlib.Path) -> None:
+  from ray import cluster_utils
+
+  client_port = _free_port()
+  head_args = {
+    **_node_args("head_node", directory / "head"),
+    "include_dashboard": False,
+    "ray_client_server_port": client_port,
+  }
+  cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head_args)
+  # A log monitor of its own, as on a machine of its own: it streams the
+  # output of the node's actors to their drivers.
+  second_args = {**_node_args("second_node", directory / "second"), "include_log_monitor": True}
+  second = cluster.add_node(**second_args)
+  info = {
+    "address": cluster.address,
+    "client_address": f"ray://{LOOPBACK}:{client_port}",
+    "head_id": cluster.head_node.node_id,
+  }
+  print(json.dumps({**info, "second_id": second.node_id}), flush=True)
+  stop = threading.Event()
+  signal.signal(signal.SIGTERM, lambda *_: stop.set())
+  threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+  stop.wait()
+  cluster.shutdown()
+
+
+if __name__ == "__main__":
+  main(pathlib.Path(sys.argv[1]))
