@@ -42,7 +42,7 @@ from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreading
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.nodes.python import PyClassNode, PyNode
 from launchpad.program import Program, make_program
-from launchpad.resources import DockerConfig, PythonProcess, RayResources
+from launchpad.resources import DockerConfig, PythonProcess, RayResources, SlurmResources
 from launchpad.sweep import report, sweep
 from launchpad.tls import TlsConfig
 
@@ -78,6 +78,7 @@ __all__ = [
   "ReverbNode",
   "SerializationError",
   "SimpleLocalAddressBuilder",
+  "SlurmResources",
   "TlsConfig",
   "batched_handler",
   "flags",

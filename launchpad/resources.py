@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -147,6 +148,134 @@ def _check_placement(resources: RayResources) -> None:
       "and resources, which are all 0: Ray refuses empty bundles; give the group something "
       "to reserve (e.g. num_cpus=0.1)."
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmResources:
+  """What each node of one group asks Slurm for (`launch_type='slurm'`).
+
+  Groups that ask for the same resources share one Slurm job (allocation),
+  of one task per node; each node then runs as a job step of its own in it.
+
+  Attributes:
+    cpus: CPUs per node (`--cpus-per-task`).
+    gpus: GPUs per node, as the cluster's GRES `gpu`; Slurm sets
+      CUDA_VISIBLE_DEVICES in the node's process.
+    mem: memory per node: megabytes as a number, or Slurm's form with a
+      unit, '500M', '4G'. Default: the cluster's default.
+    time: the job's time limit, as Slurm takes it: minutes as a number, or
+      'HH:MM:SS', 'D-HH:MM', ... Default: the partition's.
+    partition, account, constraint: the job's `--partition`, `--account`
+      and `--constraint` (node features); default: the cluster's.
+    sbatch_options: any other sbatch options for the group's job, e.g.
+      ['--qos=high', '--exclusive'].
+  """
+
+  cpus: int = 1
+  gpus: int = 0
+  mem: int | str | None = None
+  time: int | str | None = None
+  partition: str | None = None
+  account: str | None = None
+  constraint: str | None = None
+  sbatch_options: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    for name, least in (("cpus", 1), ("gpus", 0)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"SlurmResources {name} must be a whole number >= {least}, got {value!r}.")
+    if self.mem is not None:
+      slurm_megabytes(self.mem)  # raises, saying what is accepted
+    if self.time is not None:
+      slurm_seconds(self.time)
+    for name in ("partition", "account", "constraint"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"SlurmResources {name} must be a non-empty string, got {value!r}.")
+    options = self.sbatch_options
+    if isinstance(options, str) or not all(isinstance(o, str) for o in options):
+      raise TypeError(
+        f"SlurmResources sbatch_options must be a list of strings, got {options!r}; e.g. "
+        "['--qos=high']."
+      )
+    object.__setattr__(self, "sbatch_options", tuple(options))
+    for option in self.sbatch_options:
+      field = _SLURM_FIELDS.get(option.split("=", 1)[0])
+      if field is not None:
+        raise ValueError(
+          f"SlurmResources sbatch_options has {option!r}: the launcher sets it from the "
+          f"group's nodes and resources; use the field {field} instead."
+        )
+
+
+# sbatch options the Slurm launcher sets itself, and the field that says what they should be.
+_SLURM_FIELDS = {
+  "-n": "(one task per node)",
+  "--ntasks": "(one task per node)",
+  "-c": "cpus",
+  "--cpus-per-task": "cpus",
+  "--gres": "gpus",
+  "-G": "gpus",
+  "--gpus": "gpus",
+  "--gpus-per-task": "gpus",
+  "--mem": "mem",
+  "--mem-per-cpu": "mem",
+  "-t": "time",
+  "--time": "time",
+  "-p": "partition",
+  "--partition": "partition",
+  "-A": "account",
+  "--account": "account",
+  "-C": "constraint",
+  "--constraint": "constraint",
+  "-J": "(the job is named after the program)",
+  "--job-name": "(the job is named after the program)",
+  "-o": "(the job's output goes to the run directory)",
+  "--output": "(the job's output goes to the run directory)",
+  "--signal": "preempt_signal of lp.SlurmOptions",
+}
+_MEGABYTES = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+
+
+def slurm_megabytes(mem: Any) -> int:
+  """Megabytes of a SlurmResources mem value (a number of MB, or '4G')."""
+  if isinstance(mem, int) and not isinstance(mem, bool) and mem > 0:
+    return mem
+  text = mem.strip().upper() if isinstance(mem, str) else ""
+  unit = text[-1:] if text[-1:] in _MEGABYTES else "M"
+  number = text[:-1] if text[-1:] in _MEGABYTES else text
+  if not number.isdigit() or int(number) == 0:
+    raise ValueError(
+      f"SlurmResources mem must be megabytes (a number > 0) or a size with its unit, such "
+      f"as '500M' or '4G'; got {mem!r}."
+    )
+  return max(1, math.ceil(int(number) * _MEGABYTES[unit]))
+
+
+def slurm_seconds(time_limit: Any) -> int:
+  """Seconds of a Slurm time limit: minutes as a number, or 'MM:SS',
+  'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS'."""
+  if isinstance(time_limit, int) and not isinstance(time_limit, bool) and time_limit > 0:
+    return time_limit * 60
+  text = time_limit.strip() if isinstance(time_limit, str) else ""
+  days, _, clock = text.rpartition("-")
+  parts = clock.split(":")
+  numbers = [days or "0", *parts]
+  if not all(n.isdigit() for n in numbers) or len(parts) > 3 or (days and len(parts) > 3):
+    seconds = 0
+  elif days:  # D-HH, D-HH:MM, D-HH:MM:SS
+    scale = (3600, 60, 1)
+    seconds = int(days) * 86400 + sum(int(p) * s for p, s in zip(parts, scale, strict=False))
+  else:  # MM, MM:SS, HH:MM:SS
+    scale = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(parts)]
+    seconds = sum(int(p) * s for p, s in zip(parts, scale, strict=True))
+  if seconds <= 0:
+    raise ValueError(
+      f"SlurmResources time must be minutes (a number > 0) or one of Slurm's forms, such as "
+      f"'30:00', '2:00:00' or '1-12:00:00'; got {time_limit!r}."
+    )
+  return seconds
 
 
 @dataclasses.dataclass(frozen=True)
