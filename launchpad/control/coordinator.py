@@ -102,7 +102,7 @@ class Coordinator:
     self._server: grpc.Server | None = None
     self.address: str | None = None
     # What nodes reported with lp.report, and who else wants each report.
-    self.metrics = metrics_lib.MetricsLog()
+    self.metrics = metrics_lib.MetricsLog(self._changed)
     self._metrics_listeners: list[Callable[[metrics_lib.Metrics], None]] = []
 
   # The launcher's side.

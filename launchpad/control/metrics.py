@@ -17,6 +17,7 @@ import logging
 import math
 import pathlib
 import threading
+from collections.abc import Callable
 
 from launchpad import private_files
 
@@ -55,12 +56,14 @@ class MetricsLog:
   number after the last one it got.
   """
 
-  def __init__(self, max_kept: int = MAX_KEPT):
+  def __init__(self, changed: threading.Condition | None = None, max_kept: int = MAX_KEPT):
+    """`changed`: the condition to notify of each report, and to wait on (the
+    coordinator's, so that waiters also wake when nodes change state)."""
     self._kept: collections.deque[Metrics] = collections.deque(maxlen=max_kept)
     self._count = 0  # reports received; the next one is numbered this
     self._latest: dict[str, Metrics] = {}
     self._closed = False
-    self._changed = threading.Condition()
+    self._changed = changed or threading.Condition()
 
   def add(self, metrics: Metrics) -> Metrics:
     """Keeps `metrics`; returns it numbered."""
@@ -82,12 +85,18 @@ class MetricsLog:
     with self._changed:
       return self._latest.get(node)
 
-  def since(self, first: int, timeout: float | None = 0.0) -> list[Metrics]:
+  def since(
+    self,
+    first: int,
+    timeout: float | None = 0.0,
+    until: Callable[[], bool] = lambda: False,
+  ) -> list[Metrics]:
     """The reports numbered `first` and after, waiting up to `timeout` seconds
     (None: no limit) for one when there is none yet, or until the log is
-    closed. Reports dropped to keep MAX_KEPT are skipped."""
+    closed or `until()` holds (checked on every change of the condition).
+    Reports dropped to keep MAX_KEPT are skipped."""
     with self._changed:
-      self._changed.wait_for(lambda: self._count > first or self._closed, timeout)
+      self._changed.wait_for(lambda: self._count > first or self._closed or until(), timeout)
       new = self._count - first
       if new <= 0:
         return []

@@ -214,8 +214,15 @@ class Controller:
     """What the nodes reported with lp.report, in the order it came: the
     reports numbered `since` and after (ask next for the number after the
     last one returned), waiting up to `timeout` seconds (None: no limit) for
-    one if there is none yet; [] once the program is over and all were read."""
-    return self._coordinator.metrics.since(since, timeout)
+    one if there is none yet. Returns [] at once when there is none and every
+    node has ended (`nodes_ended`): no report will come."""
+    return self._coordinator.metrics.since(since, timeout, until=self.nodes_ended)
+
+  def nodes_ended(self) -> bool:
+    """True once the program is stopping and every node has ended; its
+    processes may still be exiting (`done` says when they have)."""
+    coordinator = self._coordinator
+    return coordinator.stop_reason is not None and coordinator.all_ended()
 
   def _running_nodes(self) -> list[str]:
     """The nodes that have not ended yet."""

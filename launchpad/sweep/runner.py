@@ -303,6 +303,7 @@ class _Sweep:
     self._out = out
     self._events: queue.Queue = queue.Queue()
     self._live: dict[int, _Live] = {}
+    self._ending: list[trials_lib.TrialRun] = []  # ended trials whose processes may be exiting
     self._launch_lock = threading.Lock()  # one lp.launch at a time (launchers share state)
     self._failed: tuple[int, str] | None = None  # the trial that ended a fail-fast sweep
     self._stopped_by: int | None = None
@@ -392,6 +393,8 @@ class _Sweep:
     self._write_status("running")
 
   def _launch(self, program: Program, where: pathlib.Path) -> Any:
+    from launchpad.launch import launch  # launchers load with the first trial, not with lp.sweep
+
     options = {"terminal": "output_to_files", **self._launch_options}
     with self._launch_lock:
       return launch(program, launch_type=self._launch_type, log_dir=where, **options)
@@ -400,6 +403,7 @@ class _Sweep:
     if isinstance(event, trials_lib.Reported):
       self._reported(self._live[event.run.number], event.metrics)
     else:
+      self._ending.append(event.run)
       self._ended(self._live.pop(event.run.number), event)
 
   def _reported(self, live: _Live, reports: list) -> None:
@@ -471,6 +475,13 @@ class _Sweep:
     table = self._table()
     results.write_csv(self._directory.results_path, table, self._definition.objective)
     self._write_status("running", table)
+
+  def _wait_for_exits(self) -> None:
+    """Waits for the processes of ended trials to exit: none outlives the sweep."""
+    deadline = time.monotonic() + trials_lib.TEARDOWN_SECONDS + 10.0
+    for run in self._ending:
+      if not run.join(max(0.0, deadline - time.monotonic())):
+        self._say(f"trial {run.number}: its program has not ended; leaving it")
 
   def _stop_all(self) -> None:
     self._stopping = True

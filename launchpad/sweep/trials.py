@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import queue
 import threading
@@ -26,9 +27,13 @@ from launchpad import errors, private_files
 from launchpad.control.metrics import Metrics
 from launchpad.program import Program
 
+log = logging.getLogger(__name__)
+
 # How often a trial's thread looks for a request to stop while it waits for
-# reports (a report wakes it at once).
+# reports (a report, or the end of its nodes, wakes it at once).
 SLICE_SECONDS = 0.1
+# How long a trial whose nodes have ended waits for its processes to exit.
+TEARDOWN_SECONDS = 60.0
 PARAMS_FILE = "params.json"
 ERROR_FILE = "error.txt"
 
@@ -85,7 +90,7 @@ class TrialRun:
     self.directory = directory
     self.run_dir: pathlib.Path | None = None
     # time.time() of each moment of the trial: launched, reported (the first
-    # report), stop (the sweep asked it to stop), ended.
+    # report), last_report, stop (the sweep asked it to stop), ended.
     self.times: dict[str, float] = {}
     self.stop_reason: str | None = None
     self._factory = factory
@@ -108,8 +113,11 @@ class TrialRun:
       self.times["stop"] = time.time()
     self._stop_requested.set()
 
-  def join(self, timeout: float) -> None:
+  def join(self, timeout: float) -> bool:
+    """Waits for the trial's thread, which ends once its program's processes
+    have exited; True if it has."""
     self._thread.join(timeout)
+    return not self._thread.is_alive()
 
   def _run(self) -> None:
     self.times["launched"] = time.time()
@@ -125,6 +133,9 @@ class TrialRun:
       self._end(FAILED, _error_text(f"trial {self.number}'s program did not end", e))
       return
     self._end(how, _failure_text(controller) if how == FAILED else "")
+    # Its nodes have ended: the next trial may start while its processes exit.
+    if not controller.wait(timeout=TEARDOWN_SECONDS, raise_error=False):
+      log.warning("trial %d: its program did not end within %g s", self.number, TEARDOWN_SECONDS)
 
   def _start_program(self) -> Any:
     program = self._factory(**self.kwargs)
@@ -136,24 +147,34 @@ class TrialRun:
     return self._launch(program)
 
   def _watch(self, controller: Any) -> str:
-    """Hands on the program's reports until it is over; how it ended."""
+    """Hands on the program's reports until its nodes have all ended; how it ended.
+
+    A stop runs in a thread of its own (controller.stop() waits for the
+    program's processes to exit), so the end is told as soon as the nodes end.
+    """
     deadline = None if self._timeout is None else time.monotonic() + self._timeout
     after = 0
-    stopping = False
+    stopper: threading.Thread | None = None
+    stop_failures: list[Exception] = []
     while True:
       reports = controller.metrics(after, timeout=SLICE_SECONDS)
       if reports:
         after = reports[-1].number + 1
         self.times.setdefault("reported", time.time())
+        self.times["last_report"] = time.time()
         self._events.put(Reported(self, reports))
         continue
-      if controller.done:
+      if controller.nodes_ended() or controller.done:
         break
+      if stop_failures:
+        raise stop_failures[0]
       if deadline is not None and time.monotonic() >= deadline and self.stop_reason is None:
         self.stop(f"it ran longer than its {self._timeout:g} s")
-      if self._stop_requested.is_set() and not stopping:
-        stopping = True
-        controller.stop()  # the grace period, then force; raises if even that fails
+      if self._stop_requested.is_set() and stopper is None:
+        stopper = threading.Thread(
+          target=_stop, args=(controller, stop_failures), name=f"trial-{self.number}-stop"
+        )
+        stopper.start()
     if self.stop_reason is not None:
       return STOPPED
     return FAILED if controller.failures() else ENDED
@@ -166,6 +187,15 @@ class TrialRun:
       except OSError:
         pass  # the sweep still records the error in its study
     self._events.put(Ended(self, how, error))
+
+
+def _stop(controller: Any, failures: list[Exception]) -> None:
+  """Stops the program gracefully (its grace period, then force); what that
+  raises (nodes that even a kill does not end) goes to `failures`."""
+  try:
+    controller.stop()
+  except Exception as e:  # noqa: BLE001 - handed to the trial's thread
+    failures.append(e)
 
 
 def _error_text(what: str, error: Exception) -> str:
