@@ -232,14 +232,11 @@ class FrameReader:
     have = min(n, self._end - self._start)
     out[:have] = self._view[self._start : self._start + have]
     self._start += have
-    view = memoryview(out)
-    drained = False
-    while have < n:
-      got = bounded_io.recv_into(self._sock, view[have:], deadline, _STALLED, drained)
-      if not got:
-        raise EOFError("connection closed in the middle of a frame")
-      have += got
-      drained = True  # it came back short, having taken all there was
+    if (
+      have < n
+      and bounded_io.recv_all(self._sock, memoryview(out)[have:], deadline, _STALLED) < n - have
+    ):
+      raise EOFError("connection closed in the middle of a frame")
     return out
 
   def _wait(self, deadline: Deadline | None, spin: float) -> None:
