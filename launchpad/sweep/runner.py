@@ -342,6 +342,7 @@ class _Sweep:
       self._write_status("running")
       with self._signals():
         self._loop()
+      self._wait_for_exits()
       return self._finish()
 
   def _loop(self) -> None:
