@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -85,6 +86,14 @@ def test_status_shows_each_nodes_latest_report(processes):
   assert controller.metrics(timeout=TIMEOUT)
   frame = live_view.frame(controller.status(), "title")
   assert "  step 7: loss 0.25" in frame
+  status = subprocess.run(
+    [sys.executable, "-m", "launchpad.cli", "status"],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    check=True,
+  )
+  assert re.search(r"(?m)^  worker\[0\] .*\n    step 7: loss 0.25$", status.stdout), status.stdout
   controller.stop()
 
 

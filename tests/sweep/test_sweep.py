@@ -121,6 +121,9 @@ def test_sigkill_then_the_same_command_resumes(lp, tmp_path, runs_dir, launchpad
   assert re.search(r"(?m)^  \d +complete +2 +12 ", table) is None  # x=4 has not scored
   assert re.search(r"(?m)^  \d +complete +2 +9 +.* 3$", table), table
   assert re.search(r"(?m)^  \d +running +- +- +.* 4$", table), table
+  top = lp("top", "programs-space", "--iterations", "1")
+  assert top.finish() == 0, top.output()
+  assert "sweep programs-space  running  3/4 trials ended" in top.out(), top.out()
 
   waiting_pid = int(next(runs_dir.glob("x=4-*")).read_text())
   first.process.send_signal(signal.SIGKILL)
