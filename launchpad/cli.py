@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import importlib
 import importlib.util
 import logging
@@ -36,7 +35,7 @@ import threading
 import time
 import tomllib
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -46,20 +45,10 @@ from absl import flags as absl_flags
 import launchpad
 from launchpad import errors, graph, live_view, runs
 from launchpad.control import control_pb2
+from launchpad.launch import registry
+from launchpad.launch import scope as scope_lib
 from launchpad.program import Program
 from launchpad.tls import TlsConfig
-
-MODES = {
-  "multiprocess": "local_mp",
-  "local_mp": "local_mp",
-  "test_mp": "test_mp",
-  "threads": "local_mt",
-  "local_mt": "local_mt",
-  "test": "test_mt",
-  "test_mt": "test_mt",
-  "ssh": "ssh",
-  "ray": "ray",
-}
 
 LAUNCH_HELP = """\
 Runs a program.
@@ -199,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     description=LAUNCH_HELP,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
-  launch.add_argument("--mode", default="multiprocess", choices=sorted(MODES), help="launcher")
+  launch.add_argument("--mode", default="multiprocess", choices=registry.names(), help="launcher")
   launch.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
   launch.add_argument("--log-dir", type=pathlib.Path, help="run directory for node logs")
   launch.add_argument(
@@ -217,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
   launch.add_argument(
     "--tls",
     action="store_true",
-    help="ssh and ray modes: encrypt traffic between hosts, with a certificate made for this launch",
+    help="ssh, ray and slurm modes: encrypt traffic between hosts, with a certificate made for this launch",
   )
   launch.add_argument(
     "--tls-cert",
@@ -229,6 +218,26 @@ def _parser() -> argparse.ArgumentParser:
     "--tls-ca",
     type=pathlib.Path,
     help="with --tls-cert: the CA that signed every node's certificate",
+  )
+  launch.add_argument(
+    "--detach",
+    action="store_true",
+    help="slurm mode: submit the whole program as a batch job and return (see docs/remote.md)",
+  )
+  launch.add_argument(
+    "--preempt-signal",
+    metavar="SIG@SECONDS",
+    help="slurm mode: stop gracefully on Slurm's notice before the time limit, e.g. USR1@60",
+  )
+  launch.add_argument(
+    "--requeue",
+    action="store_true",
+    help="slurm mode, with --detach: after a notice stopped the program, queue its job again",
+  )
+  launch.add_argument(
+    "--no-shared-filesystem",
+    action="store_true",
+    help="slurm mode: the compute nodes do not see this machine's files; ship the code",
   )
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
@@ -271,7 +280,7 @@ def _add_sweep_parser(commands: Any) -> None:
   sweep.add_argument("--space", required=True, type=pathlib.Path, help="the search space (TOML)")
   sweep.add_argument("--trials", type=_positive(int), metavar="N", help="default: the grid's size")
   sweep.add_argument("--parallel", type=_positive(int), default=1, metavar="K", help="at once")
-  sweep.add_argument("--mode", default="multiprocess", choices=sorted(MODES), help="launcher")
+  sweep.add_argument("--mode", default="multiprocess", choices=registry.names(), help="launcher")
   sweep.add_argument(
     "--sampler", choices=["grid", "random", "tpe"], help="default: grid if it can, else tpe"
   )
@@ -354,12 +363,16 @@ def _number(kind: type, accept: Callable[[Any], bool], wanted: str) -> Callable[
 
 
 def _launch(args: argparse.Namespace) -> int:
-  launch_lib = importlib.import_module("launchpad.launch")
-  progress = _Progress(launch_lib.launched, args.grace_period)
   try:
-    return _launch_and_wait(args)
-  finally:
-    progress.stop()
+    defaults = _launch_defaults(args)
+  except Exception as e:  # noqa: BLE001 - a bad option: told
+    return _failed("lp launch", e)
+  with scope_lib.LaunchScope(defaults) as scope:
+    progress = _Progress(scope.controllers, args.grace_period)
+    try:
+      return _launch_and_wait(args, scope)
+    finally:
+      progress.stop()
 
 
 class _Progress:
@@ -393,38 +406,44 @@ class _Progress:
       looked = time.monotonic()
 
 
-def _launch_and_wait(args: argparse.Namespace) -> int:
-  # The module, not the `lp.launch` function of the same name.
-  launch_lib = importlib.import_module("launchpad.launch")
-
+def _launch_and_wait(args: argparse.Namespace, scope: scope_lib.LaunchScope) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  status = _start(args, launch_lib)
+  status = _start(args)
   if status:  # the target gave up, or a launch failed: its programs must not run on
-    for controller in launch_lib.launched:
+    for controller in scope.controllers:
       controller.stop()
-  return _wait_all(launch_lib.launched) or status
+  return _wait_all(scope.controllers) or status
 
 
-def _start(args: argparse.Namespace, launch_lib: Any) -> int:
+def _launch_defaults(args: argparse.Namespace) -> dict[str, Any]:
+  """What the command line sets for every lp.launch call of the target."""
+  if args.mode == "ssh" and args.hosts is None:
+    raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+  return {
+    "grace_period": args.grace_period,
+    "log_dir": args.log_dir,
+    "terminal": args.terminal,
+    "hosts": args.hosts,
+    "ray_address": args.ray_address,
+    "tls": _tls_option(args),
+    # Slurm's; None leaves the launcher's default.
+    "detach": args.detach or None,
+    "preempt_signal": args.preempt_signal,
+    "requeue": args.requeue or None,
+    "shared_filesystem": False if args.no_shared_filesystem else None,
+  }
+
+
+def _start(args: argparse.Namespace) -> int:
   """Launches the target's programs; 0, or the exit status of a target that
   gave up or could not be launched (after saying why)."""
-  mode = MODES[args.mode]
+  mode = registry.flag_value(args.mode)
   try:
-    if args.mode == "ssh" and args.hosts is None:
-      raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
-    launch_lib.defaults.update(
-      grace_period=args.grace_period,
-      log_dir=args.log_dir,
-      terminal=args.terminal,
-      hosts=args.hosts,
-      ray_address=args.ray_address,
-      tls=_tls_option(args),
-    )
     path, _, function = args.target.partition(":")
     if not function:
       return _run_main(path, args.target_args, mode)
     program = _program_from(path, function, args.target_args)
-    launch_lib.launch(program, launch_type=mode)
+    launchpad.launch(program, launch_type=mode)
   except Exception as e:  # noqa: BLE001 - the target's error or its launch's: told, then stopped
     return _failed("lp launch", e)
   return 0
@@ -594,9 +613,9 @@ def _load_program(target: str, target_args: list[str]) -> Program:
   if function:
     return _program_from(path, function, target_args)
   try:
-    with _capturing_launch():
-      status = _run_main(path, target_args, MODES["threads"])
-  except _Captured as captured:
+    with scope_lib.LaunchScope(capture=True):
+      status = _run_main(path, target_args, registry.flag_value("threads"))
+  except scope_lib.ProgramCaptured as captured:
     if not isinstance(captured.program, Program):
       raise _UserError(
         f"{path} called lp.launch with {captured.program!r}, not a lp.Program."
@@ -606,31 +625,6 @@ def _load_program(target: str, target_args: list[str]) -> Program:
     f"{path} ended (exit status {status}) without calling lp.launch, so there is no program "
     f"to draw; name a function that returns it instead: {path}:make_program."
   )
-
-
-class _Captured(BaseException):
-  """Raised by lp.launch under `_capturing_launch`, ending the target's main there."""
-
-  def __init__(self, program: Any):
-    super().__init__()
-    self.program = program
-
-
-@contextlib.contextmanager
-def _capturing_launch() -> Iterator[None]:
-  """Makes lp.launch raise _Captured(program) instead of launching: a file
-  target's main then builds its program as usual, and nothing runs."""
-  launch_lib = importlib.import_module("launchpad.launch")
-  original = launch_lib.launch
-
-  def capture(program: Any, *args: Any, **kwargs: Any) -> None:
-    raise _Captured(program)
-
-  launchpad.launch = launch_lib.launch = capture
-  try:
-    yield
-  finally:
-    launchpad.launch = launch_lib.launch = original
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -655,7 +649,7 @@ def _sweep(args: argparse.Namespace) -> int:
       args.space,
       trials=args.trials,
       parallel=args.parallel,
-      launch_type=MODES[args.mode],
+      launch_type=registry.flag_value(args.mode),
       sampler=args.sampler,
       pruner=args.pruner,
       storage=args.storage,

@@ -6,6 +6,8 @@ import enum
 
 from absl import flags
 
+from launchpad.launch import registry
+
 
 class LaunchType(enum.Enum):
   """Launchpad's names for the ways to run a program.
@@ -20,6 +22,7 @@ class LaunchType(enum.Enum):
   TEST_MULTI_PROCESSING = "test_mp"
   SSH = "ssh"
   RAY = "ray"
+  SLURM = "slurm"
   LOCAL_DOCKER = "local_docker"
   VERTEX_AI = "vertex_ai"
 
@@ -29,11 +32,6 @@ LAUNCH_TYPE = flags.DEFINE_string(
   LaunchType.LOCAL_MULTI_THREADING.value,
   "How lp.launch runs programs: threads (local_mt), test (test_mt), ...",
 )
-
-# Launch types by what they are, our own names included.
-_LOCAL = {"local_mt", "local_mp", "threads", "multiprocess"}
-_TEST = {"test_mt", "test_mp", "test"}
-_OTHERS = {"ssh", "ray", "local_docker", "vertex_ai"}
 
 
 def default_launch_type() -> str:
@@ -47,18 +45,15 @@ def is_local_launch(launch_type: str | LaunchType) -> bool:
 
   With `--lp_launch_type`, call it as `is_local_launch(lp.LAUNCH_TYPE.value)`.
   """
-  return _name(launch_type) in _LOCAL
+  return registry.find(_name(launch_type)).local
 
 
 def is_local_launch_or_test(launch_type: str | LaunchType) -> bool:
   """True for local_mt and local_mp, and for the test launch types test_mt
   and test_mp."""
-  return _name(launch_type) in _LOCAL | _TEST
+  entry = registry.find(_name(launch_type))
+  return entry.local or entry.testing
 
 
 def _name(launch_type: str | LaunchType) -> str:
-  name = launch_type.value if isinstance(launch_type, LaunchType) else launch_type
-  if name not in _LOCAL | _TEST | _OTHERS:
-    known = ", ".join(sorted(_LOCAL | _TEST | _OTHERS))
-    raise ValueError(f"unknown launch type {launch_type!r}; the launch types are: {known}.")
-  return name
+  return launch_type.value if isinstance(launch_type, LaunchType) else launch_type

@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from launchpad import address, errors, flags
-from launchpad.launch import lifetime, processes, terminals, test, threads
+from launchpad import address, flags
 from launchpad.launch import plan as plan_lib
-from launchpad.launch.controller import Controller
+from launchpad.launch import registry, session
+from launchpad.launch import scope as scope_lib
 from launchpad.program import Program
 from launchpad.tls import TlsConfig
 
-# Launchpad's names, and ours, for each launcher.
-_ALIASES = {
-  "local_mt": "threads",
-  "threads": "threads",
-  "test_mt": "test",
-  "test": "test",
-  "local_mp": "multiprocess",
-  "multiprocess": "multiprocess",
-  "test_mp": "multiprocess",
-  "ssh": "ssh",
-  "ray": "ray",
-}
-# Launchpad's launch types that need xmanager, and what to use here instead.
-_XMANAGER_TYPES = {
-  "vertex_ai": "launch_type='ray' (a Ray or KubeRay cluster) or 'ssh' (your own hosts)",
-  "local_docker": "launch_type='local_mp' (one process per node; lp.PythonProcess sets "
-  "each group's environment and interpreter)",
-}
+if TYPE_CHECKING:
+  from launchpad.launch.controller import Controller
+
+DEFAULT_GRACE_PERIOD = 10.0
 
 
 def launch(
@@ -49,6 +36,7 @@ def launch(
   hosts: str | pathlib.Path | dict[str, Any] | None = None,
   ray_address: str | None = None,
   tls: bool | TlsConfig | None = None,
+  **launcher_options: Any,
 ) -> Controller:
   """Runs a program and returns its controller without waiting for it.
 
@@ -61,14 +49,16 @@ def launch(
       launcher here runs one program per call.
     launch_type: 'local_mt' ('threads'), 'test_mt' ('test'), 'local_mp'
       ('multiprocess'; 'test_mp' is the same without signal handling), 'ssh'
-      (nodes on the hosts of `hosts`) or 'ray' (nodes as Ray actors); a
-      string or a lp.LaunchType; defaults to the `--lp_launch_type` flag,
-      else local_mt.
+      (nodes on the hosts of `hosts`), 'ray' (nodes as Ray actors), 'slurm'
+      (nodes as Slurm tasks), or a launcher of an installed package (see
+      docs/launching.md); a string or a lp.LaunchType; defaults to the
+      `--lp_launch_type` flag, else local_mt.
     xm_resources: xmanager (Vertex AI) job settings: ignored here, with a
       warning; `local_resources` gives per-group settings.
     local_resources: group label -> per-group settings: multiprocess takes
       lp.PythonProcess(args=..., env=..., interpreter=...); ray takes
-      lp.RayResources(num_cpus=..., num_gpus=..., resources=...).
+      lp.RayResources(num_cpus=..., num_gpus=..., resources=...); slurm
+      takes lp.SlurmResources(cpus=..., gpus=..., mem=..., partition=...).
     test_case: a unittest.TestCase whose cleanup stops the program.
     terminal: multiprocess: 'current_terminal' (default: every node's lines,
       prefixed, here and in files), 'output_to_files' (files only),
@@ -88,68 +78,76 @@ def launch(
       to hosts (see docs/remote.md).
     ray_address: ray: the cluster to join ('auto', 'ray://host:10001', ...);
       default: a cluster this process already joined, else a new local one.
-    tls: ssh and ray: encrypt traffic between hosts with TLS: True makes a
-      certificate for this launch; or give lp.TlsConfig.from_files(...).
+    tls: ssh, ray and slurm: encrypt traffic between hosts with TLS: True
+      makes a certificate for this launch; or give lp.TlsConfig.from_files(...).
+    **launcher_options: options of the chosen launcher, by name: e.g.
+      slurm's detach=True (submit the whole program as a batch job and
+      return at once), preempt_signal='USR1@60', requeue, shared_filesystem
+      (lp.SlurmOptions lists them).
   """
   program = _one_program(programs)
-  kind = launch_type.value if isinstance(launch_type, flags.LaunchType) else launch_type
-  kind = kind or flags.default_launch_type()
-  name = _launcher(kind)
   _warn_ignored(xm_resources, controller_xm_requirements)
-  grace_period = defaults.get("grace_period", 10.0) if grace_period is None else grace_period
-  terminal = terminal or defaults.get("terminal")
-  log_dir = log_dir or defaults.get("log_dir")
-  address.bind_local(program, single_host=name in ("threads", "test", "multiprocess"))
-  if name == "multiprocess":
-    plan = plan_lib.make_plan(program, serialize=True)
-    windows = terminals.windows(terminal)
-    controller = processes.launch(
-      plan,
-      grace_period,
-      local_resources,
-      pathlib.Path(log_dir) if log_dir else None,
-      terminal=terminals.output_mode(terminal, windows),
-      handle_signals=kind != "test_mp" and test_case is None,
-    )
-    if windows is not None:
-      windows.open(controller.run_dir, [worker.name for worker in plan.workers])
-      windows.close_when_done(controller)
-  elif name == "ssh":
-    from launchpad.launch import ssh
-
-    controller = ssh.launch(
-      plan_lib.make_plan(program, serialize=True),
-      grace_period,
-      hosts if hosts is not None else defaults.get("hosts"),
-      pathlib.Path(log_dir) if log_dir else None,
-      tls=defaults.get("tls", False) if tls is None else tls,
-      handle_signals=test_case is None,
-    )
-  elif name == "ray":
-    from launchpad.launch import ray as ray_launcher
-
-    controller = ray_launcher.launch(
-      plan_lib.make_plan(program, serialize=True),
-      grace_period,
-      local_resources,
-      address=ray_address or defaults.get("ray_address"),
-      tls=defaults.get("tls", False) if tls is None else tls,
-      handle_signals=test_case is None,
-    )
+  scope = scope_lib.current()
+  if scope is not None and scope.capture:
+    raise scope_lib.ProgramCaptured(program)
+  given = {
+    "local_resources": local_resources,
+    "terminal": terminal,
+    "grace_period": grace_period,
+    "log_dir": log_dir,
+    "hosts": hosts,
+    "ray_address": ray_address,
+    "tls": tls,
+    **launcher_options,
+  }
+  given = {**(scope.defaults if scope else {}), **{k: v for k, v in given.items() if v is not None}}
+  kind = launch_type.value if isinstance(launch_type, flags.LaunchType) else launch_type
+  entry = registry.find(kind or flags.default_launch_type())
+  launcher = entry.load()
+  options = _options(entry, launcher, given, set(launcher_options))
+  address.bind_local(program, single_host=launcher.single_host)
+  plan = plan_lib.make_plan(
+    program, serialize=launcher.nodes_travel or serialize_py_nodes is not False
+  )
+  if getattr(options, "detach", False):  # the program runs elsewhere, launcher included
+    controller = launcher.detach(plan, options)
   else:
-    plan = plan_lib.make_plan(program, serialize=serialize_py_nodes is not False)
-    if name == "test":
-      launched.append(test.launch(plan, grace_period, test_case))
-      return launched[-1]
-    controller = threads.launch(plan, grace_period)
+    controller = session.run(
+      launcher,
+      plan,
+      options,
+      given.get("grace_period", DEFAULT_GRACE_PERIOD),
+      handle_signals=not entry.testing and test_case is None,
+    )
   if test_case is not None:
+    from launchpad.launch import test
+
     test.add_cleanup(test_case, controller)
-  elif kind != "test_mp":
+  elif not entry.testing:
+    from launchpad.launch import lifetime
+
     # As in Launchpad, a main may return right after lp.launch: the process
     # lives until the program ends.
     lifetime.process.watch(controller)
-  launched.append(controller)
+  if scope is not None:
+    scope.controllers.append(controller)
   return controller
+
+
+def _options(entry: registry.Entry, launcher: Any, given: dict[str, Any], own: set[str]) -> Any:
+  """The launcher's options object, from the lp.launch arguments it takes.
+
+  Arguments of lp.launch that this launcher does not use are left aside (as
+  Launchpad does); a launcher-specific keyword it does not know is an error.
+  """
+  fields = {f.name for f in dataclasses.fields(launcher.options)}
+  unknown = sorted(own - fields)
+  if unknown:
+    raise TypeError(
+      f"lp.launch: launch type {entry.name!r} takes no option {', '.join(map(repr, unknown))}; "
+      f"its options are: {', '.join(sorted(fields)) or '(none)'}."
+    )
+  return launcher.options(**{k: v for k, v in given.items() if k in fields})
 
 
 def _one_program(programs: Program | Sequence[Program]) -> Program:
@@ -173,20 +171,6 @@ def _one_program(programs: Program | Sequence[Program]) -> Program:
   return programs[0]
 
 
-def _launcher(kind: Any) -> str:
-  """Our launcher for a launch type's name, or an error saying what to use."""
-  if kind in _XMANAGER_TYPES:
-    raise errors.LaunchpadError(
-      f"launch type {kind!r} runs nodes through xmanager, which this launchpad does not "
-      f"have; use {_XMANAGER_TYPES[kind]}."
-    )
-  name = _ALIASES.get(kind)
-  if name is None:
-    known = ", ".join(sorted(_ALIASES))
-    raise ValueError(f"unknown launch type {kind!r}; use one of: {known}.")
-  return name
-
-
 def _warn_ignored(xm_resources: Any, controller_xm_requirements: Any) -> None:
   if xm_resources is not None:
     warnings.warn(
@@ -201,9 +185,3 @@ def _warn_ignored(xm_resources: Any, controller_xm_requirements: Any) -> None:
       "which this launchpad does not run; the controller here is the launching process.",
       stacklevel=3,
     )
-
-
-# Every controller launched in this process, for `lp launch` to wait on.
-launched: list[Controller] = []
-# Options that `lp launch` sets for every lp.launch call of the target.
-defaults: dict[str, Any] = {}

@@ -29,7 +29,14 @@ log = logging.getLogger(__name__)
 
 
 class Workers(Protocol):
-  """What a launcher started: threads, processes, actors."""
+  """What a launcher runs nodes in: threads, processes, actors, Slurm tasks.
+
+  A launcher supplies only this (and its options): the launch session
+  (session.py) starts them, and the controller supervises them.
+  """
+
+  def start_all(self) -> None:
+    """Starts every node of the plan (once, at launch)."""
 
   def start(self, name: str) -> None:
     """Starts node `name` again after it failed (the restart policy's call)."""
@@ -77,7 +84,9 @@ class Controller:
     self, handle_signals: bool, cleanup: Callable[[], None] = lambda: None
   ) -> None:
     """Runs `supervise` in a thread that keeps the process alive until the
-    program is over, then `cleanup()`. Call it once the nodes are started.
+    program is over, then `cleanup()` (the launch session's close: workers,
+    runtime, coordinator, run directory); the program counts as done after
+    that. Call it once the nodes are started.
 
     With `handle_signals`: Ctrl-C and SIGTERM stop the program gracefully
     (when called from the main thread), a second one kills every worker and
@@ -92,6 +101,7 @@ class Controller:
     def run():
       self.supervise()
       cleanup()
+      self._done.set()
       if handle_signals and self.failures() and not threading.main_thread().is_alive():
         sys.stderr.flush()
         os._exit(1)
@@ -114,9 +124,6 @@ class Controller:
       self._workers.kill(stuck)
     if not self._workers.join(5.0):
       log.warning("program %s: some workers did not exit after their nodes ended", self.program)
-    self._runtime.close()
-    coordinator.close()
-    self._done.set()
 
   def wait(
     self,
@@ -187,7 +194,6 @@ class Controller:
         f"its groups are: {', '.join(sorted(known))}."
       )
     return [name for name in names if name.split("[", 1)[0] in labels]
-
 
   def stop(self, timeout: float | None = None) -> None:
     """Stops the program and waits for it to end (the grace period, then force).

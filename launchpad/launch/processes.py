@@ -24,63 +24,76 @@ import sys
 import threading
 from typing import Any
 
-from launchpad import errors, runs
+from launchpad import errors
 from launchpad import resources as resources_lib
-from launchpad.context import ProgramRuntime
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
 from launchpad.courier import serialization
-from launchpad.launch import process_main, tmux, zygote
-from launchpad.launch.controller import Controller
+from launchpad.launch import process_main, terminals, tmux, zygote
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
+from launchpad.launch.session import Session
 from launchpad.nodes.base import Node
 from launchpad.resources import PythonProcess
 
 log = logging.getLogger(__name__)
 
 
-def launch(
-  plan: Plan,
-  grace_period: float = 10.0,
-  local_resources: dict[str, Any] | None = None,
-  log_dir: pathlib.Path | None = None,
-  terminal: str = "current_terminal",
-  handle_signals: bool = True,
-) -> Controller:
-  """Starts one process per node of `plan` and returns once all are started.
+@dataclasses.dataclass(frozen=True)
+class ProcessesOptions:
+  """Options of the multiprocess launcher (`lp.launch` arguments of the same names).
 
-  Args:
-    terminal: 'current_terminal' (node lines prefixed on stdout, and in log
-      files), 'output_to_files', or 'tmux_session' (a tmux window per node).
+  Attributes:
+    local_resources: group label -> lp.PythonProcess(args=, env=, interpreter=).
+    log_dir: the run directory (default ~/.launchpad/runs/<program>-<time>/).
+    terminal: 'current_terminal' (node lines prefixed here, and in log
+      files), 'output_to_files', 'tmux_session' (a tmux window per node), or
+      a window terminal ('xterm', 'gnome-terminal', 'gnome-terminal-tabs').
   """
-  resources = _group_resources(plan, local_resources or {})
-  if terminal not in ("current_terminal", "output_to_files", "tmux_session"):
-    raise ValueError(
-      f"terminal={terminal!r}: use 'current_terminal', 'output_to_files' or 'tmux_session'."
-    )
-  if terminal == "tmux_session" and not shutil.which("tmux"):
-    raise errors.LaunchpadError("terminal='tmux_session' needs tmux; install it or pick another.")
-  run = runs.create(plan.program, log_dir)
-  output = OutputMux(run.path, sys.stdout if terminal == "current_terminal" else None)
-  coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
-  processes = _Processes(plan, resources, output, coordinator)
-  address = coordinator.start()
-  run.write(address, plan.secret)
-  runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source)
-  controller = Controller(plan, coordinator, runtime, processes, grace_period, run_dir=run.path)
-  processes.start_all()
-  if terminal == "tmux_session":
-    tmux.open_windows(run, [worker.name for worker in plan.workers])
-  controller.start_supervisor(handle_signals, lambda: _close_run(output, run, terminal))
-  return controller
+
+  local_resources: dict[str, Any] | None = None
+  log_dir: str | pathlib.Path | None = None
+  terminal: str | None = None
 
 
-def _close_run(output: OutputMux, run: runs.Run, terminal: str) -> None:
-  output.wait_drained(5.0)
-  if terminal == "tmux_session":
-    tmux.close(run)
-  run.finish()
+class ProcessesLauncher:
+  """One process per node, on this host (`local_mp`, `test_mp`)."""
+
+  options = ProcessesOptions
+  single_host = True
+  nodes_travel = True
+
+  def prepare(self, session: Session, options: ProcessesOptions) -> _Processes:
+    plan = session.plan
+    resources = _group_resources(plan, options.local_resources or {})
+    windows = terminals.windows(options.terminal)
+    terminal = terminals.output_mode(options.terminal, windows)
+    if terminal not in ("current_terminal", "output_to_files", "tmux_session"):
+      raise ValueError(
+        f"terminal={terminal!r}: use 'current_terminal', 'output_to_files', 'tmux_session', "
+        f"or one of {', '.join(terminals.PROGRAMS)}."
+      )
+    if terminal == "tmux_session" and not shutil.which("tmux"):
+      raise errors.LaunchpadError("terminal='tmux_session' needs tmux; install it or pick another.")
+    run = session.create_run(pathlib.Path(options.log_dir) if options.log_dir else None)
+    output = OutputMux(run.path, sys.stdout if terminal == "current_terminal" else None)
+    session.on_close("the node output", lambda: output.wait_drained(5.0))
+    address = session.start_coordinator()
+    session.start_runtime(address)
+    processes = _Processes(plan, resources, output, session.coordinator)
+    session.on_close("the node processes", processes.close)
+    # Windows follow the nodes' log files, which need not exist yet.
+    names = [worker.name for worker in plan.workers]
+    if terminal == "tmux_session":
+      session.on_close("the tmux session", lambda: tmux.close(run))
+      tmux.open_windows(run, names)
+    if windows is not None:
+      session.on_close("the node windows", windows.close)
+      windows.open(run.path, names)
+    return processes
+
+
+LAUNCHER = ProcessesLauncher()
 
 
 def _group_resources(plan: Plan, local_resources: dict[str, Any]) -> dict[str, PythonProcess]:
@@ -179,12 +192,14 @@ class _Processes:
 
   def join(self, timeout: float) -> bool:
     with self._changed:
-      ended = self._changed.wait_for(
+      return self._changed.wait_for(
         lambda: all(c.returncode is not None for c in self._children.values()), timeout
       )
-    if ended and self._fork_server is not None:
+
+  def close(self) -> None:
+    """Ends the fork server, and with it every node process still there."""
+    if self._fork_server is not None:
       self._fork_server.close()
-    return ended
 
   def kill(self, names: list[str]) -> None:
     """SIGKILL to each node's whole session; its keeper kills the rest."""

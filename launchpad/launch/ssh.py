@@ -14,6 +14,7 @@ connection, whichever way it closes, ends the nodes of its host.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 import shlex
@@ -26,15 +27,14 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from launchpad import errors, runs
-from launchpad.context import ProgramRuntime
+from launchpad import errors
 from launchpad.control.coordinator import Coordinator
 from launchpad.courier import serialization
 from launchpad.launch import agent, bundle, process_main, processes
 from launchpad.launch import hosts as hosts_lib
-from launchpad.launch.controller import Controller
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
+from launchpad.launch.session import Session
 from launchpad.nodes.base import Node
 from launchpad.tls import TlsConfig
 
@@ -62,60 +62,59 @@ SSH_OPTIONS = (
 COORDINATOR_BIND = "[::]"
 
 
-def launch(
-  plan: Plan,
-  grace_period: float,
-  hosts: str | pathlib.Path | Mapping[str, Any] | hosts_lib.Hosts | None,
-  log_dir: pathlib.Path | None = None,
-  tls: bool | TlsConfig = False,
-  handle_signals: bool = True,
-) -> Controller:
-  """Starts every node of `plan` on the host the hosts file gives its group.
+@dataclasses.dataclass(frozen=True)
+class SshOptions:
+  """Options of the SSH launcher (`lp.launch` arguments of the same names).
 
-  Returns once every node is started; raises HostError, naming the host and
-  its nodes, when a host cannot be reached or cannot run nodes.
+  Attributes:
+    hosts: the hosts file (TOML), its parsed contents, or lp.launch.hosts.Hosts:
+      which host runs each group (see docs/remote.md).
+    log_dir: the run directory for node logs, on this host.
+    tls: encrypt traffic between hosts: True makes a certificate for this
+      launch; or give lp.TlsConfig.from_files(...).
   """
-  if hosts is None:
-    raise errors.ProgramError(
-      "the ssh launcher needs hosts: lp.launch(..., hosts='hosts.toml') or "
-      "`lp launch --mode=ssh --hosts hosts.toml`; see docs/remote.md for the format."
-    )
-  if not shutil.which("ssh"):
-    raise errors.LaunchpadError(
-      "the ssh launcher runs the system's `ssh` client, which is not installed here; "
-      "install OpenSSH's client (e.g. apt-get install openssh-client)."
-    )
-  parsed = hosts_lib.load(hosts)
-  placement = parsed.place(plan.workers)
-  tls = TlsConfig.for_launch(tls)
-  run = runs.create(plan.program, log_dir)
-  output = OutputMux(run.path, sys.stdout)
-  coordinator = Coordinator(
-    plan.program, plan.node_names, plan.secret, host=COORDINATOR_BIND, tls=tls
-  )
-  port = int(coordinator.start().rpartition(":")[2])
-  workers = _RemoteWorkers(plan, parsed, placement, output, coordinator, tls)
-  try:
+
+  hosts: str | pathlib.Path | Mapping[str, Any] | hosts_lib.Hosts | None = None
+  log_dir: str | pathlib.Path | None = None
+  tls: bool | TlsConfig = False
+
+
+class SshLauncher:
+  """Every node on the host the hosts file gives its group."""
+
+  options = SshOptions
+  single_host = False
+  nodes_travel = True
+
+  def prepare(self, session: Session, options: SshOptions) -> _RemoteWorkers:
+    """Connects to every host; raises HostError, naming the host and its
+    nodes, when a host cannot be reached or cannot run nodes."""
+    if options.hosts is None:
+      raise errors.ProgramError(
+        "the ssh launcher needs hosts: lp.launch(..., hosts='hosts.toml') or "
+        "`lp launch --mode=ssh --hosts hosts.toml`; see docs/remote.md for the format."
+      )
+    if not shutil.which("ssh"):
+      raise errors.LaunchpadError(
+        "the ssh launcher runs the system's `ssh` client, which is not installed here; "
+        "install OpenSSH's client (e.g. apt-get install openssh-client)."
+      )
+    plan = session.plan
+    parsed = hosts_lib.load(options.hosts)
+    placement = parsed.place(plan.workers)
+    tls = TlsConfig.for_launch(options.tls)
+    run = session.create_run(pathlib.Path(options.log_dir) if options.log_dir else None)
+    output = OutputMux(run.path, sys.stdout)
+    session.on_close("the node output", lambda: output.wait_drained(5.0))
+    port = int(session.start_coordinator(COORDINATOR_BIND, tls).rpartition(":")[2])
+    workers = _RemoteWorkers(plan, parsed, placement, output, session.coordinator, tls)
+    session.on_close("the host connections", workers.close)
     workers.connect(bundle.make(), bundle.make_files(parsed.ship), port, parsed.coordinator)
-  except BaseException:
-    workers.close()
-    coordinator.close()
-    run.finish()
-    raise
-  local_address = f"127.0.0.1:{port}"
-  run.write(local_address, plan.secret, tls)
-  runtime = ProgramRuntime(plan.program, local_address, plan.secret, source=plan.source, tls=tls)
-  controller = Controller(plan, coordinator, runtime, workers, grace_period, run_dir=run.path)
-  for node in plan.workers:
-    workers.start(node.name)
+    session.start_runtime(f"127.0.0.1:{port}", tls)
+    return workers
 
-  def cleanup() -> None:
-    workers.close()
-    output.wait_drained(5.0)
-    run.finish()
 
-  controller.start_supervisor(handle_signals, cleanup)
-  return controller
+LAUNCHER = SshLauncher()
 
 
 class _RemoteWorkers:
@@ -153,6 +152,10 @@ class _RemoteWorkers:
     problems = [p for c in self._connections if (p := c.wait_ready(deadline))]
     if problems:
       raise errors.HostError("\n".join(problems))
+
+  def start_all(self) -> None:
+    for name in self._order:
+      self.start(name)
 
   def start(self, name: str) -> None:
     """Starts (or restarts) node `name` on its host."""

@@ -15,12 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-import threading
 import warnings
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-  from launchpad.launch.controller import Controller
 
 # How long closing windows waits for each to exit.
 CLOSE_SECONDS = 5.0
@@ -53,23 +48,18 @@ class Windows:
       else:
         self._start(["--title", node, "--", *_follow(run_dir, node)])
 
-  def close_when_done(self, controller: Controller) -> None:
-    """Closes the windows once the program has ended."""
-
-    def close() -> None:
-      controller.wait(raise_error=False)
-      for window in self._opened:
-        try:
-          os.killpg(window.pid, signal.SIGTERM)
-        except ProcessLookupError:
-          pass
-        try:
-          window.wait(CLOSE_SECONDS)
-        except subprocess.TimeoutExpired:
-          os.killpg(window.pid, signal.SIGKILL)
-          window.wait(CLOSE_SECONDS)
-
-    threading.Thread(target=close, name=f"{controller.program}-windows", daemon=True).start()
+  def close(self) -> None:
+    """Closes every window opened (the program has ended)."""
+    for window in self._opened:
+      try:
+        os.killpg(window.pid, signal.SIGTERM)
+      except ProcessLookupError:
+        pass
+      try:
+        window.wait(CLOSE_SECONDS)
+      except subprocess.TimeoutExpired:
+        os.killpg(window.pid, signal.SIGKILL)
+        window.wait(CLOSE_SECONDS)
 
   def _start(self, args: list[str]) -> None:
     self._opened.append(

@@ -6,35 +6,38 @@ program that works here works in processes and on other hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 from launchpad.context import ProgramRuntime
-from launchpad.control.coordinator import Coordinator
 from launchpad.launch import node_logging, worker
-from launchpad.launch.controller import Controller
 from launchpad.launch.plan import Plan
+from launchpad.launch.session import Session
 
 log = logging.getLogger(__name__)
 
 
-def launch(plan: Plan, grace_period: float = 10.0, handle_signals: bool = True) -> Controller:
-  """Starts every node of `plan` in a thread and returns at once.
+@dataclasses.dataclass(frozen=True)
+class ThreadsOptions:
+  """The threads launcher has no options of its own."""
 
-  With `handle_signals` (from the main thread only), Ctrl-C or SIGTERM stops
-  the program gracefully; a second one exits at once. If a node fails after
-  the main thread has returned, the process exits with status 1.
-  """
-  node_logging.show()  # the nodes' absl logging, as in node processes
-  coordinator = Coordinator(plan.program, plan.node_names, plan.secret)
-  runtime = ProgramRuntime(plan.program, coordinator.start(), plan.secret, source=plan.source)
-  workers = _Threads(plan, runtime)
-  controller = Controller(plan, coordinator, runtime, workers, grace_period)
-  for node in plan.workers:
-    workers.start(node.name)
-  controller.start_supervisor(handle_signals)
-  return controller
+
+class ThreadsLauncher:
+  """Every node in a thread of this process (`local_mt`, `test_mt`)."""
+
+  options = ThreadsOptions
+  single_host = True
+  nodes_travel = False  # serialize_py_nodes=False may share unpicklable objects
+
+  def prepare(self, session: Session, options: ThreadsOptions) -> _Threads:
+    node_logging.show()  # the nodes' absl logging, as in node processes
+    runtime = session.start_runtime(session.start_coordinator())
+    return _Threads(session.plan, runtime)
+
+
+LAUNCHER = ThreadsLauncher()
 
 
 class _Threads:
@@ -42,6 +45,10 @@ class _Threads:
     self._nodes = {node.name: node for node in plan.workers}
     self._runtime = runtime
     self.threads: list[threading.Thread] = []
+
+  def start_all(self) -> None:
+    for name in self._nodes:
+      self.start(name)
 
   def start(self, name: str) -> None:
     """Runs node `name` in a new thread (again, after a restart)."""
