@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 
 from launchpad import errors, flags, stats
-from launchpad.control import client as control_client
-from launchpad.control.client import ControlClient
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -37,8 +35,9 @@ _runtimes: list[ProgramRuntime] = []
 _runtimes_lock = threading.Lock()
 
 # How long the handlers' thread waits for lp.stop() calls of this process to
-# finish telling the coordinator (their own deadline, and a margin).
-STOP_CALLS_SECONDS = control_client.CALL_SECONDS + 5.0
+# finish telling the coordinator, beyond their own deadline (the control
+# client's CALL_SECONDS).
+STOP_CALLS_MARGIN_SECONDS = 5.0
 # How long a runtime that closes waits for its stop handlers to return.
 HANDLERS_SECONDS = 60.0
 
@@ -60,7 +59,12 @@ class ProgramRuntime:
     self.host = host  # the interface node servers bind
     self.source = source  # the Program object, in the process that launched it
     self.tls = tls  # TLS settings for connections between hosts, if the launch uses TLS
-    self.control = ControlClient(control_address, secret, tls=tls)
+    # The control plane's RPC stack loads with the first runtime, so that
+    # building a program never imports it.
+    from launchpad.control import client as control_client
+
+    self.control = control_client.ControlClient(control_address, secret, tls=tls)
+    self._stop_calls_seconds = control_client.CALL_SECONDS + STOP_CALLS_MARGIN_SECONDS
     self.stop_event = threading.Event()
     self.stop_reason = ""
     # True once this process's stop handlers have begun to run.
@@ -181,12 +185,14 @@ class ProgramRuntime:
     """Runs the registered handlers, each once, holding no lock, once no
     lp.stop() of this process is telling the coordinator."""
     with self._lock:
-      if not self._stop_calls_done.wait_for(lambda: self._stop_calls == 0, STOP_CALLS_SECONDS):
+      if not self._stop_calls_done.wait_for(
+        lambda: self._stop_calls == 0, self._stop_calls_seconds
+      ):
         log.warning(
           "program %s: lp.stop() did not reach the coordinator within %g s; running stop "
           "handlers anyway",
           self.program,
-          STOP_CALLS_SECONDS,
+          self._stop_calls_seconds,
         )
       self.stop_handlers_started = True
     while True:

@@ -14,9 +14,12 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from launchpad.control import control_pb2
-from launchpad.control.coordinator import Coordinator, NodeRecord
+
+if TYPE_CHECKING:  # the launcher's coordinator; programs name policies without loading it
+  from launchpad.control.coordinator import Coordinator, NodeRecord
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import psutil
 
 from launchpad import errors, private_files
 from launchpad.control import auth, control_pb2
-from launchpad.control.client import ControlClient
 from launchpad.tls import TlsConfig
+
+if TYPE_CHECKING:  # made by control_client(): finding runs (sweeps do) loads no gRPC
+  from launchpad.control.client import ControlClient
 
 # How long `lp` commands wait for a coordinator's answer. A live one answers
 # in milliseconds; one that accepts connections but never answers (a stuck
@@ -96,6 +98,8 @@ class Run:
 
   def control_client(self) -> ControlClient:
     """A client of the run's coordinator, for `lp` commands."""
+    from launchpad.control.client import ControlClient
+
     return ControlClient(
       self.info()["coordinator"], token=self.token(), tls=TlsConfig.read(self.path)
     )

@@ -19,10 +19,12 @@ import shutil
 import ssl
 import subprocess
 import tempfile
-
-import grpc
+from typing import TYPE_CHECKING
 
 from launchpad import errors, private_files
+
+if TYPE_CHECKING:  # imported where gRPC credentials are made: courier and programs never load it
+  import grpc
 
 # The name in the certificate and the name every client checks it for: nodes
 # reach each other by address, and the certificate is the launch's own.
@@ -103,11 +105,15 @@ class TlsConfig:
       object.__setattr__(self, name, value)
 
   def grpc_server_credentials(self) -> grpc.ServerCredentials:
+    import grpc
+
     return grpc.ssl_server_credentials(
       [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
     )
 
   def grpc_channel_credentials(self) -> grpc.ChannelCredentials:
+    import grpc
+
     return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
 
   def write(self, directory: pathlib.Path) -> None:

@@ -12,6 +12,7 @@ import grpc
 from launchpad import errors
 from launchpad.control import auth, control_pb2
 from launchpad.control.coordinator import MAX_POLL_SECONDS, SERVICE
+from launchpad.host_identity import host_id
 from launchpad.tls import TlsConfig
 
 # Each control call is small and the coordinator answers at once, except the
@@ -26,18 +27,6 @@ BUSY = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 UNREACHABLE_SECONDS = 10.0
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 1.0
-
-
-def host_id() -> str:
-  """Identifies this host and network namespace: equal ids reach each other's
-  abstract Unix sockets. Nodes that a remote launcher gave an address of their
-  own ($LAUNCHPAD_HOST) count as a host of their own, as they would be on a
-  separate machine."""
-  try:
-    netns = os.stat("/proc/self/ns/net").st_ino
-  except OSError:
-    netns = 0
-  return f"{socket.gethostname()}/{netns}/{os.environ.get('LAUNCHPAD_HOST', '')}"
 
 
 class ControlClient:

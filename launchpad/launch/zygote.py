@@ -1,7 +1,7 @@
 """A fork server for node processes, and the keeper that each node runs under.
 
 Started once per launcher process (and per SSH agent); it imports launchpad
-(and so grpc, cloudpickle, ...) once, then forks a child per node on
+(and grpc, cloudpickle, ...) once, then forks a child per node on
 request: a node process is ready in milliseconds instead of the fraction of
 a second a fresh interpreter takes.
 
@@ -309,6 +309,7 @@ def serve(sock: socket.socket) -> None:
   """The fork server's loop; returns when the launcher is gone and every
   process it started has ended."""
   import launchpad  # noqa: F401 - loaded once here, shared by every child
+  from launchpad.control import client  # noqa: F401 - gRPC, which every node runtime uses
 
   process_main.prctl(process_main.PR_SET_CHILD_SUBREAPER, 1)
   signal.signal(signal.SIGCHLD, lambda *_: None)

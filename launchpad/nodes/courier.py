@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from launchpad import context, handles
-from launchpad.control.client import host_id
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server, public_methods
+from launchpad.host_identity import host_id
 from launchpad.nodes.base import Node
 from launchpad.nodes.python import PyClassNode
 

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from launchpad import context
-from launchpad.launch import launch
 from launchpad.program import Program
 from launchpad.sweep import directory as directory_lib
 from launchpad.sweep import plot, results

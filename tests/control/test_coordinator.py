@@ -11,8 +11,9 @@ import pytest
 
 from launchpad import errors
 from launchpad.control import control_pb2
-from launchpad.control.client import ControlClient, host_id
+from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import Coordinator
+from launchpad.host_identity import host_id
 
 TIMEOUT = 10.0
 NODES = ["learner[0]", "actor[0]", "actor[1]"]
