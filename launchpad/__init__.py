@@ -36,7 +36,6 @@ from launchpad.errors import (
 from launchpad.flags import LAUNCH_TYPE, LaunchType, is_local_launch, is_local_launch_or_test
 from launchpad.handles import Deferred, Handle
 from launchpad.launch import launch
-from launchpad.launch.controller import Controller
 from launchpad.nodes.base import Node
 from launchpad.nodes.colocation import MultiProcessingColocation, MultiThreadingColocation
 from launchpad.nodes.courier import CourierHandle, CourierNode
@@ -110,4 +109,9 @@ def __getattr__(name: str):
     from launchpad.nodes.reverb import ReverbNode
 
     return ReverbNode
+  # The controller holds the coordinator, gRPC: building a program imports neither.
+  if name == "Controller":
+    from launchpad.launch.controller import Controller
+
+    return Controller
   raise AttributeError(f"module 'launchpad' has no attribute {name!r}")
