@@ -7,36 +7,59 @@ starts; every wait inside it (connecting, a handshake, sending, reading a
 reply) gets only the time that is left, and when none is left the operation
 fails with `CallTimeoutError` naming what it was doing.
 
-Timeouts are seconds:
-- None: no deadline; the operation waits as long as it takes.
+Timeouts are seconds, or a `datetime.timedelta` (Launchpad's and Reverb's
+APIs take those), everywhere in launchpad (courier, replay, the control plane):
+- None (or infinity): no deadline; the operation waits as long as it takes.
 - 0, or a deadline that has passed: the operation may not wait at all.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import numbers
 import time
 
 from launchpad import errors
 
+Timeout = float | datetime.timedelta | None
+"""Seconds (or a timedelta) to wait; None waits as long as it takes; 0 does not wait."""
 
-def validate(timeout: float | None, what: str) -> float | None:
-  """`timeout` as seconds (float) or None; ValueError or TypeError naming
-  `what` (e.g. "the timeout of the client of node learner[0]") otherwise."""
+
+def validate(timeout: Timeout, what: str = "timeout") -> float | None:
+  """`timeout` as seconds (float), or None for no limit; ValueError or
+  TypeError naming `what` (e.g. "the timeout of the client of node
+  learner[0]") otherwise."""
   if timeout is None:
     return None
-  if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+  if isinstance(timeout, datetime.timedelta):
+    seconds = timeout.total_seconds()
+  elif isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
     raise TypeError(
       f"{what} must be None (no limit) or a number of seconds, got {type(timeout).__name__} "
       f"{timeout!r}."
     )
-  if math.isnan(timeout) or timeout < 0:
+  else:
+    seconds = float(timeout)
+  if math.isnan(seconds) or seconds < 0:
     raise ValueError(
       f"{what} must be None (no limit) or a number of seconds >= 0, got {timeout!r}; "
       "0 means that calls may not wait at all."
     )
-  return float(timeout)
+  return None if math.isinf(seconds) else seconds
+
+
+def positive(value: object, what: str) -> float:
+  """`value` as a float, or ValueError naming `what` unless it is a finite
+  number of seconds > 0 (a period, a lease: not a timeout, so never None)."""
+  if (
+    isinstance(value, bool)
+    or not isinstance(value, numbers.Real)
+    or not math.isfinite(value)
+    or value <= 0
+  ):
+    raise ValueError(f"{what} must be a number of seconds > 0, got {value!r}")
+  return float(value)
 
 
 class Deadline:

@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from launchpad import context
+from launchpad import context, timeouts
 from launchpad.nodes.courier import CourierHandle, CourierNode
 from launchpad.replay.checkpoint import PeriodicCheckpointer
 from launchpad.replay.client import Client
@@ -34,7 +34,6 @@ from launchpad.replay.server import (
   WRITER_LEASE_SECONDS,
   ReplayService,
   build_tables,
-  positive_seconds,
 )
 from launchpad.replay.table import Table
 
@@ -92,7 +91,7 @@ class ReplayNode(CourierNode):
     checkpoint_every: float | None = None,
     writer_lease_seconds: float = WRITER_LEASE_SECONDS,
   ):
-    writer_lease_seconds = positive_seconds(writer_lease_seconds, "writer_lease_seconds")
+    writer_lease_seconds = timeouts.positive(writer_lease_seconds, "writer_lease_seconds")
     if checkpoint_dir is not None:
       checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
     if checkpoint_every is not None:

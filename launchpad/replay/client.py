@@ -26,16 +26,16 @@ not match a table's signature raise ValueError and change nothing.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from launchpad import timeouts
 from launchpad.courier import client as courier_client
 from launchpad.replay import structure as structure_lib
-from launchpad.replay.table import timeout_seconds
 from launchpad.replay.table_info import TableInfo
+from launchpad.timeouts import Timeout
 from launchpad.tls import TlsConfig
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 # Added to a call's own timeout to bound the RPC round trip around it.
 RPC_MARGIN_SECONDS = 30.0
-
-Timeout = float | datetime.timedelta | None
 
 
 class SampleInfo(NamedTuple):
@@ -162,7 +160,7 @@ class Client:
       )
     else:
       raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
-    self._timeout = timeout_seconds(timeout)
+    self._timeout = timeouts.validate(timeout)
 
   def insert(self, data: Any, priorities: Mapping[str, float], timeout: Timeout = None) -> int:
     """Inserts one item into every table of `priorities` (table -> priority); returns its key.
@@ -311,7 +309,7 @@ class Client:
     self._courier.close()
 
   def _limit(self, timeout: Timeout) -> float | None:
-    return self._timeout if timeout is None else timeout_seconds(timeout)
+    return self._timeout if timeout is None else timeouts.validate(timeout)
 
   def _call(self, limit: float | None) -> courier_client.Client:
     return self._courier.with_timeout(None if limit is None else limit + RPC_MARGIN_SECONDS)

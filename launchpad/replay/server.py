@@ -30,7 +30,6 @@ place (the error's notes say how many).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from launchpad import timeouts
 from launchpad.courier import server as courier_server
 from launchpad.replay import checkpoint as checkpoint_lib
 from launchpad.replay import selectors
@@ -47,7 +47,7 @@ from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_
 from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.item import SampledItem
-from launchpad.replay.table import Table, timeout_seconds
+from launchpad.replay.table import Table
 from launchpad.replay.table_info import TableInfo
 from launchpad.tls import TlsConfig
 
@@ -122,7 +122,7 @@ class ReplayService:
     writer_lease_seconds: float = WRITER_LEASE_SECONDS,
     register_close: Callable[[Callable[[], None]], Any] | None = None,
   ):
-    self._lease_seconds = positive_seconds(writer_lease_seconds, "writer_lease_seconds")
+    self._lease_seconds = timeouts.positive(writer_lease_seconds, "writer_lease_seconds")
     self._store, built = build_tables(tables)
     self._tables: dict[str, Table] = {t.name: t for t in built}
     # Trajectory writer id -> its lease on the chunks it holds (see insert_trajectories).
@@ -174,7 +174,7 @@ class ReplayService:
         an item's columns nest.
       timeout: seconds to wait for the rate limiters, for the whole call.
     """
-    deadline = _deadline(timeout)
+    deadline = timeouts.Deadline(timeouts.validate(timeout), "a replay call")
     prepared = [self._prepare(*_triple(group)) for group in groups]
     total = sum(count for *_, count in prepared)
     chunk_keys: list[int] = []
@@ -189,7 +189,7 @@ class ReplayService:
         group_keys = new_keys(count)
         for table, priorities in targets.items():
           try:
-            table.insert_many(group_keys, priorities, columns, _remaining(deadline), structure)
+            table.insert_many(group_keys, priorities, columns, deadline.remaining(), structure)
           except ReplayError as e:
             e.add_note(
               f"the call's first {len(keys)} of {total} items were inserted in all their tables; "
@@ -240,7 +240,7 @@ class ReplayService:
       bad priority, references or structure, signature mismatch). The chunks
       are stored either way.
     """
-    deadline = _deadline(timeout)
+    deadline = timeouts.Deadline(timeouts.validate(timeout), "a replay call")
     writer = check_key(writer, "writer id")
     arrays: dict[int, np.ndarray] = {}
     for chunk_key, value in chunks:
@@ -263,7 +263,7 @@ class ReplayService:
               f"expected an item (key, table, priority, data refs, structure), got {item!r}"
             )
           item_key, name, priority, refs, structure = item
-          self._table(name).insert(item_key, priority, refs, _remaining(deadline), structure)
+          self._table(name).insert(item_key, priority, refs, deadline.remaining(), structure)
         except ValueError as e:
           return {"inserted": inserted, "rejected": inserted, "error": e, "missing": []}
         except ReplayError as e:
@@ -293,12 +293,12 @@ class ReplayService:
       "structures" (one per item).
     """
     target = self._table(table)
-    deadline = _deadline(timeout)
+    deadline = timeouts.Deadline(timeouts.validate(timeout), "a replay call")
     with target.sampling() as sampling:
-      items = sampling.sample(num_samples, timeout=_remaining(deadline))
+      items = sampling.sample(num_samples, timeout=deadline.remaining())
       while len(items) < num_samples:
         try:
-          items += sampling.sample(num_samples - len(items), timeout=_remaining(deadline))
+          items += sampling.sample(num_samples - len(items), timeout=deadline.remaining())
         except (RateLimiterTimeoutError, TableClosedError):
           break  # the items already drawn have been counted as sampled: return them
       return _sample_reply(table, items) if stack else _sample_list(items)
@@ -503,27 +503,6 @@ def _triple(group: Any) -> tuple[Any, Any, Any]:
   if not isinstance(group, tuple | list) or len(group) != 3:
     raise ValueError(f"expected a group (structure, columns, priorities), got {group!r}")
   return tuple(group)
-
-
-def positive_seconds(value: Any, name: str) -> float:
-  """`value` as a float, or ValueError naming `name` unless it is a number of seconds > 0."""
-  if (
-    isinstance(value, bool)
-    or not isinstance(value, int | float)
-    or not math.isfinite(value)
-    or value <= 0
-  ):
-    raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-  return float(value)
-
-
-def _deadline(timeout: Any) -> float | None:
-  seconds = timeout_seconds(timeout)
-  return None if seconds is None else time.monotonic() + seconds
-
-
-def _remaining(deadline: float | None) -> float | None:
-  return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _sample_info(items: Sequence[SampledItem]) -> dict[str, np.ndarray]:

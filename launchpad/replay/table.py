@@ -37,8 +37,6 @@ before anything changes.
 
 from __future__ import annotations
 
-import datetime
-import math
 import operator
 import threading
 import time
@@ -47,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from launchpad import timeouts
 from launchpad.replay import chunk_store as chunk_store_lib
 from launchpad.replay import rate_limiters, selectors
 from launchpad.replay import signature as signature_lib
@@ -56,9 +55,7 @@ from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key
 from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
 from launchpad.replay.item import Item, SampledItem
 from launchpad.replay.table_info import TableInfo
-
-Timeout = float | datetime.timedelta | None
-"""Seconds (or a timedelta) to wait; None waits as long as it takes; 0 does not wait."""
+from launchpad.timeouts import Timeout
 
 MAX_SAMPLES_PER_CALL = 65_536
 """The most items one sample call may ask for.
@@ -84,16 +81,6 @@ class _CallStats:
 
   def info(self) -> dict[str, Any]:
     return {name: getattr(self, name) for name in self.__slots__}
-
-
-def timeout_seconds(timeout: Timeout) -> float | None:
-  """`timeout` in seconds: None (no bound) for None or infinity; ValueError if NaN or < 0."""
-  if timeout is None:
-    return None
-  seconds = timeout.total_seconds() if isinstance(timeout, datetime.timedelta) else float(timeout)
-  if math.isnan(seconds) or seconds < 0:
-    raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
-  return None if math.isinf(seconds) else seconds
 
 
 class Table:
@@ -296,7 +283,7 @@ class Table:
     self.check_signature(specs)
     if structure is not None:
       self._checked(structure_lib.check, structure, refs)
-    seconds = timeout_seconds(timeout)
+    seconds = timeouts.validate(timeout)
     chunk_keys = chunk_store_lib.chunk_keys(refs)
     with self._lock:
       if self._closed:
@@ -376,7 +363,7 @@ class Table:
     self.check_signature(specs)
     if structure is not None:
       self._checked(structure_lib.check, structure, columns)
-    seconds = timeout_seconds(timeout)
+    seconds = timeouts.validate(timeout)
     deadline = None if seconds is None else time.monotonic() + seconds
     done = 0
     try:
@@ -795,7 +782,7 @@ class Table:
     """Samples for `sampling` (see `sampling()`), logging in it what it did."""
     if type(num_samples) is not int or not 0 < num_samples <= MAX_SAMPLES_PER_CALL:
       raise self._bad_num_samples(num_samples)
-    seconds = timeout_seconds(timeout)
+    seconds = timeouts.validate(timeout)
     picked: list[tuple] = []
     with self._lock:
       self._await("sample", self._can_sample, self._limiter.can_sample, seconds)

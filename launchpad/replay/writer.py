@@ -54,10 +54,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from launchpad import timeouts
 from launchpad.replay import selectors
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ColumnSpec, new_key
-from launchpad.replay.table import Timeout, timeout_seconds
+from launchpad.timeouts import Timeout
 
 if TYPE_CHECKING:
   from launchpad.replay.client import Client
@@ -254,7 +255,7 @@ class TrajectoryWriter:
     self._client = client
     self.num_keep_alive_refs = num_keep_alive_refs
     self.max_chunk_length = max_chunk_length
-    self._timeout = timeout_seconds(timeout)
+    self._timeout = timeouts.validate(timeout)
     self._id = new_key()  # the server tracks the chunks this writer holds under it
     self._specs: dict[str, ColumnSpec] = {}
     self._window: collections.deque[dict[str, _Location]] = collections.deque(
@@ -347,7 +348,7 @@ class TrajectoryWriter:
         before it were inserted, those after it stay queued.
     """
     self._check_open()
-    self._send(self._timeout if timeout is None else timeout_seconds(timeout))
+    self._send(self._timeout if timeout is None else timeouts.validate(timeout))
 
   def end_episode(self, clear_buffers: bool = True, timeout: Timeout = None) -> None:
     """Flushes; with `clear_buffers`, empties the history first (references to it go stale).
