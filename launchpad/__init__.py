@@ -49,6 +49,7 @@ __all__ = [
   "LAUNCH_TYPE",
   "AbstractAddressBuilder",
   "Address",
+  "BroadcastNode",
   "CallTimeoutError",
   "ConnectionLostError",
   "Controller",
@@ -105,6 +106,11 @@ def __getattr__(name: str):
     from launchpad.nodes.replay import ReplayNode
 
     return ReplayNode
+  # The broadcast pickles and maps numpy arrays; it is loaded where it is used.
+  if name == "BroadcastNode":
+    from launchpad.nodes.broadcast import BroadcastNode
+
+    return BroadcastNode
   if name == "ReverbNode":
     from launchpad.nodes.reverb import ReverbNode
 
