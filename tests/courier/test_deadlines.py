@@ -31,7 +31,7 @@ from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
-from .conftest import CHILD_LABEL, TIMEOUT, Service, in_thread, pick
+from .conftest import CHILD_LABEL, TIMEOUT, Service, free_port, in_thread, pick
 
 # How far past its timeout a call may return on a loaded machine.
 MARGIN = 10.0
@@ -311,6 +311,25 @@ def test_call_to_a_server_stopped_in_the_middle_of_a_large_reply_times_out(fresh
     check_timeout_error(error, f"call {CHILD_LABEL}.echo", "the reply had begun to arrive")
     return
   pytest.fail("the server was never caught sending its reply")
+
+
+def test_a_future_waiting_for_the_connection_keeps_its_own_deadline():
+  """The connection is attempted for as long as some future waiting for it
+  has time left, not only for the first future's timeout."""
+  port = free_port()
+  secret = os.urandom(32)
+  client = Client(f"127.0.0.1:{port}", secret=secret, label="late[0]", timeout=0.5)
+  hasty = client.futures.echo("hasty")
+  patient = client.with_timeout(TIMEOUT + MARGIN).futures.echo("patient")
+  check_timeout_error(hasty.exception(TIMEOUT), "call late[0].echo")
+  assert not patient.done()
+  server = Server(Service(), secret=secret, label="late[0]", port=port)
+  server.start()
+  try:
+    assert patient.result(TIMEOUT + MARGIN) == "patient"
+  finally:
+    client.close()
+    server.stop()
 
 
 # --- timeout=0 and bad timeouts ------------------------------------------------------
