@@ -209,6 +209,16 @@ def test_crashing_node_exits_1_naming_the_node_with_its_traceback(lp):
   assert "in explode" in stderr
 
 
+@pytest.mark.parametrize("mode", ["test", "test_mt", "threads", "test_mp"])
+def test_a_crash_exits_1_in_every_mode(lp, mode):
+  """The test kinds too: `lp launch` waits for their programs as for any other."""
+  process = lp(
+    "launch", f"--mode={mode}", "--grace-period=2", f"{program('lp_crash.py')}:make_program"
+  )
+  assert process.finish() == 1, process.output()
+  assert "lp launch: node crasher[0] failed: ValueError: boom 17" in process.err()
+
+
 @pytest.mark.parametrize(
   ("target", "message"),
   [
