@@ -92,15 +92,8 @@ class Client:
     tls: TlsConfig | None = None,
   ):
     resolver = StaticAddress(address) if isinstance(address, str) else address
-    self._view(_Channel(resolver, secret, label, tls), timeout)
-
-  def _view(self, channel: _Channel, timeout: float | None) -> None:
-    self._channel = channel
-    self._timeout = timeouts.validate(
-      timeout, f"the timeout of the courier client of node {channel.label}"
-    )
-    self._call = _Method(channel, "__call__", self._timeout, as_future=False)
-    self._futures = _Futures(channel, self._timeout)
+    self._channel = _Channel(resolver, secret, label, tls)
+    self._timeout = _valid(timeout, label)
 
   def __getattr__(self, name: str) -> _Method:
     if name.startswith("__"):
@@ -108,17 +101,30 @@ class Client:
     return _remember(self, _Method(self._channel, name, self._timeout, as_future=False))
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
-    return self._call(*args, **kwargs)
+    method = self.__dict__.get("__call__") or _remember(
+      self, _Method(self._channel, "__call__", self._timeout, as_future=False)
+    )
+    return method(*args, **kwargs)
 
   @property
   def futures(self) -> _Futures:
     """`client.futures.method(...)` returns a concurrent.futures.Future."""
-    return self._futures
+    futures = self.__dict__.get("_futures")
+    if futures is None:  # made on first use: views are made often (one per replay call)
+      futures = self.__dict__["_futures"] = _Futures(self._channel, self._timeout)
+    return futures
 
   def with_timeout(self, timeout: float | None) -> Client:
     """A view of this client whose calls use `timeout`; connections are shared."""
-    view = object.__new__(Client)
-    view._view(self._channel, timeout)
+    timeout = _valid(timeout, self._channel.label)
+    views = self.__dict__.setdefault("_views", {})
+    view = views.get(timeout)
+    if view is None:  # kept, with the methods it remembers, for the next call's view
+      view = object.__new__(Client)
+      view._channel = self._channel
+      view._timeout = timeout
+      if len(views) < MAX_REMEMBERED_VIEWS:
+        views[timeout] = view
     return view
 
   def close(self) -> None:
@@ -137,10 +143,18 @@ class Client:
     return f"<courier.Client of {self._channel.label}>"
 
 
+def _valid(timeout: float | None, label: str) -> float | None:
+  if type(timeout) is float and timeout >= 0:  # views are made often: the common case is quick
+    return timeout
+  return timeouts.validate(timeout, f"the timeout of the courier client of node {label}")
+
+
 # Methods a client (or its futures) remembers as attributes, so that calling
 # them again skips __getattr__ and building the method; beyond this many
 # names (a caller making names up), methods are built on each access.
 MAX_REMEMBERED_METHODS = 256
+# Views a client keeps, by timeout (a replay client makes one per call).
+MAX_REMEMBERED_VIEWS = 64
 
 
 def _remember(owner: Any, method: _Method) -> _Method:
@@ -159,8 +173,7 @@ class _Method:
     self.name = name
     self.timeout = timeout
     self.as_future = as_future
-    self.operation = f"call {channel.label}.{name}"
-    self.arguments = f"arguments of {channel.label}.{name}"
+    self.operation, self.arguments = channel.texts(name)
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     if self.as_future:
@@ -172,7 +185,6 @@ class _Futures:
   def __init__(self, channel: _Channel, timeout: float | None):
     self._channel = channel
     self._timeout = timeout
-    self._call = _Method(channel, "__call__", timeout, as_future=True)
 
   def __getattr__(self, name: str) -> _Method:
     if name.startswith("__"):
@@ -180,7 +192,10 @@ class _Futures:
     return _remember(self, _Method(self._channel, name, self._timeout, as_future=True))
 
   def __call__(self, *args: Any, **kwargs: Any) -> Future:
-    return self._call(*args, **kwargs)
+    method = self.__dict__.get("__call__") or _remember(
+      self, _Method(self._channel, "__call__", self._timeout, as_future=True)
+    )
+    return method(*args, **kwargs)
 
 
 def decode_reply(frame: protocol.Frame, label: str) -> Any:
@@ -223,6 +238,17 @@ class _Channel:
     self._lock = threading.Lock()
     self._sync: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
     self._pipelined: _PipelinedConnection | None = None
+    self._texts: dict[str, tuple[str, str]] = {}
+
+  def texts(self, method: str) -> tuple[str, str]:
+    """How errors name a call of `method` and its arguments (kept for the
+    first MAX_REMEMBERED_METHODS names: views and their methods are made often)."""
+    texts = self._texts.get(method)
+    if texts is None:
+      texts = (f"call {self.label}.{method}", f"arguments of {self.label}.{method}")
+      if len(self._texts) < MAX_REMEMBERED_METHODS:
+        self._texts[method] = texts
+    return texts
 
   def call(self, method: _Method, args: tuple, kwargs: dict) -> Any:
     deadline = Deadline(method.timeout, method.operation, ADVICE)
