@@ -92,12 +92,14 @@ def fake_server() -> Iterator[Callable[[Callable[[socket.socket], None]], FakeSe
 
 def dribble(sock: socket.socket, data: bytes) -> bool:
   """Sends `data` one byte per DRIBBLE_SECONDS; True as soon as the peer closes."""
+  poller = select.poll()
+  poller.register(sock, select.POLLIN)
   for i in range(len(data)):
     try:
       sock.sendall(data[i : i + 1])
     except OSError:
       return True
-    if select.select([sock], [], [], DRIBBLE_SECONDS)[0]:
+    if poller.poll(DRIBBLE_SECONDS * 1000):
       try:
         if not sock.recv(65536):
           return True
