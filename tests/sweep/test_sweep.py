@@ -5,9 +5,12 @@ a SIGKILLed sweep that resumes, failing trials, and refusals of bad input."""
 from __future__ import annotations
 
 import csv
+import os
 import pathlib
 import re
 import signal
+import subprocess
+import sys
 
 import cloudpickle
 import optuna
@@ -18,6 +21,7 @@ from launchpad.sweep import SweepError
 from tests.sweep import programs
 from tests.sweep.conftest import (
   PROGRAMS,
+  TIMEOUT,
   assert_gone,
   processes_with,
   runs_of,
@@ -250,3 +254,23 @@ def test_python_api_runs_trials_in_threads_and_resumes_nothing_twice(runs_dir, l
   assert runs_of(runs_dir) == {"x=1": 1, "x=2": 1}
   with pytest.raises(SweepError, match=r"sweep api was started with another space"):
     lp.sweep(programs.make_program, {**space, "x": [1.0, 3.0]}, **kwargs)
+
+
+def test_without_optuna_the_error_names_the_extra(tmp_path, launchpad_home):
+  space = write_space(tmp_path / "space.toml", "x = [1.0]\nruns_dir = '/tmp'\n")
+  code = (
+    "import sys\n"
+    "sys.modules['optuna'] = None  # as if it were not installed\n"
+    "from launchpad.cli import main\n"
+    f"sys.exit(main(['sweep', {str(PROGRAMS)!r}, '--space', {str(space)!r}]))\n"
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env={**os.environ, "LAUNCHPAD_HOME": str(launchpad_home)},
+  )
+  assert done.returncode == 2, done.stderr
+  assert "sweeps use Optuna, which cannot be imported here" in done.stderr
+  assert "pip install 'launchpad-rl[sweep]'" in done.stderr

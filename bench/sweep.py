@@ -1,0 +1,221 @@
+"""Sweep figures: early stopping on the DQN sweep, and per-trial overhead
+side by side with Ray Tune.
+
+1. The DQN sweep (examples/dqn/trial.py over examples/dqn/sweep.toml: 18
+   trials on the grid, 2 at once, multiprocess) run by `lp sweep`, with and
+   without early stopping (--pruner median vs none), for each grid order
+   (--sampler-seed 0, 1, ...; both variants go through the same order):
+
+     whole      wall time of the `lp sweep` command, start to exit
+     to 195     seconds from the sweep's start until a trial's evaluator
+                reported a mean return of 195 or more (from the trials'
+                metrics.jsonl): when a configuration that reaches 195 was found
+     best       the best trial's return, and how many trials were pruned
+
+2. Per-trial overhead on a trial that does nothing but report: its function
+   reports `score` at 5 steps and returns. Ours runs it as a one-node program
+   in multiprocess mode (one node process per trial) through lp.sweep; Ray
+   Tune runs the same function as a function trainable (one actor process per
+   trial) through tune.Tuner, with Ray's defaults; both `--trials` trials of a
+   grid, 2 at once, timed in the driver process:
+
+     launch -> first report   from the sweep starting the trial (ours: before
+                              the factory runs; Ray: on_trial_start) to its
+                              first report arriving in the driver
+     end -> next report       from a trial's end arriving in the driver to the
+                              first report of the next trial to start
+
+   Ray is started (ray.init) before its clock starts; its start-up is not
+   counted.
+
+Usage: python bench/sweep.py [--orders 3] [--trials 20] [--runs 3] [--skip-dqn] [--skip-ray]
+Needs the [sweep], [examples] and ray[tune] extras (pip install 'ray[tune]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DQN_TRIAL = ROOT / "examples" / "dqn" / "trial.py"
+DQN_SPACE = ROOT / "examples" / "dqn" / "sweep.toml"
+TARGET = 195.0
+STEPS = 5  # reports of the overhead trial
+PRUNING = ["--pruner", "median", "--pruner-arg", "n_startup_trials=2"]
+PRUNING += ["--pruner-arg", "n_warmup_steps=3000"]
+
+
+def dqn_sweep(home: pathlib.Path, order: int, prune: bool) -> dict:
+  """One `lp sweep` of the DQN; its figures."""
+  name = f"dqn-{'median' if prune else 'none'}-{order}"
+  command = [sys.executable, "-m", "launchpad.cli", "sweep", str(DQN_TRIAL), "--space"]
+  command += [str(DQN_SPACE), "--name", name, "--objective", "mean_return", "--parallel", "2"]
+  command += ["--sampler-seed", str(order), *(PRUNING if prune else [])]
+  env = {**os.environ, "LAUNCHPAD_HOME": str(home)}
+  start = time.time()
+  done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+  whole = time.time() - start
+  if done.returncode != 0:
+    raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+  directory = home / "sweeps" / name
+  status = json.loads((directory / "status.json").read_text())
+  reached = []
+  for metrics in directory.glob("trials/*/metrics.jsonl"):
+    for line in metrics.read_text().splitlines():
+      report = json.loads(line)
+      if isinstance(report.get("mean_return"), float) and report["mean_return"] >= TARGET:
+        reached.append(report["time"] - status["started"])
+  best = status["best"]
+  return {
+    "whole": whole,
+    "to_target": min(reached) if reached else None,
+    "best": best["value"] if best else None,
+    "pruned": status["counts"].get("pruned", 0),
+  }
+
+
+def report_steps(x: float) -> None:
+  """The overhead trial's work: STEPS reports, nothing else."""
+  import launchpad as lp
+
+  for step in range(STEPS):
+    lp.report(step=step, score=x * step)
+
+
+def overhead_program(x: float):
+  import launchpad as lp
+
+  program = lp.Program("overhead")
+  program.add_node(lp.PyNode(report_steps, x), label="trial")
+  return program
+
+
+def gaps(trials: list[dict]) -> tuple[list[float], list[float]]:
+  """launch -> first report, and end -> the next trial's first report, from
+  each trial's `launched`, `reported` and `ended` times."""
+  first = [t["reported"] - t["launched"] for t in trials]
+  ends = sorted(t["ended"] for t in trials)
+  starts = sorted(t["reported"] for t in trials)
+  # The k-th trial to end frees the slot of the (k + parallel)-th trial to report.
+  after = [start - end for end, start in zip(ends, starts[2:], strict=False)]
+  return first, after
+
+
+def ours_overhead(home: pathlib.Path, trials: int, run: int) -> tuple[list[float], list[float]]:
+  import launchpad as lp
+
+  os.environ["LAUNCHPAD_HOME"] = str(home)
+  result = lp.sweep(
+    overhead_program,
+    {"x": list(range(trials))},
+    parallel=2,
+    launch_type="local_mp",
+    objective="score",
+    name=f"overhead-{run}",
+    out=open(os.devnull, "w"),  # for the process's lifetime
+  )
+  import optuna
+
+  study = optuna.load_study(
+    study_name=result.name, storage=f"sqlite:///{result.directory / 'study.db'}"
+  )
+  return gaps([t.user_attrs["times"] for t in study.trials])
+
+
+def ray_overhead(trials: int, storage: pathlib.Path) -> tuple[list[float], list[float]]:
+  import ray
+  from ray import tune
+
+  times: dict[str, dict] = {}
+
+  class Timer(tune.Callback):
+    def on_trial_start(self, iteration, trials, trial, **info):
+      times.setdefault(trial.trial_id, {})["launched"] = time.time()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+      times[trial.trial_id].setdefault("reported", time.time())
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+      times[trial.trial_id]["ended"] = time.time()
+
+  def trainable(config):
+    for step in range(STEPS):
+      tune.report({"score": config["x"] * step})
+
+  if not ray.is_initialized():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  tuner = tune.Tuner(
+    trainable,
+    param_space={"x": tune.grid_search(list(range(trials)))},
+    tune_config=tune.TuneConfig(max_concurrent_trials=2, metric="score", mode="max"),
+    run_config=tune.RunConfig(callbacks=[Timer()], storage_path=str(storage), verbose=0),
+  )
+  tuner.fit()
+  return gaps(list(times.values()))
+
+
+def median(values: list[float]) -> float:
+  return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--orders", type=int, default=3, help="grid orders of the DQN sweep")
+  parser.add_argument("--trials", type=int, default=20, help="trials of each overhead sweep")
+  parser.add_argument("--runs", type=int, default=3, help="overhead sweeps per side")
+  parser.add_argument("--skip-dqn", action="store_true")
+  parser.add_argument("--skip-ray", action="store_true")
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as temporary:
+    home = pathlib.Path(temporary)
+    if not args.skip_dqn:
+      print(f"DQN sweep, 18 trials, 2 at once; load average {os.getloadavg()[0]:.1f} at start")
+      print(f"{'order':>5} {'pruner':>7} {'whole s':>8} {'to 195 s':>9} {'best':>6} {'pruned':>6}")
+      figures = {False: [], True: []}
+      for order in range(args.orders):
+        for prune in (False, True):
+          f = dqn_sweep(home, order, prune)
+          figures[prune].append(f)
+          to = "-" if f["to_target"] is None else f"{f['to_target']:.1f}"
+          best = "-" if f["best"] is None else f"{f['best']:.0f}"
+          pruner = "median" if prune else "none"
+          print(
+            f"{order:>5} {pruner:>7} {f['whole']:>8.1f} {to:>9} {best:>6} {f['pruned']:>6}",
+            flush=True,
+          )
+      for prune in (False, True):
+        rows = figures[prune]
+        reached = [r["to_target"] for r in rows if r["to_target"] is not None]
+        print(
+          f"median {'median' if prune else 'none':>6} whole {median([r['whole'] for r in rows]):.1f} s"
+          f", to 195 {median(reached):.1f} s, best {median([r['best'] for r in rows]):.0f}"
+        )
+    print(f"\noverhead, {args.trials} trials, 2 at once, {args.runs} sweeps per side (medians, ms)")
+    sides = {"ours (multiprocess)": lambda run: ours_overhead(home, args.trials, run)}
+    if not args.skip_ray:
+      sides["Ray Tune"] = lambda run: ray_overhead(args.trials, home / f"ray-{run}")
+    results = {}
+    for side, measure in sides.items():
+      first, after = [], []
+      for run in range(args.runs):
+        a, b = measure(run)
+        first += a
+        after += b
+      results[side] = (median(first) * 1000, median(after) * 1000)
+      print(f"{side:>20}: launch -> first report {results[side][0]:.0f}, end -> next report "
+            f"{results[side][1]:.0f}", flush=True)  # fmt: skip
+    if "Ray Tune" in results:
+      ours, ray = results["ours (multiprocess)"], results["Ray Tune"]
+      print(f"ratio ours / Ray Tune: {ours[0] / ray[0]:.2f} and {ours[1] / ray[1]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
