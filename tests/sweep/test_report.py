@@ -1,6 +1,7 @@
 """lp.report: a node's metrics reach the launching process over the control
 plane in every launcher (threads, processes, SSH hosts, Ray actors), show in
-`lp status`, and land in the run directory's metrics.jsonl."""
+`lp status`, and land in the run directory's metrics.jsonl; and sweeps of
+trials on SSH hosts and in Ray actors."""
 
 from __future__ import annotations
 
@@ -149,3 +150,53 @@ def test_outside_a_program_the_report_is_dropped_with_one_warning():
     [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
   )
   assert done.stderr.count("lp.report outside a launched program: the metrics are dropped") == 1
+
+
+def scored(x: float) -> lp.Program:
+  """A trial program for the sweeps below: reports score = x at steps 0 and 1."""
+
+  def report_x() -> None:
+    for step in range(2):
+      lp.report(step=step, score=x)
+
+  made = lp.Program("scored")
+  made.add_node(lp.PyNode(report_x), label="worker")
+  return made
+
+
+def check_sweep(result) -> None:
+  assert sorted(t["state"] for t in result.trials) == ["complete", "complete"]
+  assert result.best["params"] == {"x": 2.0} and result.best["value"] == 2.0
+
+
+def test_a_sweep_of_trials_on_ssh_hosts(sshd, tmp_path):
+  hosts = sshd.hosts(workdir=str(tmp_path / "work"))
+  hosts["groups"] = {"*": list(HOSTS)}
+  result = lp.sweep(
+    scored,
+    {"x": [1.0, 2.0]},
+    parallel=2,
+    launch_type="ssh",
+    objective="score",
+    name="ssh",
+    launch_options={"hosts": hosts},
+  )
+  check_sweep(result)
+
+
+def test_a_sweep_of_trials_in_ray_actors():
+  ray = pytest.importorskip("ray")
+  ray.init(num_cpus=2, include_dashboard=False)  # one cluster for every trial
+  try:
+    result = lp.sweep(
+      scored,
+      {"x": [1.0, 2.0]},
+      parallel=2,
+      launch_type="ray",
+      objective="score",
+      name="ray",
+      launch_options={"grace_period": 2.0},
+    )
+  finally:
+    ray.shutdown()
+  check_sweep(result)
