@@ -17,6 +17,9 @@ import pytest
 
 import launchpad as lp
 from launchpad import live_view
+from launchpad.control import control_pb2
+from launchpad.control.client import ControlClient
+from launchpad.control.coordinator import Coordinator
 from tests.launching import launching
 from tests.sshd import HOSTS, LoopbackSshd
 from tests.sweep.conftest import TIMEOUT
@@ -200,3 +203,25 @@ def test_a_sweep_of_trials_in_ray_actors():
   finally:
     ray.shutdown()
   check_sweep(result)
+
+
+def test_a_report_without_the_programs_token_is_refused():
+  secret = os.urandom(32)
+  coordinator = Coordinator("prog", ["worker[0]"], secret)
+  address = coordinator.start()
+  strangers, members = ControlClient(address, os.urandom(32)), ControlClient(address, secret)
+  report = control_pb2.MetricsReport(node="worker[0]", step=1, values={"loss": 0.5})
+  try:
+    with pytest.raises(lp.LaunchpadError, match=r"refused this process's ReportMetrics call"):
+      strangers.report_metrics(report)
+    assert coordinator.metrics.count == 0
+    members.report_metrics(report)
+    assert [(m.node, m.step, m.values) for m in coordinator.metrics.since(0)] == [
+      ("worker[0]", 1, {"loss": 0.5})
+    ]
+    with pytest.raises(KeyError, match=r"program prog has no node 'nobody\[0\]'"):
+      members.report_metrics(control_pb2.MetricsReport(node="nobody[0]", step=1))
+  finally:
+    strangers.close()
+    members.close()
+    coordinator.close()
