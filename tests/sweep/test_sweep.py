@@ -274,3 +274,27 @@ def test_without_optuna_the_error_names_the_extra(tmp_path, launchpad_home):
   assert done.returncode == 2, done.stderr
   assert "sweeps use Optuna, which cannot be imported here" in done.stderr
   assert "pip install 'launchpad-rl[sweep]'" in done.stderr
+
+
+def test_sigterm_stops_the_running_trials_which_run_again_next_time(
+  lp, tmp_path, runs_dir, launchpad_home, marker
+):
+  gate = tmp_path / "gate"
+  space = write_space(
+    tmp_path / "space.toml", f'x = [1.0]\nruns_dir = "{runs_dir}"\ngate_x = 1.0\ngate = "{gate}"\n'
+  )
+  command = ("sweep", PROGRAMS, "--space", space, "--objective", "score")
+  first = lp(*command)
+  wait_until(lambda: runs_of(runs_dir).get("x=1") == 1, "the trial waiting on the gate")
+  first.process.send_signal(signal.SIGTERM)
+  assert first.finish() == 128 + signal.SIGTERM, first.output()
+  assert "SIGTERM: stopping the running trials" in first.out()
+  assert "trial 0 interrupted: it runs again when the sweep does" in first.out()
+  assert status_of(launchpad_home, "programs-space")["state"] == "interrupted"
+  assert_gone([p.pid for p in processes_with(marker)])
+  gate.write_text("")
+  again = lp(*command)
+  assert again.finish() == 0, again.output()
+  assert runs_of(runs_dir) == {"x=1": 2}
+  rows = results(launchpad_home, "programs-space")
+  assert sorted(r["state"] for r in rows) == ["complete", "stale"]
