@@ -271,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_sweep_parser(commands: Any) -> None:
+  study = importlib.import_module("launchpad.sweep.study")
   sweep = commands.add_parser(
     "sweep",
     help="run many variants of a program, stopping the losers early",
@@ -281,14 +282,12 @@ def _add_sweep_parser(commands: Any) -> None:
   sweep.add_argument("--trials", type=_positive(int), metavar="N", help="default: the grid's size")
   sweep.add_argument("--parallel", type=_positive(int), default=1, metavar="K", help="at once")
   sweep.add_argument("--mode", default="multiprocess", choices=registry.names(), help="launcher")
-  sweep.add_argument(
-    "--sampler", choices=["grid", "random", "tpe"], help="default: grid if it can, else tpe"
-  )
+  sweep.add_argument("--sampler", choices=study.SAMPLERS, help="default: grid if it can, else tpe")
   sweep.add_argument("--sampler-seed", type=int, default=0, metavar="N")
   sweep.add_argument(
     "--pruner",
     default="none",
-    choices=["none", "median", "asha", "hyperband"],
+    choices=study.PRUNERS,
     help="early stopping",
   )
   for what in ("sampler", "pruner"):
@@ -301,7 +300,7 @@ def _add_sweep_parser(commands: Any) -> None:
       help=f"an argument of the Optuna {what} (e.g. n_startup_trials=2); repeat for more",
     )
   sweep.add_argument("--objective", default="return", help="the lp.report metric to optimize")
-  sweep.add_argument("--direction", default="maximize", choices=["maximize", "minimize"])
+  sweep.add_argument("--direction", default="maximize", choices=study.DIRECTIONS)
   sweep.add_argument(
     "--storage", metavar="URL", help="SQLAlchemy URL (default: SQLite in the sweep)"
   )
