@@ -82,7 +82,12 @@ class Run:
     private_files.write(self.path / "token", auth.control_token(secret))
     if tls is not None:
       tls.write(self.path)
-    info = {"coordinator": coordinator, "launcher_pid": os.getpid(), "started": time.time()}
+    info = {
+      "coordinator": coordinator,
+      "launcher_pid": os.getpid(),
+      "launcher_host": socket.gethostname(),
+      "started": time.time(),
+    }
     private_files.write(self.path / "run.json", json.dumps(info))
 
   def info(self) -> dict:
@@ -114,13 +119,16 @@ class Run:
   def over(self) -> bool:
     """True once the run is known to have ended: run.json says so, or its
     launcher has exited. A directory without run.json is no run (yet); one
-    whose run.json cannot be read is not known to be over."""
+    whose run.json cannot be read is not known to be over, nor one whose
+    launcher runs on another host (a detached Slurm run's compute node)."""
     path = self.path / "run.json"
     if not path.exists():
       return True
     info = self.info()
     if "ended" in info:
       return True
+    if info.get("launcher_host", socket.gethostname()) != socket.gethostname():
+      return False
     pid = info.get("launcher_pid")
     return isinstance(pid, int) and not psutil.pid_exists(pid)
 

@@ -284,10 +284,11 @@ class _SlurmWorkers:
 
   def _noticed(self, job_id: str, signal_name: str) -> None:
     job = next(j for j in self._jobs if j.job_id == job_id)
-    signum = getattr(signal, f"SIG{signal_name}", signal.SIGUSR1)
+    name = "SIG" + signal_name.removeprefix("SIG")
+    signum = getattr(signal, name, signal.SIGUSR1)
     reason = (
-      f"Slurm job {job_id} of {job.what} got SIG{signal_name}, its notice of the time limit "
-      "or of a preemption"
+      f"Slurm job {job_id} of {job.what} got {name}, its notice of the time limit or of a "
+      "preemption"
     )
     log.warning("program %s: %s; stopping it", self._plan.program, reason)
     if self._options.on_notice is not None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import cloudpickle
 
-from launchpad import errors, private_files, runs
+from launchpad import context, errors, private_files, runs
 from launchpad.control import control_pb2
 from launchpad.courier import serialization
 from launchpad.launch import session, slurm, slurm_jobs
@@ -136,9 +136,12 @@ def main() -> None:
   plan, options = cloudpickle.loads(payload)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   notices = _Notices(slurm_jobs.check_preempt_signal(options.preempt_signal))
-  options = dataclasses.replace(options, detach=False, log_dir=run_dir, on_notice=notices.heard)
+  requeue = options.requeue  # this process requeues its job, the launch itself does not
+  options = dataclasses.replace(
+    options, detach=False, requeue=False, log_dir=run_dir, on_notice=notices.heard
+  )
   controller = session.run(slurm.LAUNCHER, plan, options, options.grace_period, handle_signals=True)
-  notices.watch(controller)
+  notices.started()
   status = 0
   try:
     while not controller.wait(timeout=1.0):
@@ -149,7 +152,7 @@ def main() -> None:
   stopped_by = controller.stopped_by or notices.signum
   if stopped_by and not status:
     status = 128 + stopped_by
-  if options.requeue and notices.signum is not None:
+  if requeue and notices.signum is not None:
     # atexit runs once the launcher's threads have ended: its clean-up is done.
     atexit.register(_requeue)
   sys.exit(status)
@@ -162,26 +165,39 @@ class _Notices:
 
   def __init__(self, signum: signal.Signals | None):
     self.signum: int | None = None  # the signal of the first notice
-    self._controller: Any = None
+    self._reason = ""
+    self._started = False
     self._lock = threading.RLock()  # taken in the signal handler too
     if signum is not None:
-      signal.signal(signum, lambda number, frame: self.heard(number, "this job's own notice"))
+      signal.signal(signum, self._signalled)
+
+  def _signalled(self, signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    self.heard(
+      signum,
+      f"the launcher's Slurm job got {name}, its notice of the time limit or of a preemption",
+    )
 
   def heard(self, signum: int, reason: str) -> None:
     with self._lock:
-      self.signum = self.signum or signum
-      controller = self._controller
-    if controller is not None:
-      # stop() waits for the program to end: not in a signal handler.
-      threading.Thread(target=controller.stop, name="slurm-notice", daemon=True).start()
+      if self.signum is None:
+        self.signum, self._reason = signum, reason
+      started = self._started
+    if started:
+      # A call to the coordinator: not in a signal handler.
+      threading.Thread(target=_request_stop, args=(reason,), daemon=True).start()
 
-  def watch(self, controller: Any) -> None:
+  def started(self) -> None:
     """The program runs now; a notice that came before it did stops it."""
     with self._lock:
-      self._controller = controller
+      self._started = True
       early = self.signum
     if early is not None:
-      self.heard(early, "a notice before the program started")
+      self.heard(early, self._reason)
+
+
+def _request_stop(reason: str) -> None:
+  context.current_runtime().request_stop(reason)
 
 
 def _requeue() -> None:

@@ -16,6 +16,7 @@ must not hand its own job's sizes to the commands it runs).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import shutil
@@ -28,7 +29,7 @@ from launchpad.launch.plan import Plan
 from launchpad.resources import SlurmResources, slurm_megabytes
 
 # Slurm's commands the launcher runs.
-COMMANDS = ("sbatch", "srun", "squeue", "scancel", "scontrol")
+COMMANDS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 # Bound on one command: slurmctld answers within its MessageTimeout (10 s by
 # default) and the commands retry a few times.
 COMMAND_SECONDS = 60.0
@@ -266,7 +267,9 @@ def kill_steps(step_ids: list[str]) -> None:
 
 def launcher_address() -> str:
   """This machine's address as the compute nodes reach it: the one it
-  sends from towards slurmctld, whom every node of the cluster reaches."""
+  sends from towards slurmctld, whom every node of the cluster reaches; or,
+  when slurmctld runs here (that address is loopback), towards a compute
+  node."""
   result = run("scontrol", "show", "config")
   for line in result.stdout.splitlines():
     key, _, value = line.partition("=")
@@ -274,10 +277,29 @@ def launcher_address() -> str:
       host = value.strip()
       if "(" in host:  # name(address)
         host = host[host.index("(") + 1 : host.index(")")]
-      return source_address(host)
+      address = source_address(host)
+      return address if not _is_loopback(address) else _towards_compute_nodes(address)
   raise SlurmError(
     f"`scontrol show config` names no SlurmctldHost ({said(result)}); is SLURM_CONF right?"
   )
+
+
+def _towards_compute_nodes(loopback: str) -> str:
+  """The address this machine sends from towards the first compute node that
+  is not this machine; `loopback` if every node is (a one-machine cluster)."""
+  nodes = run("sinfo", "--noheader", "--Node", "--format=%o").stdout.split()
+  for node in dict.fromkeys(nodes):
+    address = source_address(node)
+    if not _is_loopback(address):
+      return address
+  return loopback
+
+
+def _is_loopback(address: str) -> bool:
+  try:
+    return ipaddress.ip_address(address).is_loopback
+  except ValueError:
+    return False
 
 
 def source_address(towards: str) -> str:
