@@ -83,7 +83,7 @@ def launch(
     **launcher_options: options of the chosen launcher, by name: e.g.
       slurm's detach=True (submit the whole program as a batch job and
       return at once), preempt_signal='USR1@60', requeue, shared_filesystem
-      (lp.SlurmOptions lists them).
+      (launchpad.launch.slurm.SlurmOptions lists them).
   """
   program = _one_program(programs)
   _warn_ignored(xm_resources, controller_xm_requirements)

@@ -19,6 +19,7 @@ import sys
 import time
 
 import cloudpickle
+import psutil
 import pytest
 
 import launchpad as lp
@@ -135,6 +136,15 @@ def job_field(cluster, job_id: str, field: str) -> str:
 def launcher_jobs(cluster, program: str) -> list[str]:
   """The ids of the queued or running jobs named after `program`."""
   return [line.split()[0] for line in cluster.jobs() if line.split()[1] == f"lp-{program}"]
+
+
+def srun_processes(job: str) -> list[psutil.Process]:
+  """This machine's srun processes of job `job`."""
+  found = []
+  for process in psutil.process_iter(["name", "cmdline"]):
+    if process.info["name"] == "srun" and f"--jobid={job}" in (process.info["cmdline"] or []):
+      found.append(process)
+  return found
 
 
 # Nodes.
@@ -296,10 +306,12 @@ def test_ctrl_c_stops_an_attached_run_gracefully(lp_child):
 def test_sigkill_of_the_attached_launcher_leaves_no_job(slurm, lp_child):
   child = lp_child(IDLE)
   wait_for_idlers(child)
-  assert launcher_jobs(slurm, "idle"), slurm.jobs()
+  [job] = launcher_jobs(slurm, "idle")
   child.process.send_signal(signal.SIGKILL)
   assert child.finish() == -signal.SIGKILL
   assert not wait_for_empty_queue(slurm), "the killed launcher's job is still queued"
+  # Its srun processes, orphaned here, end with their steps.
+  wait_until(lambda: not srun_processes(job), f"srun processes of job {job} gone")
 
 
 def test_lp_stop_stops_a_detached_run(slurm, launchpad_home):
@@ -349,8 +361,12 @@ def test_a_preemption_notice_requeues_a_detached_run(slurm, launchpad_home):
   log = launchpad_home / "runs" / name / "launcher.log"
   wait_until(lambda: "idle 1 up" in text_of(log) and "idle 0 up" in text_of(log), "nodes up")
   assert slurm.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-  wait_until(lambda: job_field(slurm, job, "Restarts") == "1", "the launcher's job requeued")
-  assert job_field(slurm, job, "JobState") == "PENDING"  # Slurm starts it again in ~2 minutes
+
+  def requeued() -> bool:  # back in the queue: Slurm starts it again in ~2 minutes
+    state = (job_field(slurm, job, "Restarts"), job_field(slurm, job, "JobState"))
+    return state == ("1", "PENDING")
+
+  wait_until(requeued, "the launcher's job requeued")
   slurm.run("scancel", job)
   text = log.read_text()
   assert "got SIGUSR1, its notice of the time limit" in text, text
