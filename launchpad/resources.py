@@ -259,12 +259,12 @@ def slurm_seconds(time_limit: Any) -> int:
   if isinstance(time_limit, int) and not isinstance(time_limit, bool) and time_limit > 0:
     return time_limit * 60
   text = time_limit.strip() if isinstance(time_limit, str) else ""
-  days, _, clock = text.rpartition("-")
+  days, dash, clock = text.rpartition("-")
   parts = clock.split(":")
-  numbers = [days or "0", *parts]
-  if not all(n.isdigit() for n in numbers) or len(parts) > 3 or (days and len(parts) > 3):
+  numbers = [days, *parts] if dash else parts
+  if not all(n.isdigit() for n in numbers) or len(parts) > 3:
     seconds = 0
-  elif days:  # D-HH, D-HH:MM, D-HH:MM:SS
+  elif dash:  # D-HH, D-HH:MM, D-HH:MM:SS
     scale = (3600, 60, 1)
     seconds = int(days) * 86400 + sum(int(p) * s for p, s in zip(parts, scale, strict=False))
   else:  # MM, MM:SS, HH:MM:SS

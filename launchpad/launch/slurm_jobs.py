@@ -177,7 +177,6 @@ class Allocation:
       "--nodes=1",
       f"--cpus-per-task={r.cpus}",
       "--exact",  # exactly its CPUs: the steps of one job share its allocation
-      "--kill-on-bad-exit=1",
     ]
     if r.gpus:
       args.append(f"--gres=gpu:{r.gpus}")

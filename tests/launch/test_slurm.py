@@ -410,6 +410,7 @@ def test_without_slurm_on_path_the_launch_says_what_to_install(tmp_path, monkeyp
     ({"gpus": 1.5}, "gpus must be a whole number >= 0"),
     ({"mem": "4X"}, "mem must be megabytes"),
     ({"time": "soon"}, "time must be minutes"),
+    ({"time": "-5"}, "time must be minutes"),
     ({"sbatch_options": ["--time=5"]}, "use the field time instead"),
     ({"sbatch_options": "--qos=high"}, "must be a list of strings"),
   ],
