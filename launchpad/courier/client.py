@@ -467,8 +467,9 @@ class _PipelinedConnection:
   def _send(self, call_id: int, payload: bytes, buffers: list[memoryview]) -> None:
     """Sends a request (the write lock held) unless its deadline has passed;
     a failure closes the connection, which may be cut in the middle of a frame."""
-    if call_id not in self._pending:
-      return  # expired while it waited to be sent
+    entry = self._pending.get(call_id)
+    if entry is None or entry[2].expired():
+      return  # its deadline passed while it waited to be sent: the watcher fails it
     self._sending = call_id
     try:
       protocol.send_frame(
