@@ -49,8 +49,9 @@ def slurm(slurm_cluster, monkeypatch):  # noqa: F811 - the fixture imported abov
   monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
   yield slurm_cluster
   left = wait_for_empty_queue(slurm_cluster)
-  if left:  # the next tests get an empty queue all the same
+  if left:  # the next tests, and the cluster's stop, get an empty queue all the same
     slurm_cluster.run("scancel", *[line.split()[0] for line in left])
+    wait_for_empty_queue(slurm_cluster)
   assert not left, f"jobs left in the queue: {left}\n{slurm_cluster.logs()}"
 
 
