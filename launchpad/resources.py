@@ -233,7 +233,7 @@ _SLURM_FIELDS = {
   "--job-name": "(the job is named after the program)",
   "-o": "(the job's output goes to the run directory)",
   "--output": "(the job's output goes to the run directory)",
-  "--signal": "preempt_signal of lp.SlurmOptions",
+  "--signal": "preempt_signal (an lp.launch option of the slurm launcher)",
 }
 _MEGABYTES = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
 
