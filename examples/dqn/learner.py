@@ -1,4 +1,4 @@
-"""The learner: samples prioritized batches, takes double DQN steps, updates priorities."""
+"""The learner: streams prioritized batches, takes double DQN steps, updates priorities."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from dqn.config import DQNConfig
 from dqn.replay_table import TABLE
 from dqn.transitions import Transition
 from launchpad import replay
+from launchpad.replay.client import ReplaySample
 
 # Added to |TD error| so that no transition's priority (and chance to be sampled) is 0.
 PRIORITY_EPSILON = 1e-3
+# Batches sampled ahead while the learner trains: enough to hide a round trip,
+# few enough that priorities are at most this many updates old.
+STREAM_BATCHES_AHEAD = 2
 
 
 def importance_weights(
@@ -50,9 +54,12 @@ class Learner:
       return self._steps, [p.copy() for p in self._params]
 
   def step(self) -> float:
-    """One update on a sampled batch; returns its loss (before the update)."""
+    """One update on a batch sampled now; returns its loss (before the update)."""
+    return self._learn(self._replay.sample_batch(TABLE, self._config.batch_size))
+
+  def _learn(self, sample: ReplaySample) -> float:
+    """One double DQN update on `sample`, then its transitions' new priorities."""
     config = self._config
-    sample = self._replay.sample_batch(TABLE, config.batch_size)
     batch = Transition(**sample.data)
     weights = importance_weights(
       sample.info.probability, sample.info.table_size, config.importance_sampling_exponent
@@ -70,8 +77,16 @@ class Learner:
     return loss
 
   def run(self) -> None:
+    """Steps until the program stops, on batches a replay stream samples ahead.
+
+    While one batch trains, the next is already on its way (a batch or two
+    ahead: their priorities are those before the updates in between).
+    """
     try:
-      while not lp.wait_for_stop(0):
-        self.step()
-    finally:  # the stop may come as an error from a replay call cut short
+      with self._replay.stream(
+        TABLE, self._config.batch_size, max_in_flight_batches=STREAM_BATCHES_AHEAD
+      ) as stream:
+        while not lp.wait_for_stop(0):
+          self._learn(next(stream))
+    finally:  # the stop may come as an error from the stream (the replay tables closed)
       print(f"Learner: stopped after {self._steps} steps", flush=True)

@@ -20,6 +20,7 @@ program stops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -147,4 +148,7 @@ class ReplayHandle(CourierHandle):
   """The handle of a ReplayNode; dereferences to a `replay.Client`."""
 
   def connect(self, runtime: ProgramRuntime) -> Client:
-    return Client(super().connect(runtime))
+    # Streams open connections of their own, as the handle's clients do.
+    return Client(
+      super().connect(runtime), connect=functools.partial(CourierHandle.connect, self, runtime)
+    )

@@ -19,6 +19,7 @@ This package holds the in-process core that a replay server builds on:
   server         Server: tables on one ChunkStore, served over courier;
                  trajectory writers' chunks held under leases
   client         Client: insert, sample, mutate_priorities, reset, server_info
+  stream         Stream: batches sampled ahead, calls kept in flight (client.stream)
   writer         TrajectoryWriter: items from slices of a stream of steps
 
 The names follow Reverb (`reverb.Table`, `reverb.selectors`,
@@ -31,6 +32,7 @@ from launchpad.replay.client import Client
 from launchpad.replay.errors import RateLimiterTimeoutError, ReplayError, TableClosedError
 from launchpad.replay.item import SampledItem
 from launchpad.replay.server import Server
+from launchpad.replay.stream import Stream
 from launchpad.replay.table import MAX_SAMPLES_PER_CALL, Table
 from launchpad.replay.table_info import TableInfo
 from launchpad.replay.writer import TrajectoryColumn, TrajectoryWriter
@@ -43,6 +45,7 @@ __all__ = [
   "ReplayError",
   "SampledItem",
   "Server",
+  "Stream",
   "Table",
   "TableClosedError",
   "TableInfo",

@@ -16,6 +16,10 @@ one structure into one array per column: one RPC and one chunk per column
 for the whole batch, which the server inserts under one lock hold per table
 (Table.insert_many). `sample_batch` returns the items stacked per column.
 
+Streams: `stream(table, batch_size)` keeps sample_batch calls in flight
+(stream.py), over connections of its own, so a learner gets batches without
+waiting a round trip for each.
+
 Timeouts: every call that may block on a rate limiter takes `timeout`
 (seconds or a timedelta; None waits as long as it takes), defaulting to the
 client's. The RPC itself is given that timeout plus RPC_MARGIN_SECONDS, so
@@ -26,7 +30,7 @@ not match a table's signature raise ValueError and change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -34,6 +38,8 @@ import numpy as np
 from launchpad import timeouts
 from launchpad.courier import client as courier_client
 from launchpad.replay import structure as structure_lib
+from launchpad.replay.stream import Stream
+from launchpad.replay.table import MAX_SAMPLES_PER_CALL
 from launchpad.replay.table_info import TableInfo
 from launchpad.timeouts import Timeout
 from launchpad.tls import TlsConfig
@@ -62,6 +68,13 @@ class ReplaySample(NamedTuple):
   info: SampleInfo
   data: Any
   """The item's data nested as it was inserted (a dict of columns, a tuple, ...)."""
+
+
+def batch_from_reply(reply: Mapping[str, Any]) -> ReplaySample:
+  """The ReplaySample of a stacked sample reply (ReplayService.sample with stack)."""
+  return ReplaySample(
+    SampleInfo(**reply["info"]), structure_lib.unflatten(reply["structure"], reply["data"])
+  )
 
 
 def _flatten_item(item: Any) -> tuple[dict[str, np.ndarray], tuple]:
@@ -141,6 +154,10 @@ class Client:
     secret: the server's secret (`server.secret`); needed with an address.
     timeout: the default timeout of every call (see the module docstring).
     tls: the server's TLS settings (`server.tls`), if it serves over TLS.
+    connect: makes a new courier Client of the same server, for streams over
+      connections of their own; given an address, the client makes its own.
+      Without it, a client made from a courier Client streams over that
+      client's one connection for futures.
   """
 
   def __init__(
@@ -149,17 +166,22 @@ class Client:
     secret: bytes | None = None,
     timeout: Timeout = None,
     tls: TlsConfig | None = None,
+    connect: Callable[[], courier_client.Client] | None = None,
   ):
     if isinstance(address_or_client, courier_client.Client):
       self._courier = address_or_client
     elif isinstance(address_or_client, str):
       if secret is None:
         raise ValueError("a replay Client given an address needs the server's secret")
-      self._courier = courier_client.Client(
-        address_or_client, secret=secret, label="replay", tls=tls
-      )
+      address = address_or_client
+
+      def connect() -> courier_client.Client:
+        return courier_client.Client(address, secret=secret, label="replay", tls=tls)
+
+      self._courier = connect()
     else:
       raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
+    self._connect = connect
     self._timeout = timeouts.validate(timeout)
 
   def insert(self, data: Any, priorities: Mapping[str, float], timeout: Timeout = None) -> int:
@@ -226,9 +248,66 @@ class Client:
     columns, dtypes and shapes (ValueError otherwise).
     """
     limit = self._limit(timeout)
-    reply = self._call(limit).sample(table, batch_size, limit, True)
-    return ReplaySample(
-      SampleInfo(**reply["info"]), structure_lib.unflatten(reply["structure"], reply["data"])
+    return batch_from_reply(self._call(limit).sample(table, batch_size, limit, True))
+
+  def stream(
+    self,
+    table: str,
+    batch_size: int,
+    *,
+    max_in_flight_batches: int = 4,
+    num_workers: int = 1,
+    timeout: Timeout = None,
+  ) -> Stream:
+    """An iterator of batches of `table`, sampled ahead (Reverb's dataset); see stream.py.
+
+    Each batch is what `sample_batch(table, batch_size)` returns. Use it in a
+    `with` block, or close() it: it keeps calls in flight until then.
+
+    Args:
+      table: the table to sample.
+      batch_size: items per batch (up to: as many as the limiter allows).
+      max_in_flight_batches: the most batches sampled ahead: calls sent and
+        not answered, and batches received and not yet taken.
+      num_workers: connections the calls are spread over (at most
+        max_in_flight_batches), each with its own reader on the server.
+      timeout: the longest each next() waits for a batch (CallTimeoutError
+        naming the table); None: the client's default.
+    """
+    _count(batch_size, "batch_size")
+    _count(max_in_flight_batches, "max_in_flight_batches")
+    _count(num_workers, "num_workers")
+    if batch_size > MAX_SAMPLES_PER_CALL:
+      raise ValueError(
+        f"batch_size must be at most replay.MAX_SAMPLES_PER_CALL ({MAX_SAMPLES_PER_CALL}), got "
+        f"{batch_size}: a call's items are all in memory at once"
+      )
+    if num_workers > max_in_flight_batches:
+      raise ValueError(
+        f"num_workers ({num_workers}) must be at most max_in_flight_batches "
+        f"({max_in_flight_batches}): a connection without a call in flight would be idle"
+      )
+    if num_workers > 1 and self._connect is None:
+      raise ValueError(
+        f"num_workers={num_workers}: this replay Client was made from a courier Client without "
+        "`connect`, so it has one connection to stream over; use num_workers=1, or make the "
+        "client from the server's address (or a ReplayNode's handle)."
+      )
+    limit = self._limit(timeout)
+    rpc = None if limit is None else limit + RPC_MARGIN_SECONDS
+    if self._connect is None:
+      connections, on_close = [self._courier], lambda: None  # not the stream's to close
+    else:
+      connections = [self._connect() for _ in range(num_workers)]
+      on_close = _closer(connections)
+    return Stream(
+      table,
+      batch_size,
+      [c.with_timeout(rpc).futures.sample for c in connections],
+      batch_from_reply,
+      max_in_flight_batches,
+      limit,
+      on_close,
     )
 
   def mutate_priorities(
@@ -302,7 +381,7 @@ class Client:
 
   def with_timeout(self, timeout: Timeout) -> Client:
     """A client on the same connections whose calls default to `timeout`."""
-    return Client(self._courier, timeout=timeout)
+    return Client(self._courier, timeout=timeout, connect=self._connect)
 
   def close(self) -> None:
     """Closes the connections, those of every thread; later calls raise ClientClosedError."""
@@ -320,3 +399,17 @@ class Client:
 
 def _key(key: Any) -> Any:
   return int(key) if isinstance(key, np.integer) else key
+
+
+def _count(value: Any, name: str) -> None:
+  """ValueError naming `name` unless `value` is an integer >= 1."""
+  if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _closer(connections: list[courier_client.Client]) -> Callable[[], None]:
+  def close() -> None:
+    for connection in connections:
+      connection.close()
+
+  return close
