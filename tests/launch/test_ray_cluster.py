@@ -3,8 +3,8 @@
 The module starts one cluster on loopback (tests/ray_cluster.py: a head
 node and a second node, each with a custom resource of its own) and joins
 it; programs run on it in this process (lp.launch) and from `lp launch`
-processes that join it by --ray-address=127.0.0.1:PORT, $RAY_ADDRESS or
-ray://, without Ray's loopback switch in their environment: the launcher
+processes that join it by --ray-address=127.0.0.1:PORT or $RAY_ADDRESS,
+without Ray's loopback switch in their environment: the launcher
 sets it, or Ray would look for the cluster at this machine's outward
 address, where it does not listen.
 """
@@ -43,27 +43,26 @@ TIMEOUT = 60.0
 IDLER_ON = re.compile(r".*\(idler\[(\d+)\] pid=\d+[^)]*\).* ON (\w+)")
 
 
-# Ray's token settings (Ray sets RAY_AUTH_MODE in a process that started a
-# local instance, as this one may have for test_ray.py).
+# Ray's token settings.
 RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def _environment() -> dict[str, str]:
   """The environment of the clusters and of `lp launch`: Ray's loopback
-  switch left out (a launcher sets it itself), no RAY_ADDRESS, no token
-  settings."""
-  drop = (ray_launcher.LOOPBACK_SWITCH, "RAY_ADDRESS", *RAY_AUTH_VARIABLES)
+  switch left out (a launcher sets it itself), no RAY_ADDRESS."""
+  drop = (ray_launcher.LOOPBACK_SWITCH, "RAY_ADDRESS")
   return {key: value for key, value in os.environ.items() if key not in drop}
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[ray_cluster.RayCluster]:
   """The two-node cluster, joined by this process; every socket it listens
-  on is on loopback. It runs without Ray's token: this process may hold
-  another token already (Ray keeps the first it reads), and callers that
-  send one are let in all the same; token_head has a token."""
+  on is on loopback. It takes this process's token settings, as the `lp
+  launch` processes do: Ray turns its token on in a process that started a
+  local instance (test_ray.py's), and every Ray process, drivers and actors
+  included, refuses callers whose mode differs."""
   log = tmp_path_factory.mktemp("ray") / "cluster.log"
-  for running in ray_cluster.start(log, {**_environment(), "RAY_AUTH_MODE": "disabled"}):
+  for running in ray_cluster.start(log, _environment()):
     listening = ray_cluster.listening_sockets(running.pid)
     outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
     assert listening and not outside, f"the test cluster listens beyond loopback: {outside}"
@@ -138,20 +137,27 @@ def wait_until(condition, what: str) -> None:
 # Joining.
 
 
-def lp_launch(tmp_path: pathlib.Path, *args: str, env: dict[str, str] | None = None) -> Child:
-  """`lp launch --mode=ray ARGS`, running."""
+def _without_token() -> dict[str, str]:
+  """_environment() without Ray's token settings."""
+  return {k: v for k, v in _environment().items() if k not in RAY_AUTH_VARIABLES}
+
+
+def lp_launch(
+  tmp_path: pathlib.Path, *args: str, env: dict[str, str] | None = None, replace: bool = False
+) -> Child:
+  """`lp launch --mode=ray ARGS`, running, in _environment() plus `env` (or
+  in `env` alone, with `replace`)."""
   command = [sys.executable, "-m", "launchpad.cli", "launch", "--mode=ray", "--grace-period=2"]
-  env = {**_environment(), "LAUNCHPAD_HOME": str(tmp_path / "lphome"), **(env or {})}
+  env = {**({} if replace else _environment()), **(env or {})}
+  env["LAUNCHPAD_HOME"] = str(tmp_path / "lphome")
   return Child([*command, *args], TIMEOUT, env=env, cwd=ROOT)
 
 
-@pytest.mark.parametrize("by", ["--ray-address", "ray://", "RAY_ADDRESS"])
+@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS"])
 def test_lp_launch_runs_the_example_on_a_cluster_it_joins(cluster, tmp_path, by):
   example = ["examples/consumer_producers.py", "--", "--num_steps=3"]
   if by == "--ray-address":
     launcher = lp_launch(tmp_path, f"--ray-address={cluster.address}", *example)
-  elif by == "ray://":  # through the Ray Client server
-    launcher = lp_launch(tmp_path, f"--ray-address={cluster.client_address}", *example)
   else:
     launcher = lp_launch(tmp_path, *example, env={"RAY_ADDRESS": cluster.address})
   assert launcher.finish() == 0, launcher.output()
@@ -197,7 +203,7 @@ def token_head(tmp_path) -> Iterator[tuple[ray_cluster.RayHead, str]]:
   """A one-node cluster from `ray start --head`, with Ray's token
   authentication on; it and its token."""
   token = secrets.token_hex(16)
-  env = {**_environment(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+  env = {**_without_token(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
   for head in ray_cluster.start_head(tmp_path / "head.log", env):
     yield head, token
 
@@ -213,15 +219,14 @@ def test_joining_a_cluster_with_ray_token_authentication_takes_its_mode_and_toke
   assert all(ray_cluster.is_loopback(ip) for _, ip, _ in listening), listening
   example = [f"--ray-address={address}", "examples/consumer_producers.py", "--", "--num_steps=3"]
   # Ray gives up after this many seconds of GCS refusals; the head is up and refuses at once.
-  refused = {"RAY_gcs_server_port_wait_time_s": "2"}
-  without = lp_launch(tmp_path / "without", *example, env=refused)
+  refused = {**_without_token(), "RAY_gcs_server_port_wait_time_s": "2"}
+  without = lp_launch(tmp_path / "without", *example, env=refused, replace=True)
   assert without.finish() == 2, without.output()
   assert f"lp launch: cannot join the Ray cluster at {address}" in without.err()
   assert "set RAY_AUTH_MODE=token here, with its token in RAY_AUTH_TOKEN" in without.err()
 
-  with_token = lp_launch(
-    tmp_path / "with", *example, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-  )
+  token_env = {**_without_token(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+  with_token = lp_launch(tmp_path / "with", *example, env=token_env, replace=True)
   assert with_token.finish() == 0, with_token.output()
   assert "Step 2: results [0, 1]" in with_token.out(), with_token.output()
 
