@@ -73,7 +73,7 @@ class WorkerSpec:
     node_logging.show(self.absl_verbosity)
     runtime = self.runtime()
     try:
-      node = self.node if isinstance(self.node, Node) else cloudpickle.loads(self.node)
+      node = self.node if isinstance(self.node, Node) else _load_node(self.node)
       return worker.run_node(node, runtime)
     except BaseException as e:  # noqa: BLE001 - not loaded, or its end not reported: a failure
       try:
@@ -92,6 +92,19 @@ class WorkerSpec:
     hosts reach (default: loopback)."""
     host = os.environ.get(HOST_VARIABLE, "127.0.0.1")
     return ProgramRuntime(self.program, self.coordinator, self.secret, host=host, tls=self.tls)
+
+
+def _load_node(payload: bytes) -> Node:
+  """The node from its pickle, or an error that says why it cannot be loaded here."""
+  try:
+    return cloudpickle.loads(payload)
+  except ImportError as e:
+    raise errors.ProgramError(
+      f"could not run the node: {type(e).__name__}: {e}; the node's code must be importable "
+      "where it runs: install it in that environment (for Ray, in the cluster's image or a "
+      "runtime_env working_dir: docs/remote_ray.md), or define it in the launched script, "
+      "whose code travels with the node"
+    ) from e
 
 
 def run(payload: bytes, output_fd: int | None) -> NoReturn:

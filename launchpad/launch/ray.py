@@ -543,7 +543,7 @@ def _unplaced(label: str, group: Any, resource: RayResources, state: str, starte
 
 _IMPORT_HINT = (
   "; the node's code must be importable where Ray runs it: install it in the cluster's "
-  "image, or ship it with a runtime_env working_dir (see the Ray section of the docs)"
+  "image, or ship it with a runtime_env working_dir (docs/remote_ray.md)"
 )
 
 

@@ -274,7 +274,7 @@ def test_a_node_whose_code_is_missing_where_it_runs_fails_naming_the_import(
     controller.wait(TIMEOUT)
   assert failure.value.node == "missing[0]"
   assert "could not run the node: ModuleNotFoundError" in failure.value.description
-  assert "importable where Ray runs it" in failure.value.description
+  assert "must be importable where it runs" in failure.value.description
   assert "lp_ray_gone_module" in failure.value.remote_traceback
 
 
