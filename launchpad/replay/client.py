@@ -255,8 +255,8 @@ class Client:
     table: str,
     batch_size: int,
     *,
-    max_in_flight_batches: int = 4,
-    num_workers: int = 1,
+    max_in_flight_batches: int = 8,
+    num_workers: int | None = None,
     timeout: Timeout = None,
   ) -> Stream:
     """An iterator of batches of `table`, sampled ahead (Reverb's dataset); see stream.py.
@@ -270,12 +270,16 @@ class Client:
       max_in_flight_batches: the most batches sampled ahead: calls sent and
         not answered, and batches received and not yet taken.
       num_workers: connections the calls are spread over (at most
-        max_in_flight_batches), each with its own reader on the server.
+        max_in_flight_batches), each with its own reader on the server;
+        None: 2 (measured best on two cores, bench/replay_stream.py), or 1
+        for a client made from a courier Client without `connect`.
       timeout: the longest each next() waits for a batch (CallTimeoutError
         naming the table); None: the client's default.
     """
     _count(batch_size, "batch_size")
     _count(max_in_flight_batches, "max_in_flight_batches")
+    if num_workers is None:
+      num_workers = 1 if self._connect is None else min(2, max_in_flight_batches)
     _count(num_workers, "num_workers")
     if batch_size > MAX_SAMPLES_PER_CALL:
       raise ValueError(

@@ -21,8 +21,8 @@ Timeouts: `timeout` bounds each `next()`: with no batch by then it raises
 `lp.CallTimeoutError` naming the table, and the stream stays open (calling
 `next()` again waits again). Each call waits for the table's rate limiter
 for at most the same timeout; one that timed out there sampled nothing and
-is sent again by the next `next()`. With no timeout, calls wait as long as
-the table needs.
+is sent again, at once if a `next()` is waiting, else by the next one. With
+no timeout, calls wait as long as the table needs.
 
 Ending: `close()` (or leaving the `with` block) stops sending calls, cancels
 those in flight and closes the stream's connections; on the server a call
@@ -104,6 +104,7 @@ class Stream(Iterator):
 
   @property
   def closed(self) -> bool:
+    """True once closed: by close(), or by an error that ended the stream."""
     return self._closed
 
   def __next__(self) -> Any:
