@@ -49,6 +49,11 @@ class Launcher(Protocol):
     nodes_travel: nodes are pickled to reach their workers (False only for
       launchers whose workers are threads of this process, which then honour
       `serialize_py_nodes=False`).
+
+  A launcher whose options have a true `detach` field runs the whole
+  program elsewhere, its launch session included: lp.launch then calls its
+  `detach(plan, options)` instead of `run` (the Slurm launcher submits a
+  batch job that runs the launcher), and returns what that gives.
   """
 
   options: type
