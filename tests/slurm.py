@@ -117,12 +117,10 @@ class LoopbackSlurm:
     return "\n".join(parts)
 
   def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-    log = open(self.directory / "log" / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
+    log = open(self.directory / "log" / f"{name}.out", "wb")
     with log:
       self._processes.append(
-        subprocess.Popen(
-          [self._paths[name], *args], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        subprocess.Popen([self._paths[name], *args], stdout=log, stderr=subprocess.STDOUT, env=env)
       )
 
   def _wait(self, condition, timeout: float, what: str) -> None:
@@ -158,7 +156,7 @@ ClusterName=launchpadtest
 SlurmctldHost={NODE}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
-CommunicationParameters=NoInAddrAny
+CommunicationParameters=NoInAddrAny,NoCtldInAddrAny
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={d / "munge" / "munge.socket"}

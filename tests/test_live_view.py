@@ -318,6 +318,8 @@ def test_lp_launch_reports_progress_of_the_start_and_of_a_slow_stop(tmp_path):
   finally:
     launch.kill()
   progress = [line for line in launch.err().splitlines() if line.startswith("lp launch: serving:")]
+  # A slow start (a loaded machine) shows how far it got before all nodes are up.
+  progress = [line for line in progress if not re.match(r"^lp launch: serving: \d+/2 nodes", line)]
   assert re.match(r"^lp launch: serving: all 2 nodes started \(\d+\.\d s\)$", progress[0])
   stops = progress[1:]
   assert 1 <= len(stops) <= 2, launch.output()

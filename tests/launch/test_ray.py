@@ -69,11 +69,14 @@ def load_example(name: str) -> types.ModuleType:
 def cluster() -> Iterator[str]:
   """One local Ray instance for the module, listening on loopback only; its address."""
   ray.init(num_cpus=2, resources={"widget": 2}, include_dashboard=False)
-  listening = ray_cluster.listening_sockets(os.getpid())  # this process and Ray's
-  outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
-  assert not outside, f"the test's Ray instance listens beyond loopback: {outside}"
-  yield ray.get_runtime_context().gcs_address
-  ray.shutdown()
+  try:
+    # This process and its children: Ray's, and any other test server still up.
+    listening = ray_cluster.listening_sockets(os.getpid())
+    outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
+    assert not outside, f"the test's Ray instance listens beyond loopback: {outside}"
+    yield ray.get_runtime_context().gcs_address
+  finally:
+    ray.shutdown()  # a later test module may start a Ray instance of its own
 
 
 @pytest.fixture
