@@ -416,8 +416,7 @@ def _launch_and_wait(args: argparse.Namespace, scope: scope_lib.LaunchScope) -> 
 
 def _launch_defaults(args: argparse.Namespace) -> dict[str, Any]:
   """What the command line sets for every lp.launch call of the target."""
-  if args.mode == "ssh" and args.hosts is None:
-    raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+  _check_hosts(args)
   return {
     "grace_period": args.grace_period,
     "log_dir": args.log_dir,
@@ -431,6 +430,11 @@ def _launch_defaults(args: argparse.Namespace) -> dict[str, Any]:
     "requeue": args.requeue or None,
     "shared_filesystem": False if args.no_shared_filesystem else None,
   }
+
+
+def _check_hosts(args: argparse.Namespace) -> None:
+  if args.mode == "ssh" and args.hosts is None:
+    raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -631,8 +635,7 @@ def _sweep(args: argparse.Namespace) -> int:
   sweep_lib = importlib.import_module("launchpad.sweep")  # the package, not lp.sweep
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
-    if args.mode == "ssh" and args.hosts is None:
-      raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+    _check_hosts(args)
     importlib.import_module("launchpad.sweep.study").import_optuna().logging.set_verbosity(
       logging.WARNING  # the sweep says what happens to each trial itself
     )

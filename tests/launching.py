@@ -13,13 +13,18 @@ import launchpad as lp
 STOP_SECONDS = 60.0
 
 
-def launching(**defaults: Any) -> Callable[[], Iterator[Callable[..., lp.Controller]]]:
+def launching(
+  *, needs: tuple[str, ...] = (), **defaults: Any
+) -> Callable[[], Iterator[Callable[..., lp.Controller]]]:
   """A pytest fixture that calls lp.launch with `defaults` (a test's own
   arguments win) and stops every program it launched at teardown, without
-  raising their failures: the tests check those themselves."""
+  raising their failures: the tests check those themselves. `needs` names
+  fixtures that must be set up first (a cluster to launch on)."""
 
   @pytest.fixture
-  def launched() -> Iterator[Callable[..., lp.Controller]]:
+  def launched(request: pytest.FixtureRequest) -> Iterator[Callable[..., lp.Controller]]:
+    for name in needs:
+      request.getfixturevalue(name)
     controllers: list[lp.Controller] = []
 
     def _launch(program: lp.Program, **kwargs: Any) -> lp.Controller:

@@ -41,6 +41,7 @@ from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import FINISHED
 from launchpad.launch import ray as ray_launcher
 from tests import ray_cluster
+from tests.launching import launching
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -79,20 +80,8 @@ def cluster() -> Iterator[str]:
     ray.shutdown()  # a later test module may start a Ray instance of its own
 
 
-@pytest.fixture
-def launched(cluster):
-  """lp.launch in ray mode; every program launched is stopped at teardown."""
-  controllers = []
-
-  def _launch(program, **kwargs):
-    kwargs.setdefault("grace_period", 2.0)
-    controller = lp.launch(program, launch_type="ray", **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+# lp.launch in ray mode on `cluster`; every program launched is stopped at teardown.
+launched = launching(needs=("cluster",), launch_type="ray", grace_period=2.0)
 
 
 def records(controller) -> dict:

@@ -32,6 +32,7 @@ from launchpad.launch import ray as ray_launcher
 from tests import ray_cluster
 from tests.child_process import Child
 from tests.launch.test_ray import load_example
+from tests.launching import launching
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -73,20 +74,8 @@ def cluster(tmp_path_factory) -> Iterator[ray_cluster.RayCluster]:
       ray.shutdown()
 
 
-@pytest.fixture
-def launched(cluster):
-  """lp.launch on the cluster; every program launched is stopped at teardown."""
-  controllers = []
-
-  def _launch(program, **kwargs):
-    kwargs.setdefault("grace_period", 2.0)
-    controller = lp.launch(program, launch_type="ray", **kwargs)
-    controllers.append(controller)
-    return controller
-
-  yield _launch
-  for controller in controllers:
-    controller.stop(timeout=TIMEOUT)
+# lp.launch in ray mode on `cluster`; every program launched is stopped at teardown.
+launched = launching(needs=("cluster",), launch_type="ray", grace_period=2.0)
 
 
 def client(handle):
