@@ -457,6 +457,10 @@ class _UserError(Exception):
   message says why and what to do."""
 
 
+# How many status queries in a row `lp status --watch` lets go unanswered (a
+# launcher busy stopping nodes on a loaded machine) before it gives up.
+WATCH_ATTEMPTS = 3
+
 # Errors of launchpad raised while a program runs; the others (ProgramError,
 # SerializationError, HostError, private_files.PrivateFileError, ...) mean
 # that a program could not be launched, for a reason the message gives.
@@ -703,13 +707,17 @@ def _watch(args: argparse.Namespace) -> int:
   def read() -> control_pb2.StatusReply:
     if replies:
       return replies.pop()
-    try:
-      return run.status()
-    except runs.RunError as e:
-      # The launcher removes the token, then its coordinator goes: the end.
-      if e.state in (runs.UNREACHABLE, runs.NO_TOKEN):
-        raise errors.ProgramStoppedError(str(e)) from None
-      raise
+    patience = WATCH_ATTEMPTS
+    while True:
+      try:
+        return run.status()
+      except runs.RunError as e:
+        # The launcher removes the token, then its coordinator goes: the end.
+        if e.state in (runs.UNREACHABLE, runs.NO_TOKEN) or run.over():
+          raise errors.ProgramStoppedError(str(e)) from None
+        patience -= 1
+        if e.state != runs.NOT_ANSWERING or not patience:
+          raise
 
   title = f"{run.name}  launcher pid={run.info().get('launcher_pid')}"
   try:

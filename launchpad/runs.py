@@ -35,9 +35,10 @@ if TYPE_CHECKING:  # made by control_client(): finding runs (sweeps do) loads no
   from launchpad.control.client import ControlClient
 
 # How long `lp` commands wait for a coordinator's answer. A live one answers
-# in milliseconds; one that accepts connections but never answers (a stuck
+# in milliseconds, and within seconds while its machine is loaded or it is
+# stopping nodes; one that accepts connections but never answers (a stuck
 # launcher, a reused address) must not hold `lp status` for gRPC's own 30 s.
-QUERY_SECONDS = 1.0
+QUERY_SECONDS = 5.0
 # Run directories started in one second get suffixes -2, -3, ... up to this.
 MAX_SUFFIX = 1000
 
