@@ -69,23 +69,40 @@ class CountingTable(Table):
       self._most = self._running
 
 
-def serve(conn) -> None:
-  """Child-process entry point: serves the tables until the parent says stop or goes away."""
+def new_server() -> replay.Server:
   store = ChunkStore()  # one store: the server serves these very objects
   tables = [
     Table.queue("queue", 10_000, chunk_store=store),
     CountingTable("counted", store),
     Table("min_size", sel.Uniform(), sel.Fifo(), 100, rl.MinSize(10), chunk_store=store),
   ]
-  server = replay.Server(tables)
-  conn.send((server.address, server.secret))
-  with contextlib.suppress(EOFError):
-    conn.recv()
-  server.stop()
+  return replay.Server(tables)
+
+
+def serve(conn) -> None:
+  """Child-process entry point: on "new", replaces its server by a fresh one
+  (new tables, new address) and sends its address; on "stop", or when the
+  parent goes away, stops it and exits."""
+  server = None
+  try:
+    while conn.recv() == "new":
+      if server is not None:
+        server.stop()
+      server = new_server()
+      conn.send((server.address, server.secret))
+  except EOFError:
+    pass
+  if server is not None:
+    server.stop()
 
 
 class Child:
-  """A replay server in a spawned child process."""
+  """A replay server in a spawned child process.
+
+  Each test gets a fresh server (`new_server`) in the one child: calls that
+  an earlier test's streams left in flight go to a server that has stopped,
+  and cannot wait on, or take items from, this test's tables.
+  """
 
   def __init__(self):
     context = multiprocessing.get_context("spawn")
@@ -93,6 +110,10 @@ class Child:
     self.process = context.Process(target=serve, args=(child_end,), daemon=True)
     self.process.start()
     child_end.close()
+    self.new_server()
+
+  def new_server(self) -> None:
+    self.pipe.send("new")
     if not self.pipe.poll(TIMEOUT):
       self.kill()
       raise RuntimeError(f"the replay server did not start within {TIMEOUT:g} s")
@@ -121,27 +142,12 @@ def child() -> Iterator[Child]:
   server.kill()
 
 
-TABLES = ("queue", "counted", "min_size")
-
-
 @pytest.fixture
 def client(child) -> Iterator[replay.Client]:
-  """A client of the shared server, whose tables start empty.
-
-  Calls a test's streams left waiting on the server are fed items until they
-  end, so that they take nothing of the next test's.
-  """
+  """A client of a fresh server in the shared child process."""
+  child.new_server()
   client = child.client()
-  for table in TABLES:
-    client.reset(table)
   yield client
-  for table in TABLES:
-    for _ in range(100):
-      if not pending_samples(client, table):
-        break
-      client.insert_batch([step(i) for i in range(32)], {table: 1.0})
-      threading.Event().wait(0.01)
-    assert not pending_samples(client, table), f"sample calls still waiting on {table!r}"
   client.close()
 
 
