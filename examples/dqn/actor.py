@@ -12,6 +12,7 @@ from dqn.learner import PRIORITY_EPSILON
 from dqn.replay_table import TABLE
 from dqn.transitions import NStepTransitions, Transition, stack
 from launchpad import replay
+from launchpad.broadcast.client import BroadcastClient
 
 
 def epsilon(config: DQNConfig, env_steps: int) -> float:
@@ -32,7 +33,8 @@ def epsilon_greedy(
 class Actor:
   """Acts in `config.envs_per_actor` environments at once (one forward pass for all).
 
-  Every `params_update_period` steps it pulls the learner's parameters.
+  Every `params_update_period` steps it takes the newest parameters the
+  learner has broadcast (a read-only copy shared by the actors of a host).
   Every `insert_period` steps it inserts the n-step transitions completed
   since the last insert, in one call, with priorities from its own TD
   errors (as in Ape-X), and adds the steps to the counter, whose reply
@@ -42,13 +44,13 @@ class Actor:
   def __init__(
     self,
     replay_client: replay.Client,
-    learner: lp.CourierClient,
+    broadcast: BroadcastClient,
     counter: lp.CourierClient,
     config: DQNConfig,
     actor_id: int,
   ) -> None:
     self._replay = replay_client.with_timeout(config.timeout_seconds)
-    self._learner = learner.with_timeout(config.timeout_seconds)
+    self._broadcast = broadcast
     self._counter = counter.with_timeout(config.timeout_seconds)
     self._config = config
     seed = config.seed * 1000 + actor_id
@@ -62,10 +64,11 @@ class Actor:
     self._total_env_steps = 0
 
   def step(self) -> None:
-    """One step of every environment; pulls parameters and inserts when their periods come."""
+    """One step of every environment; takes new parameters and inserts when their periods come."""
     config = self._config
     if self._steps % config.params_update_period == 0:
-      _, self._params = self._learner.get_params()
+      # The first call waits for the learner's first version; later ones return at once.
+      _, self._params = self._broadcast.latest(timeout=config.timeout_seconds)
     q_values = network.forward(self._params, self._observations)
     actions = epsilon_greedy(q_values, epsilon(config, self._total_env_steps), self._rng)
     next_observations, rewards, terminated, truncated, info = self._env.step(actions)

@@ -23,6 +23,7 @@ class DQNConfig:
   learning_rate: float = 1e-3
   batch_size: int = 64
   target_update_period: int = 250  # learner steps between target network copies
+  params_publish_period: int = 10  # learner steps between two versions it broadcasts
 
   # Replay: proportional prioritization (Schaul et al., 2016) with a rate
   # limiter that samples each transition `samples_per_insert` times on average.
@@ -39,7 +40,7 @@ class DQNConfig:
   epsilon_decay_steps: int = 10_000
   final_epsilon: float = 0.02
   insert_period: int = 8  # vector steps between two inserts of an actor
-  params_update_period: int = 50  # vector steps between two parameter pulls
+  params_update_period: int = 50  # vector steps between two reads of the newest version
 
   # Evaluation and stopping. The evaluator stops the program once an evaluation
   # reaches `target_return`, or, once the actors have taken `max_env_steps`

@@ -62,6 +62,11 @@ class Evaluator:
   them. However the program ends, it draws the learning curve
   (dqn_curve.png) first. Served by a CourierNode so that a test can call
   `evaluate()`.
+
+  It asks the learner for its parameters (`get_params()`) rather than
+  reading the actors' broadcast, which may be a publish period behind: an
+  evaluation is rare, and it should be of the network trained on every
+  step so far, with that step count on its row.
   """
 
   def __init__(

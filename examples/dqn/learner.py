@@ -1,4 +1,5 @@
-"""The learner: streams prioritized batches, takes double DQN steps, updates priorities."""
+"""The learner: streams prioritized batches, takes double DQN steps, updates priorities,
+and broadcasts its parameters to the actors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dqn.config import DQNConfig
 from dqn.replay_table import TABLE
 from dqn.transitions import Transition
 from launchpad import replay
+from launchpad.broadcast.client import BroadcastClient
 from launchpad.replay.client import ReplaySample
 
 # Added to |TD error| so that no transition's priority (and chance to be sampled) is 0.
@@ -30,15 +32,22 @@ def importance_weights(
 
 
 class Learner:
-  """Owns the Q-network; served by a CourierNode so that actors and evaluator can pull it.
+  """Owns the Q-network; publishes it to the actors and serves it to the evaluator.
 
-  Its `run()` steps until the program stops. `get_params()` may be called
-  from courier threads at any time: a lock keeps it from copying parameters
-  halfway through an update.
+  It learns on batches of a replay stream, sampled ahead while it trains,
+  and publishes its parameters to the broadcast node every
+  `params_publish_period` steps, and once at the start, so that the actors
+  can act before learning starts. Served by a CourierNode: `get_params()`
+  gives the evaluator the current network, and a test can call `step()`;
+  both may come from courier threads at any time, and a lock keeps
+  `get_params()` from copying parameters halfway through an update.
   """
 
-  def __init__(self, replay_client: replay.Client, config: DQNConfig) -> None:
+  def __init__(
+    self, replay_client: replay.Client, broadcast: BroadcastClient, config: DQNConfig
+  ) -> None:
     self._replay = replay_client.with_timeout(config.timeout_seconds)
+    self._broadcast = broadcast
     self._config = config
     observation_size, num_actions = environment.environment_sizes(config.env_name)
     sizes = [observation_size, *config.hidden_sizes, num_actions]
@@ -47,6 +56,16 @@ class Learner:
     self._optimizer = network.Adam(self._params, config.learning_rate)
     self._lock = threading.Lock()
     self._steps = 0
+    # Sampling starts now. Each next() waits at most the timeout; the stream
+    # closes when the program stops, which ends run().
+    self._batches = self._replay.stream(
+      TABLE,
+      config.batch_size,
+      max_in_flight_batches=STREAM_BATCHES_AHEAD,
+      timeout=config.timeout_seconds,
+    )
+    lp.register_stop_handler(self._batches.close)
+    self._publish()
 
   def get_params(self) -> tuple[int, network.Params]:
     """The number of steps taken so far, and a copy of the online network's parameters."""
@@ -54,8 +73,17 @@ class Learner:
       return self._steps, [p.copy() for p in self._params]
 
   def step(self) -> float:
-    """One update on a batch sampled now; returns its loss (before the update)."""
-    return self._learn(self._replay.sample_batch(TABLE, self._config.batch_size))
+    """One update on the stream's next batch; returns its loss (before the update)."""
+    return self._learn(next(self._batches))
+
+  def run(self) -> None:
+    """Steps until the program stops (the stream closes then, and the loop ends)."""
+    try:
+      for sample in self._batches:
+        self._learn(sample)
+    finally:  # the stop may also come as an error: replay closed its table first
+      self._batches.close()
+      print(f"Learner: stopped after {self._steps} steps", flush=True)
 
   def _learn(self, sample: ReplaySample) -> float:
     """One double DQN update on `sample`, then its transitions' new priorities."""
@@ -70,23 +98,14 @@ class Learner:
       self._steps += 1
       if self._steps % config.target_update_period == 0:
         self._target_params = [p.copy() for p in self._params]
+      if self._steps % config.params_publish_period == 0:
+        self._publish()
     priorities = np.abs(errors) + PRIORITY_EPSILON
     self._replay.mutate_priorities(
       TABLE, updates=dict(zip(sample.info.key.tolist(), priorities.tolist(), strict=True))
     )
     return loss
 
-  def run(self) -> None:
-    """Steps until the program stops, on batches a replay stream samples ahead.
-
-    While one batch trains, the next is already on its way (a batch or two
-    ahead: their priorities are those before the updates in between).
-    """
-    try:
-      with self._replay.stream(
-        TABLE, self._config.batch_size, max_in_flight_batches=STREAM_BATCHES_AHEAD
-      ) as stream:
-        while not lp.wait_for_stop(0):
-          self._learn(next(stream))
-    finally:  # the stop may come as an error from the stream (the replay tables closed)
-      print(f"Learner: stopped after {self._steps} steps", flush=True)
+  def _publish(self) -> None:
+    """Makes the current parameters the broadcast's newest version (copied once)."""
+    self._broadcast.publish(self._params, timeout=self._config.timeout_seconds)

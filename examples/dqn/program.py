@@ -14,7 +14,7 @@ from dqn.replay_table import make_table
 def make_program(
   config: DQNConfig, num_actors: int = 4, output_dir: str | None = None
 ) -> lp.Program:
-  """replay, counter, learner, `num_actors` actors and an evaluator.
+  """replay, counter, the parameter broadcast, learner, `num_actors` actors and an evaluator.
 
   `output_dir` is where the evaluator writes its results; None: the run
   directory of a multiprocess launch, else the current directory.
@@ -22,10 +22,12 @@ def make_program(
   program = lp.Program("dqn")
   replay = program.add_node(lp.ReplayNode([make_table(config)]), label="replay")
   counter = program.add_node(lp.CourierNode(Counter), label="counter")
-  learner = program.add_node(lp.CourierNode(Learner, replay, config), label="learner")
+  params = program.add_node(lp.BroadcastNode(), label="params")
+  learner = program.add_node(lp.CourierNode(Learner, replay, params, config), label="learner")
   with program.group("actor"):
     for actor_id in range(num_actors):
-      program.add_node(lp.PyClassNode(Actor, replay, learner, counter, config, actor_id))
+      program.add_node(lp.PyClassNode(Actor, replay, params, counter, config, actor_id))
+  # The evaluator asks the learner itself: it evaluates the network of the moment.
   evaluator = lp.CourierNode(Evaluator, learner, counter, config, output_dir)
   program.add_node(evaluator, label="evaluator")
   return program

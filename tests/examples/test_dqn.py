@@ -1,8 +1,8 @@
 """examples/dqn: its numpy pieces, and the program's wiring in test mode, in threads and in processes.
 
 These runs are a few hundred environment steps: they check that every node
-does its part (data reaches replay, the learner steps and updates priorities,
-the counter adds up steps, the evaluator records returns, draws the curve and
+does its part (data reaches replay, the learner steps on its replay stream,
+updates priorities and broadcasts its parameters, the counter adds up steps, the evaluator records returns, draws the curve and
 stops the program at the target or the step budget), not that the agent
 learns (docs/examples.md).
 """
@@ -50,11 +50,18 @@ def _load_package() -> None:
 _load_package()
 
 from dqn import counter, evaluator, losses, network, program, replay_table  # noqa: E402
+from dqn import learner as learner_module  # noqa: E402
 from dqn.config import DQNConfig  # noqa: E402
 from dqn.transitions import NStepTransitions, stack  # noqa: E402
 
 # Learning starts after 100 transitions; nothing stops the program unless a test says so.
-SMALL = DQNConfig(min_replay_size=100, eval_period=200, max_env_steps=10**9, target_return=1e9)
+SMALL = DQNConfig(
+  min_replay_size=100,
+  eval_period=200,
+  max_env_steps=10**9,
+  target_return=1e9,
+  params_publish_period=5,
+)
 
 
 # The numpy pieces.
@@ -157,6 +164,7 @@ def test_program_has_every_node():
   assert {label: len(nodes) for label, nodes in dqn.groups.items()} == {
     "replay": 1,
     "counter": 1,
+    "params": 1,
     "learner": 1,
     "actor": 3,
     "evaluator": 1,
@@ -173,16 +181,29 @@ def test_actors_fill_replay_and_the_learner_and_evaluator_use_it(lp_launch, tmp_
   learner = learner_node.create_handle().dereference().with_timeout(WAIT_SECONDS)
   evaluator_client = evaluator_node.create_handle().dereference().with_timeout(WAIT_SECONDS)
   replay_client = dqn.groups["replay"][0].create_handle().dereference()
+  broadcast = dqn.groups["params"][0].create_handle().dereference()
 
-  losses_seen = [learner.step() for _ in range(5)]  # waits for 100 transitions first
+  # The actors act with the learner's first version, published before it learns.
+  first_version, _ = broadcast.latest(timeout=WAIT_SECONDS)
+  assert first_version == 1
+  # Each step takes a batch of the learner's replay stream; the first waits for 100 transitions.
+  losses_seen = [learner.step() for _ in range(SMALL.params_publish_period)]
   assert all(np.isfinite(losses_seen))
   steps, params = learner.get_params()
-  assert steps == 5
+  assert steps == SMALL.params_publish_period
   assert [p.shape for p in params] == [(4, 64), (64,), (64, 64), (64,), (64, 2), (2,)]
+  # The step that ends a publish period published the parameters it left.
+  version, published = broadcast.latest(min_version=2, timeout=WAIT_SECONDS)
+  assert version == 2
+  for got, want in zip(published, params, strict=True):
+    np.testing.assert_array_equal(got, want)
 
   info = replay_client.server_info(timeout=WAIT_SECONDS)[replay_table.TABLE]
   assert info["num_inserts"] >= SMALL.min_replay_size
-  assert info["num_samples"] == 5 * SMALL.batch_size
+  # The stream samples at most its bound of batches ahead of the steps taken.
+  taken = steps * SMALL.batch_size
+  ahead = learner_module.STREAM_BATCHES_AHEAD * SMALL.batch_size
+  assert taken <= info["num_samples"] <= taken + ahead
   assert info["num_updates"] >= 1
   assert info["sampler"]["type"] == "Prioritized"
   sample = replay_client.sample_batch(replay_table.TABLE, 8, timeout=WAIT_SECONDS)
@@ -190,11 +211,11 @@ def test_actors_fill_replay_and_the_learner_and_evaluator_use_it(lp_launch, tmp_
   assert set(sample.data) == {"observation", "action", "reward", "discount", "next_observation"}
 
   evaluation = evaluator_client.evaluate()
-  assert evaluation.learner_steps == 5
+  assert evaluation.learner_steps == steps
   assert evaluation.env_steps > 0
   assert evaluation.mean_return >= 8  # no CartPole episode is shorter
   rows = _read_rows(tmp_path / evaluator.EVALUATIONS_FILE)
-  assert [int(row["learner_steps"]) for row in rows] == [5]
+  assert [int(row["learner_steps"]) for row in rows] == [steps]
 
 
 def test_evaluator_stops_the_program_at_the_step_budget_after_a_last_evaluation(
