@@ -16,20 +16,18 @@ mapping of it go, so nothing is left behind when a process is SIGKILLed.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import pickle
 import struct
 from typing import Any
 
-from launchpad import errors
+from launchpad import errors, memfd
 
 MAGIC = b"LPB1"
 HEADER = struct.Struct("<4sQQ")  # magic, pickle length, number of buffers
 ENTRY = struct.Struct("<QQ")  # offset, length of one out-of-band buffer
 ALIGN = 64
-SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 MEMFD_NAME = "launchpad-broadcast"
 
 
@@ -56,33 +54,26 @@ def write(params: Any, what: str) -> int:
   for raw in raws:
     table.append((offset, raw.nbytes))
     offset = _aligned(offset + raw.nbytes)
-  fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+  fd = memfd.create(MEMFD_NAME, offset)
   try:
-    os.ftruncate(fd, offset)
     head = HEADER.pack(MAGIC, len(meta), len(raws)) + b"".join(ENTRY.pack(*e) for e in table)
-    _pwrite_all(fd, memoryview(head + meta), 0)
+    memfd.write_all(fd, memoryview(head + meta), 0)
     for raw, (at, _) in zip(raws, table, strict=True):
-      _pwrite_all(fd, raw.cast("B"), at)
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+      memfd.write_all(fd, raw.cast("B"), at)
+    memfd.seal(fd)
   except BaseException:
     os.close(fd)
     raise
   return fd
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-  while data.nbytes:
-    done = os.pwrite(fd, data, offset)
-    data, offset = data[done:], offset + done
-
-
 def read_seals(fd: int, what: str) -> None:
   """Raises unless `fd` is a memfd sealed so that it can never change."""
   try:
-    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    seals = memfd.seals(fd)
   except OSError as e:
     raise errors.LaunchpadError(f"{what}: received a descriptor that is not a memfd ({e}).") from e
-  if seals & SEALS != SEALS:
+  if seals & memfd.SEALS != memfd.SEALS:
     raise errors.LaunchpadError(
       f"{what}: received a parameter file that is not sealed against writes (seals "
       f"{seals:#x}); only launchpad's broadcast clients may publish to it."

@@ -22,11 +22,11 @@ import socket
 import threading
 import time
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
 from launchpad import errors, timeouts
-from launchpad.courier import protocol, serialization
+from launchpad.courier import protocol, serialization, shared_memory
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
@@ -332,8 +332,11 @@ class _Channel:
     self._local.conn = None
     conn.close()
 
-  def connect(self, deadline: Deadline, method: str) -> tuple[socket.socket, str]:
-    """Opens an authenticated connection, waiting for the server until `deadline`."""
+  def connect(
+    self, deadline: Deadline, method: str
+  ) -> tuple[socket.socket, str, shared_memory.Channel | None]:
+    """Opens an authenticated connection, waiting for the server until
+    `deadline`; on a Unix socket, with its shared-memory channel."""
     delay = 0.005
     failure = ""  # why the last attempt failed
     while True:
@@ -349,7 +352,8 @@ class _Channel:
           "and that its constructor finishes)"
         ) from None
       try:
-        return _open(address, self._secret, deadline, self._tls), address
+        sock, shared = _open(address, self._secret, deadline, self._tls)
+        return sock, address, shared
       except errors.AuthenticationError:
         raise
       except errors.CallTimeoutError:
@@ -368,14 +372,17 @@ class _Channel:
         delay = min(delay * 2, 0.5)
 
 
-def _open(address: str, secret: bytes, deadline: Deadline, tls: TlsConfig | None) -> socket.socket:
+def _open(
+  address: str, secret: bytes, deadline: Deadline, tls: TlsConfig | None
+) -> tuple[socket.socket, shared_memory.Channel | None]:
   sock = protocol.connect(address, deadline, tls)
   try:
     protocol.client_handshake(sock, secret, address, deadline)
+    shared = shared_memory.offer(sock, deadline)
   except BaseException:
     sock.close()
     raise
-  return sock
+  return sock, shared
 
 
 class _SyncConnection:
@@ -386,12 +393,14 @@ class _SyncConnection:
   thread ended is collected with that thread's locals, and its socket closed.
   """
 
-  def __init__(self, sock: socket.socket, address: str):
+  def __init__(self, sock: socket.socket, address: str, shared: shared_memory.Channel | None):
     self.sock = sock
     self.address = address
+    self.shared = shared
     self.lock = threading.Lock()
-    self.close = weakref.finalize(self, sock.close)  # closes once, by hand or when collected
-    self._reader = protocol.FrameReader(sock)
+    # Closes once, by hand or when collected.
+    self.close = weakref.finalize(self, _close, sock, shared)
+    self._reader = protocol.FrameReader(sock, shared)
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
@@ -399,7 +408,9 @@ class _SyncConnection:
     payload, buffers = serialization.dumps((method.name, args, kwargs), method.arguments)
     call_id = next(self._ids) & 0xFFFFFFFF
     start = time.perf_counter()
-    protocol.send_frame(self.sock, protocol.REQUEST, 0, call_id, payload, buffers, deadline)
+    protocol.send_frame(
+      self.sock, protocol.REQUEST, 0, call_id, payload, buffers, deadline, self.shared
+    )
     frame = self._reader.read(deadline, spin=protocol.spin_for(self._round_trip))
     self._round_trip += 0.2 * (time.perf_counter() - start - self._round_trip)
     if frame.call_id != call_id:
@@ -429,6 +440,7 @@ class _PipelinedConnection:
 
   def __init__(self, channel: _Channel, deadline: Deadline, method: str):
     self.sock: socket.socket | None = None
+    self.shared: shared_memory.Channel | None = None
     self.address = "(connecting)"
     self.closed = False
     self._channel = channel
@@ -473,7 +485,13 @@ class _PipelinedConnection:
     self._sending = call_id
     try:
       protocol.send_frame(
-        self.sock, protocol.REQUEST, protocol.CONCURRENT, call_id, payload, buffers
+        self.sock,
+        protocol.REQUEST,
+        protocol.CONCURRENT,
+        call_id,
+        payload,
+        buffers,
+        shared=self.shared,
       )
     except OSError:
       self.close()  # the reader fails every pending future, this one included
@@ -510,7 +528,7 @@ class _PipelinedConnection:
     """Connects by the latest deadline of the futures waiting for it."""
     while True:
       try:
-        sock, address = self._channel.connect(deadline, method)
+        sock, address, shared = self._channel.connect(deadline, method)
         break
       except Exception as e:  # noqa: BLE001 - every waiting future gets the reason
         later = self._later_deadline() if deadline.expired() else None
@@ -519,7 +537,7 @@ class _PipelinedConnection:
           return
         deadline = later
     with self._write_lock:
-      self.sock, self.address = sock, address
+      self.sock, self.address, self.shared = sock, address, shared
       # Replies must be read while the backlog is sent: a server whose
       # replies nobody reads stops reading requests.
       threading.Thread(
@@ -553,7 +571,7 @@ class _PipelinedConnection:
       _complete(future, error=error)
 
   def _read_loop(self) -> None:
-    reader = protocol.FrameReader(self.sock)
+    reader = protocol.FrameReader(self.sock, self.shared)
     error: BaseException | None = None
     try:
       while True:
@@ -569,7 +587,7 @@ class _PipelinedConnection:
       error = e
     finally:
       self.closed = True
-      self.sock.close()
+      _close(self.sock, self.shared)
       with self._write_lock:
         pending, self._pending = self._pending, {}
       for future, method, _ in pending.values():
@@ -585,13 +603,29 @@ class _PipelinedConnection:
     return channel.lost(method, self.address, cause)
 
 
+def _close(sock: socket.socket, shared: shared_memory.Channel | None) -> None:
+  sock.close()
+  if shared is not None:
+    shared.close()
+
+
 def _complete(future: Future, result: Any = None, error: BaseException | None = None) -> None:
-  if not future.set_running_or_notify_cancel():
-    return
-  if error is not None:
-    future.set_exception(error)
-  else:
-    future.set_result(result)
+  """Completes a future unless its caller cancelled it.
+
+  Straight from pending to done: one hold of the future's lock, where
+  set_running_or_notify_cancel first took two (~40% of a pipelined call's
+  client CPU went into completing futures; see docs/design.md). A cancelled
+  future refuses the result and is then told, as wait() and as_completed()
+  need.
+  """
+  try:
+    if error is not None:
+      future.set_exception(error)
+    else:
+      future.set_result(result)
+  except InvalidStateError:
+    if future.cancelled():
+      future.set_running_or_notify_cancel()
 
 
 class _DeadlineWatcher:

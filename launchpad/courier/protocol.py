@@ -9,7 +9,8 @@ call costs two system calls on each side and no thread hand-off.
 Handshake, before any frame: the server sends MAGIC and a random nonce; the
 client answers with HMAC-SHA256(secret, nonce); the server replies one status
 byte and closes the connection if the proof is wrong. Nothing is unpickled on
-a connection that has not passed it.
+a connection that has not passed it. On a Unix socket the client then sends
+the server one end of its shared-memory channel (shared_memory.py).
 
 Every function that waits for the peer takes a `Deadline` for all of its
 work (a whole handshake, a whole frame), not a timeout per system call; see
@@ -27,7 +28,7 @@ import time
 from typing import NamedTuple
 
 from launchpad import errors
-from launchpad.courier import bounded_io, tls_socket
+from launchpad.courier import bounded_io, shared_memory, tls_socket
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
@@ -44,6 +45,8 @@ REQUEST, REPLY, ERROR = 1, 2, 3
 # A request flagged CONCURRENT may run beside other requests of its connection;
 # without it the server runs it in the connection's own thread.
 CONCURRENT = 1
+# A frame flagged SHARED has buffers in shared memory (shared_memory.py).
+SHARED = 2
 
 _CHUNK = 256 * 1024
 _IOV_MAX = 512
@@ -70,7 +73,7 @@ class Frame(NamedTuple):
   flags: int
   call_id: int
   payload: bytes | bytearray
-  buffers: list[bytearray]
+  buffers: list[bytearray | memoryview]  # memoryview: read-only shared memory
 
 
 def proof(secret: bytes, nonce: bytes, role: bytes) -> bytes:
@@ -156,15 +159,16 @@ def send_frame(
   payload: bytes,
   buffers: list[memoryview],
   deadline: Deadline | None = None,
+  shared: shared_memory.Channel | None = None,
 ) -> None:
-  """Writes one frame; the buffers go from their own memory to the kernel.
+  """Writes one frame; the buffers go from their own memory to the kernel,
+  or, with a `shared` channel (Unix sockets), large ones as shared memory.
 
   Past `deadline` (None: no limit), its CallTimeoutError; part of the frame
   may have been written, so the connection must then be closed.
   """
-  header = HEADER.pack(kind, flags, len(buffers), call_id, len(payload))
   if not buffers:
-    data = header + payload
+    data = HEADER.pack(kind, flags, 0, call_id, len(payload)) + payload
     if deadline is None or deadline.at is None:
       sock.sendall(data)
     elif isinstance(sock, tls_socket.TlsSocket):
@@ -177,7 +181,12 @@ def send_frame(
       if sent < len(data):
         bounded_io.send_all(sock, memoryview(data)[sent:], deadline, _SENDING)
     return
-  lengths = struct.pack(f"<{len(buffers)}Q", *(b.nbytes for b in buffers))
+  sizes = [b.nbytes for b in buffers]
+  if shared is not None and shared.shares(sizes):
+    flags |= SHARED
+    buffers = shared.send(call_id, sizes, buffers, deadline)
+  header = HEADER.pack(kind, flags, len(sizes), call_id, len(payload))
+  lengths = struct.pack(f"<{len(sizes)}Q", *sizes)
   parts = [memoryview(header + lengths), memoryview(payload), *buffers]
   parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
   if isinstance(sock, tls_socket.TlsSocket):
@@ -187,10 +196,12 @@ def send_frame(
 
 
 class FrameReader:
-  """Reads frames from a blocking socket, many small frames per system call."""
+  """Reads frames from a blocking socket, many small frames per system call;
+  with a `shared` channel (Unix sockets), buffers in shared memory too."""
 
-  def __init__(self, sock: socket.socket):
+  def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
     self._sock = sock
+    self._shared = shared
     self._buffer = bytearray(_CHUNK)
     self._view = memoryview(self._buffer)
     self._start = 0
@@ -212,7 +223,14 @@ class FrameReader:
     kind, flags, nbuffers, call_id, size = HEADER.unpack(self._take(HEADER.size, deadline))
     lengths = struct.unpack(f"<{nbuffers}Q", self._take(8 * nbuffers, deadline)) if nbuffers else ()
     payload = self._take(size, deadline)
+    if flags & SHARED:
+      return Frame(kind, flags, call_id, payload, self._read_shared(call_id, lengths, deadline))
     return Frame(kind, flags, call_id, payload, [self._take_owned(n, deadline) for n in lengths])
+
+  def _read_shared(self, call_id: int, lengths: tuple[int, ...], deadline: Deadline | None) -> list:
+    if self._shared is None:
+      raise EOFError("a frame referred to shared memory on a connection that cannot carry it")
+    return self._shared.receive(call_id, lengths, lambda n: self._take_owned(n, deadline))
 
   def _take(self, n: int, deadline: Deadline | None) -> bytes | bytearray:
     if n > _CHUNK // 2:

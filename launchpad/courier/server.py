@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from launchpad import errors, timeouts
-from launchpad.courier import protocol, serialization, tls_socket
+from launchpad.courier import protocol, serialization, shared_memory, tls_socket
 from launchpad.tls import TlsConfig
 
 log = logging.getLogger(__name__)
@@ -262,6 +262,7 @@ class Server:
           if self._tls is not None:
             sock = tls_socket.wrap_server(sock, self._tls, deadline)
         accepted = protocol.server_handshake(sock, self._secret, deadline)
+        shared = shared_memory.accept(sock, deadline) if accepted else None
       finally:
         with self._lock:
           self._unauthenticated.pop(raw, None)
@@ -276,10 +277,10 @@ class Server:
       log.warning("%s: refused a connection that did not know the program secret", self._label)
       raw.close()
       return
-    conn = _Connection(sock)
+    conn = _Connection(sock, shared)
     with self._lock:
       if self._stopped.is_set():
-        raw.close()
+        conn.close()
         return
       self._connections.add(conn)
     self._read_loop(conn, conn.generation)
@@ -308,7 +309,7 @@ class Server:
       log.exception("%s: closing a connection after an unexpected error", self._label)
     with self._lock:
       self._connections.discard(conn)
-    conn.sock.close()
+    conn.close()
 
   def hand_off(self, conn: _Connection) -> None:
     """Starts a new reading thread for `conn`, whose reader is stuck in a call."""
@@ -353,7 +354,7 @@ class Server:
       self.errors += 1
     try:
       with conn.write_lock:
-        protocol.send_frame(conn.sock, kind, 0, frame.call_id, payload, buffers)
+        protocol.send_frame(conn.sock, kind, 0, frame.call_id, payload, buffers, shared=conn.shared)
     except OSError:
       pass  # the caller went away; nobody is left to tell
 
@@ -370,13 +371,19 @@ class Server:
 class _Connection:
   """One client connection; `generation` names the thread allowed to read it."""
 
-  def __init__(self, sock: socket.socket):
+  def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
     self.sock = sock
-    self.reader = protocol.FrameReader(sock)
+    self.shared = shared
+    self.reader = protocol.FrameReader(sock, shared)
     self.write_lock = threading.Lock()
     self.lock = threading.Lock()
     self.generation = 0
     self.busy_since: float | None = None
+
+  def close(self) -> None:
+    self.sock.close()
+    if self.shared is not None:
+      self.shared.close()
 
 
 class _Watchdog:

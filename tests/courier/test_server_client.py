@@ -12,7 +12,7 @@ import time
 import pytest
 
 from launchpad import errors
-from launchpad.courier import protocol, serialization
+from launchpad.courier import protocol, serialization, shared_memory
 from launchpad.courier.client import Client, StaticAddress
 from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
@@ -442,6 +442,8 @@ def test_right_proof_is_accepted_and_frames_are_served(child_server, transport):
     # The server proves it knows the secret too.
     server_proof = _recv_exactly(sock, protocol.PROOF_SIZE)
     assert server_proof == protocol.proof(child_server.secret, client_nonce, b"server")
+    # On a Unix socket the client then hands the server its shared-memory channel.
+    shared_memory.offer(sock, Deadline(TIMEOUT, "offering the channel"))
     payload, buffers = serialization.dumps(("add", (20, 22), {}))
     protocol.send_frame(sock, protocol.REQUEST, 0, 77, payload, buffers)
     frame = protocol.FrameReader(sock).read(deadline=Deadline(TIMEOUT, "reading the reply"))
