@@ -3,7 +3,7 @@
   lp launch [--mode=multiprocess|threads|test] TARGET [-- ARGS...]
   lp status [RUN]
   lp status --watch [RUN]   (or lp top [RUN]): a live table of a running program
-  lp stop RUN
+  lp stop RUN|SWEEP
   lp graph [--format=dot|mermaid|svg|png] [-o FILE] TARGET [-- ARGS...]
   lp sweep [--mode=...] TARGET --space SPACE.toml [--trials N] [--parallel K] [-- ARGS...]
 
@@ -100,17 +100,19 @@ The sweep lives in ~/.launchpad/sweeps/NAME/ (the study, status.json,
 results.csv, curves.png, a directory per trial). Run the same command
 again to resume a sweep that was stopped or killed: finished trials are
 kept, the ones it left running run again. `lp status` and `lp top NAME`
-show it from another shell.
+show it from another shell, and `lp stop NAME` stops it as Ctrl-C does.
+Launch options mean what they mean to `lp launch`, for every trial (node
+output goes to the trials' log files unless --terminal=current_terminal).
 
 examples:
-  lp sweep examples/dqn/sweep.py --space examples/dqn/sweep.toml --parallel 2 --pruner median
+  lp sweep examples/dqn/trial.py --space examples/dqn/sweep.toml --parallel 2 --pruner median
   lp sweep --mode=threads agent.py:make_program --space space.toml --sampler tpe --trials 20
 
 exit status: 0 every trial ended (some may have been pruned or have
-failed: the table says which); 1 a trial failed under --fail-fast (its
-traceback is printed), or no trial completed; 2 bad command line, target,
-space, option or storage, or the sweep runs already: nothing ran;
-128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM) after stopping the
+failed: the table says which), or `lp stop NAME` stopped it; 1 a trial
+failed under --fail-fast (its traceback is printed), or no trial
+completed; 2 bad command line, target, space, option or storage, or the
+sweep runs already: nothing ran; 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM) after stopping the
 running trials, which run again when the sweep does.
 """
 
@@ -189,55 +191,17 @@ def _parser() -> argparse.ArgumentParser:
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   launch.add_argument("--mode", default="multiprocess", choices=registry.names(), help="launcher")
-  launch.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
   launch.add_argument("--log-dir", type=pathlib.Path, help="run directory for node logs")
-  launch.add_argument(
-    "--terminal",
-    default="current_terminal",
-    choices=["current_terminal", "output_to_files", "tmux_session"],
-    help="where node output goes besides the log files",
-  )
-  launch.add_argument(
-    "--hosts", type=pathlib.Path, help="ssh mode: the hosts file (TOML; see docs/remote.md)"
-  )
-  launch.add_argument(
-    "--ray-address", help="ray mode: the cluster to join (default: start a local one)"
-  )
-  launch.add_argument(
-    "--tls",
-    action="store_true",
-    help="ssh, ray and slurm modes: encrypt traffic between hosts, with a certificate made for this launch",
-  )
-  launch.add_argument(
-    "--tls-cert",
-    type=pathlib.Path,
-    help="with --tls: use this certificate (PEM; it must name 'launchpad') instead of a new one",
-  )
-  launch.add_argument("--tls-key", type=pathlib.Path, help="with --tls-cert: its private key")
-  launch.add_argument(
-    "--tls-ca",
-    type=pathlib.Path,
-    help="with --tls-cert: the CA that signed every node's certificate",
-  )
+  _add_launch_options(launch, terminal="current_terminal")
   launch.add_argument(
     "--detach",
     action="store_true",
     help="slurm mode: submit the whole program as a batch job and return (see docs/remote.md)",
   )
   launch.add_argument(
-    "--preempt-signal",
-    metavar="SIG@SECONDS",
-    help="slurm mode: stop gracefully on Slurm's notice before the time limit, e.g. USR1@60",
-  )
-  launch.add_argument(
     "--requeue",
     action="store_true",
     help="slurm mode, with --detach: after a notice stopped the program, queue its job again",
-  )
-  launch.add_argument(
-    "--no-shared-filesystem",
-    action="store_true",
-    help="slurm mode: the compute nodes do not see this machine's files; ship the code",
   )
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
@@ -252,8 +216,8 @@ def _parser() -> argparse.ArgumentParser:
   )
   top.add_argument("run", nargs="?", help="a run name (default: the one running program)")
   _add_watch_options(top)
-  stop = commands.add_parser("stop", help="stop a running program gracefully")
-  stop.add_argument("run", help="the run name shown by `lp status`")
+  stop = commands.add_parser("stop", help="stop a running program or sweep gracefully")
+  stop.add_argument("run", help="the run or sweep name shown by `lp status`")
   drawing = commands.add_parser(
     "graph",
     help="draw a program's nodes, groups and handles",
@@ -268,6 +232,50 @@ def _parser() -> argparse.ArgumentParser:
   drawing.add_argument("target_args", nargs="*", help="-- then the target's flags")
   _add_sweep_parser(commands)
   return parser
+
+
+def _add_launch_options(parser: argparse.ArgumentParser, terminal: str) -> None:
+  """The options of every lp.launch call the command makes, the same in
+  `lp launch` and `lp sweep` (_launch_defaults reads them)."""
+  parser.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
+  parser.add_argument(
+    "--terminal",
+    default=terminal,
+    choices=["current_terminal", "output_to_files", "tmux_session"],
+    help="where node output goes besides the log files",
+  )
+  parser.add_argument(
+    "--hosts", type=pathlib.Path, help="ssh mode: the hosts file (TOML; see docs/remote.md)"
+  )
+  parser.add_argument(
+    "--ray-address", help="ray mode: the cluster to join (default: start a local one)"
+  )
+  parser.add_argument(
+    "--tls",
+    action="store_true",
+    help="ssh, ray and slurm modes: encrypt traffic between hosts, with a certificate made for this launch",
+  )
+  parser.add_argument(
+    "--tls-cert",
+    type=pathlib.Path,
+    help="with --tls: use this certificate (PEM; it must name 'launchpad') instead of a new one",
+  )
+  parser.add_argument("--tls-key", type=pathlib.Path, help="with --tls-cert: its private key")
+  parser.add_argument(
+    "--tls-ca",
+    type=pathlib.Path,
+    help="with --tls-cert: the CA that signed every node's certificate",
+  )
+  parser.add_argument(
+    "--preempt-signal",
+    metavar="SIG@SECONDS",
+    help="slurm mode: stop gracefully on Slurm's notice before the time limit, e.g. USR1@60",
+  )
+  parser.add_argument(
+    "--no-shared-filesystem",
+    action="store_true",
+    help="slurm mode: the compute nodes do not see this machine's files; ship the code",
+  )
 
 
 def _add_sweep_parser(commands: Any) -> None:
@@ -307,9 +315,10 @@ def _add_sweep_parser(commands: Any) -> None:
   sweep.add_argument("--name", help="the sweep's name (default: TARGET's and SPACE's file names)")
   sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
   sweep.add_argument("--trial-timeout", type=_positive(float), metavar="SECONDS")
-  sweep.add_argument("--grace-period", type=_non_negative(float), default=10.0, metavar="SECONDS")
-  sweep.add_argument("--hosts", type=pathlib.Path, help="ssh mode: the hosts file")
-  sweep.add_argument("--ray-address", help="ray mode: the cluster to join")
+  _add_launch_options(sweep, terminal="output_to_files")
+  # lp launch's options a sweep has not: each trial's run directory is its
+  # own directory in the sweep's, and trials run attached, reporting to it.
+  sweep.set_defaults(log_dir=None, detach=False, requeue=False)
   sweep.add_argument("target", help="file.py, file.py:function or package.module:function")
   sweep.add_argument("target_args", nargs="*", help="-- then the target's flags")
 
@@ -639,17 +648,13 @@ def _sweep(args: argparse.Namespace) -> int:
   sweep_lib = importlib.import_module("launchpad.sweep")  # the package, not lp.sweep
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
-    _check_hosts(args)
     importlib.import_module("launchpad.sweep.study").import_optuna().logging.set_verbosity(
       logging.WARNING  # the sweep says what happens to each trial itself
     )
     path, _, function = args.target.partition(":")
     factory = _function_of(path, function or "make_program", args.target_args)
-    launch_options = {"grace_period": args.grace_period}
-    if args.hosts is not None:
-      launch_options["hosts"] = args.hosts
-    if args.ray_address is not None:
-      launch_options["ray_address"] = args.ray_address
+    # What lp launch gives lp.launch (None: the launcher's default).
+    launch_options = {k: v for k, v in _launch_defaults(args).items() if v is not None}
     result = sweep_lib.sweep(
       factory,
       args.space,
@@ -676,6 +681,8 @@ def _sweep(args: argparse.Namespace) -> int:
     return _failed("lp sweep", e)
   if result.stopped_by is not None:
     return 128 + result.stopped_by
+  if result.stop_request is not None:
+    return 0
   if result.best is None:
     print(
       f"lp sweep: no trial of {result.name} completed; results.csv and each trial's error.txt "
@@ -821,17 +828,40 @@ def _run_table(run: runs.Run) -> str:
 
 
 def _stop(args: argparse.Namespace) -> int:
+  """`lp stop NAME`: stops the running program, or the sweep, of that name."""
+  sweeps = importlib.import_module("launchpad.sweep.status")
+  reason = f"`lp stop {args.run}` from pid {os.getpid()}"
+  sweep = sweeps.named(args.run)
+  if sweep is not None:
+    return _stop_sweep(sweeps, sweep, reason)
   try:
     run = runs.find(args.run)
   except LookupError as e:
-    print(f"lp stop: {e}", file=sys.stderr)
+    sweep = sweeps.find(args.run)
+    if sweep is not None:
+      return _stop_sweep(sweeps, sweep, reason)
+    print(f"lp stop: {e} {sweeps.running_text()}".rstrip(), file=sys.stderr)
     return 2
   try:
-    run.stop(f"`lp stop {run.name}` from pid {os.getpid()}")
+    run.stop(reason)
   except runs.RunError as e:
     print(f"lp stop: {e}", file=sys.stderr)
     return 1
   print(f"stopping {run.name}")
+  return 0
+
+
+def _stop_sweep(sweeps: Any, sweep: Any, reason: str) -> int:
+  """Asks the sweep's process to stop its running trials and end; 2 if none runs it."""
+  try:
+    sweeps.request_stop(sweep, reason)
+  except sweeps.SweepError as e:
+    print(f"lp stop: {e}", file=sys.stderr)
+    return 2
+  print(
+    f"stopping sweep {sweep.name}: its running trials stop and run again when the same "
+    "`lp sweep` command runs again"
+  )
   return 0
 
 

@@ -9,6 +9,7 @@ nodes run on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -106,8 +107,38 @@ def watch(
   interval: float = 1.0,
   iterations: int | None = None,
 ) -> int:
-  """Shows a frame every `interval` seconds until the program ends, `iterations`
-  frames were shown, or Ctrl-C; returns the exit status (0).
+  """Shows a frame of the program every `interval` seconds until it ends,
+  `iterations` frames were shown, or Ctrl-C; returns the exit status (0)."""
+  ended_line = f"{title}: the program has ended.\n"
+
+  def next_frame() -> Frame:
+    try:
+      reply = read()
+    except errors.ProgramStoppedError:
+      return Frame("", ended_line)
+    return Frame(frame(reply, title), ended_line if ended(reply) else None)
+
+  return show(next_frame, out, interval, iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+  """One frame of a live view: its text ("" for none), and, on the last
+  frame, the line that says what ended ("" for none)."""
+
+  text: str
+  last: str | None = None
+
+
+def show(
+  next_frame: Callable[[], Frame],
+  out: TextIO,
+  interval: float = 1.0,
+  iterations: int | None = None,
+) -> int:
+  """The loop of every live view (`lp top` of a program or a sweep): a frame
+  every `interval` seconds until one is the last, `iterations` frames were
+  shown, or Ctrl-C; returns the exit status (0).
 
   On a terminal each frame replaces the last; otherwise frames follow each
   other, separated by a blank line, without escape codes.
@@ -116,17 +147,15 @@ def watch(
   shown = 0
   try:
     while True:
-      try:
-        reply = read()
-      except errors.ProgramStoppedError:
-        out.write(f"{title}: the program has ended.\n")
+      current = next_frame()
+      if current.text:
+        out.write(CLEAR_SCREEN + current.text if tty else current.text + "\n")
+        shown += 1
+      if current.last is not None:
+        out.write(current.last)
+        out.flush()
         return 0
-      out.write(CLEAR_SCREEN + frame(reply, title) if tty else frame(reply, title) + "\n")
       out.flush()
-      shown += 1
-      if ended(reply):
-        out.write(f"{title}: the program has ended.\n")
-        return 0
       if iterations is not None and shown >= iterations:
         return 0
       time.sleep(interval)

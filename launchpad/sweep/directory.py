@@ -5,6 +5,7 @@
     results.csv    one row per trial: number, state, value, last step, parameters, times
     curves.png     every trial's objective against its step, pruned ones marked
     sweep.lock     held (flock) while a sweep process runs the sweep
+    stop.request   `lp stop NAME` asks the running sweep process to stop (the reason)
     trials/NNNN/   one per trial: params.json, error.txt for a failed one, and the run
                    directory (node logs, run.json, metrics.jsonl) of launchers that keep one
 
@@ -33,6 +34,7 @@ STATUS_FILE = "status.json"
 RESULTS_FILE = "results.csv"
 CURVES_FILE = "curves.png"
 LOCK_FILE = "sweep.lock"
+STOP_FILE = "stop.request"
 TRIALS = "trials"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
@@ -99,13 +101,31 @@ class SweepDirectory:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         raise SweepError(
           f"sweep {self.name} is running already, in process {holder}: wait for it to end or "
-          f"stop it (Ctrl-C there, or kill -TERM {holder}), or give this one another --name."
+          f"stop it (`lp stop {self.name}`), or give this one another --name."
         ) from None
       os.ftruncate(fd, 0)
       os.pwrite(fd, str(os.getpid()).encode(), 0)
       yield
     finally:
       os.close(fd)
+
+  def request_stop(self, reason: str) -> None:
+    """Asks the process running the sweep to stop it (it looks several times a
+    second); `reason` says who asked."""
+    private_files.write(self.path / STOP_FILE, reason)
+
+  def stop_requested(self) -> str | None:
+    """The reason of a stop asked for by `request_stop`, or None."""
+    try:
+      return (self.path / STOP_FILE).read_text() or "a stop was asked for"
+    except FileNotFoundError:
+      return None
+
+  def clear_stop_request(self) -> None:
+    """Forgets a stop asked for before this run of the sweep (one that came
+    as the last run ended, say)."""
+    with contextlib.suppress(FileNotFoundError):
+      (self.path / STOP_FILE).unlink()
 
   def write_status(self, status: dict[str, Any]) -> None:
     private_files.write(self.status_path, json.dumps(status, indent=1, default=str))

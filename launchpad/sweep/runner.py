@@ -10,7 +10,8 @@ trials' parameters. At most `parallel` trials run at once.
 The sweep's process owns the study: trials run in threads that only run
 their programs and pass events (reports, ends) to the sweep's thread, which
 alone reports to Optuna, decides, and writes the sweep's files
-(directory.py). Everything is kept in the study's storage as it happens, so
+(directory.py). `lp stop NAME` from another process asks it to stop
+(directory.request_stop), as Ctrl-C or SIGTERM do. Everything is kept in the study's storage as it happens, so
 a sweep killed with SIGKILL resumes when run again: finished trials are
 kept, those it left running run again (study.py).
 """
@@ -60,6 +61,8 @@ class SweepResult:
     best: the row of the best complete trial, or None.
     stopped_by: the signal that interrupted the sweep, if one did (the
       trials it stopped run again when the sweep runs again).
+    stop_request: what `lp stop NAME` said when it stopped the sweep, if it
+      did (the trials it stopped run again as well).
   """
 
   name: str
@@ -67,6 +70,7 @@ class SweepResult:
   trials: list[dict[str, Any]]
   best: dict[str, Any] | None
   stopped_by: int | None = None
+  stop_request: str | None = None
 
   @property
   def results_csv(self) -> pathlib.Path:
@@ -306,6 +310,7 @@ class _Sweep:
     self._launch_lock = threading.Lock()  # one lp.launch at a time (launchers share state)
     self._failed: tuple[int, str] | None = None  # the trial that ended a fail-fast sweep
     self._stopped_by: int | None = None
+    self._stop_request: str | None = None
     self._stopping = False
     self._status_written = 0.0
     self._status_due = False
@@ -319,6 +324,7 @@ class _Sweep:
   def run(self) -> SweepResult:
     definition = self._definition
     with self._directory.lock():
+      self._directory.clear_stop_request()
       self._study = study_lib.open_study(
         self.name,
         self._storage,
@@ -355,11 +361,21 @@ class _Sweep:
         event = None
       if event is not None:
         self._handle(event)
-      if self._stopped_by is not None and not self._stopping:
-        self._say(f"{signal.Signals(self._stopped_by).name}: stopping the running trials")
-        self._stop_all()
+      if not self._stopping:
+        self._stop_if_asked()
       if self._status_due and time.monotonic() - self._status_written >= STATUS_SECONDS:
         self._write_status("running")
+
+  def _stop_if_asked(self) -> None:
+    """Stops the running trials after a signal or `lp stop NAME`."""
+    if self._stopped_by is not None:
+      self._say(f"{signal.Signals(self._stopped_by).name}: stopping the running trials")
+      self._stop_all()
+      return
+    self._stop_request = self._directory.stop_requested()
+    if self._stop_request is not None:
+      self._say(f"{self._stop_request}: stopping the running trials")
+      self._stop_all()
 
   def _fill(self) -> None:
     """Starts trials until `parallel` run, unless enough have ended or the sweep stops."""
@@ -543,7 +559,7 @@ class _Sweep:
     table = self._table()
     best = results.best(table, definition.direction)
     results.write_csv(self._directory.results_path, table, definition.objective)
-    if self._stopped_by is not None:
+    if self._stopped_by is not None or self._stop_request is not None:
       state = "interrupted"
     elif self._failed is not None:
       state = "failed"
@@ -575,7 +591,9 @@ class _Sweep:
     if self._failed is not None:
       number, error = self._failed
       raise TrialFailedError(number, error)
-    return SweepResult(self.name, self._directory.path, table, best, self._stopped_by)
+    return SweepResult(
+      self.name, self._directory.path, table, best, self._stopped_by, self._stop_request
+    )
 
   def _say(self, line: str) -> None:
     self._out.write(f"lp sweep {self.name}: {line}\n")

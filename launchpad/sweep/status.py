@@ -1,10 +1,13 @@
-"""`lp status` and `lp top` of sweeps: a table of each sweep and its trials.
+"""`lp status`, `lp top` and `lp stop` of sweeps: a table of each sweep and
+its trials, and the way to stop one from another shell.
 
 A sweep rewrites its status.json on every change (a trial started, reported,
 ended), so another shell reads the table from there without touching the
 study's database: trial number, state, last step and objective, and the
 parameters, one column each. A sweep whose process is gone without saying
-it ended shows as `gone`, with the way to resume it.
+it ended shows as `gone`, with the way to resume it. `lp stop NAME` leaves
+a request in the sweep's directory, which its process looks for between
+events (runner.py), as it looks for Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, TextIO
 from launchpad import live_view
 from launchpad.sweep import directory as directory_lib
 from launchpad.sweep import results, study
+from launchpad.sweep.errors import SweepError
 
 RUNNING = "running"
 GONE = "gone"  # its process ended without marking the sweep over
@@ -38,6 +42,15 @@ def running() -> list[directory_lib.SweepDirectory]:
   return found
 
 
+def named(name: str) -> directory_lib.SweepDirectory | None:
+  """The sweep called exactly `name` that has a status (it ran), or None."""
+  try:
+    sweep = directory_lib.SweepDirectory(directory_lib.root() / directory_lib.check_name(name))
+  except SweepError:
+    return None
+  return sweep if sweep.read_status() is not None else None
+
+
 def find(name: str) -> directory_lib.SweepDirectory | None:
   """The sweep called `name` (running or not), or the only running one whose
   name starts with it."""
@@ -46,6 +59,34 @@ def find(name: str) -> directory_lib.SweepDirectory | None:
     return every[name]
   matches = [sweep for sweep in running() if sweep.name.startswith(name)]
   return matches[0] if len(matches) == 1 else None
+
+
+def running_text() -> str:
+  """A sentence naming the running sweeps, for messages about names not
+  found; "" when none runs."""
+  names = ", ".join(sweep.name for sweep in running())
+  return f"Running sweeps: {names}." if names else ""
+
+
+def request_stop(sweep: directory_lib.SweepDirectory, reason: str) -> None:
+  """Asks the process running `sweep` to stop it gracefully: its running
+  trials' programs stop, and run again when the sweep runs again.
+
+  Raises SweepError, saying what to do, when no process runs the sweep.
+  """
+  status = sweep.read_status() or {}
+  now = state(status)
+  if now == GONE:
+    raise SweepError(
+      f"sweep {sweep.name} has no process any more (it ended without saying so, killed "
+      "perhaps): there is nothing to stop; run the same `lp sweep` command again to resume it."
+    )
+  if now != RUNNING:
+    raise SweepError(
+      f"sweep {sweep.name} is not running ({now or 'no state'}): there is nothing to stop; "
+      f"`lp status {sweep.name}` shows how it ended. {running_text()}".rstrip()
+    )
+  sweep.request_stop(reason)
 
 
 def table(status: dict[str, Any]) -> str:
@@ -106,20 +147,9 @@ def watch(
 ) -> int:
   """`lp top SWEEP`: the table every `interval` seconds until the sweep is no
   longer running, `iterations` tables were shown, or Ctrl-C; the exit status (0)."""
-  tty = out.isatty()
-  shown = 0
-  try:
-    while True:
-      status = sweep.read_status() or {"name": sweep.name, "state": "unreadable"}
-      text = table(status)
-      out.write(live_view.CLEAR_SCREEN + text if tty else text + "\n")
-      out.flush()
-      shown += 1
-      if state(status) != RUNNING:
-        return 0
-      if iterations is not None and shown >= iterations:
-        return 0
-      time.sleep(interval)
-  except KeyboardInterrupt:
-    out.write("\n")
-    return 0
+
+  def next_frame() -> live_view.Frame:
+    status = sweep.read_status() or {"name": sweep.name, "state": "unreadable"}
+    return live_view.Frame(table(status), None if state(status) == RUNNING else "")
+
+  return live_view.show(next_frame, out, interval, iterations)

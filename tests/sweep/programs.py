@@ -48,6 +48,7 @@ def scores(runs_dir: str, x: float, steps: int, gate_x: float, gate: str, fail_x
     return
   if x == fail_x:
     raise ValueError(f"boom at x={x:g}")
+  print(f"x={x:g} scores", flush=True)
   for step in range(steps):
     lp.report(step=step, score=x * (step + 1), other=-step)
 

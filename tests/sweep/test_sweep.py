@@ -298,3 +298,66 @@ def test_sigterm_stops_the_running_trials_which_run_again_next_time(
   assert runs_of(runs_dir) == {"x=1": 2}
   rows = results(launchpad_home, "programs-space")
   assert sorted(r["state"] for r in rows) == ["complete", "stale"]
+
+
+def test_lp_stop_from_another_process_stops_the_sweep_which_resumes_when_run_again(
+  lp, tmp_path, runs_dir, launchpad_home, marker
+):
+  gate = tmp_path / "gate"
+  space = write_space(
+    tmp_path / "space.toml",
+    f'x = [1.0, 2.0]\nruns_dir = "{runs_dir}"\ngate_x = 2.0\ngate = "{gate}"\n',
+  )
+  # Two at once: x=1 completes while x=2 waits, whichever the grid starts first.
+  command = ("sweep", PROGRAMS, "--space", space, "--objective", "score", "--parallel", "2")
+  first = lp(*command)
+
+  def waiting_on_the_gate() -> bool:
+    counts = status_of(launchpad_home, "programs-space").get("counts", {})
+    return counts.get("complete") == 1 and runs_of(runs_dir).get("x=2") == 1
+
+  wait_until(waiting_on_the_gate, "one trial complete and the second waiting")
+  unknown = lp("stop", "nothing-of-that-name")
+  assert unknown.finish() == 2, unknown.output()
+  assert unknown.err().startswith(
+    "lp stop: no running program matches 'nothing-of-that-name'; running: none. "
+    "Running sweeps: programs-space."
+  ), unknown.err()
+  waiting_pid = int(next(runs_dir.glob("x=2-*")).read_text())
+
+  stop = lp("stop", "programs-space")
+  assert stop.finish() == 0, stop.output()
+  assert stop.out().startswith("stopping sweep programs-space: its running trials stop"), stop.out()
+  assert first.finish() == 0, first.output()
+  said = f"`lp stop programs-space` from pid {stop.pid}: stopping the running trials"
+  assert said in first.out(), first.out()
+  assert re.search(r"(?m)trial \d interrupted: it runs again when the sweep does$", first.out())
+  assert status_of(launchpad_home, "programs-space")["state"] == "interrupted"
+  assert_gone([waiting_pid])
+  assert_gone([p.pid for p in processes_with(marker)])
+  again_stop = lp("stop", "programs-space")
+  assert again_stop.finish() == 2, again_stop.output()
+  assert "sweep programs-space is not running (interrupted): there is nothing to stop" in (
+    again_stop.err()
+  )
+
+  gate.write_text("")
+  again = lp(*command)
+  assert again.finish() == 0, again.output()
+  assert runs_of(runs_dir) == {"x=1": 1, "x=2": 2}  # the finished trial did not run again
+  rows = results(launchpad_home, "programs-space")
+  assert sorted(r["state"] for r in rows) == ["complete", "complete", "stale"]
+
+
+@pytest.mark.parametrize("terminal", [None, "current_terminal"])
+def test_launch_options_reach_every_trial_as_lp_launch_takes_them(lp, tmp_path, runs_dir, terminal):
+  """--terminal (as lp launch has it; a sweep's default is output_to_files)."""
+  space = write_space(tmp_path / "space.toml", f'x = [1.0, 2.0]\nruns_dir = "{runs_dir}"\n')
+  options = () if terminal is None else ("--terminal", terminal)
+  sweep = lp("sweep", PROGRAMS, "--space", space, "--objective", "score", *options)
+  assert sweep.finish() == 0, sweep.output()
+  shown = re.findall(r"(?m)^worker\[0\] +\| x=(\d) scores$", sweep.out())
+  if terminal is None:
+    assert not shown, sweep.out()
+  else:
+    assert sorted(shown) == ["1", "2"], sweep.out()
