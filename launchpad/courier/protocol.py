@@ -61,6 +61,14 @@ SPIN_SECONDS = 100e-6
 # took, up to this: a replay insert (~150 us) then costs 250 us instead of
 # 730 us, and a call that takes milliseconds wastes at most this much.
 MAX_SPIN_SECONDS = 500e-6
+# A reader whose polls keep missing (the peer is slower than the poll, or the
+# machine has no core to spare, so polling only takes CPU from the peer)
+# stops polling for a while (Polling). See docs/design.md.
+MAX_SPIN_MISSES = 2
+MAX_SPIN_SKIPS = 256
+# LAUNCHPAD_COURIER_SPIN=0 turns polling off in this process (readers always
+# block), for machines shared with busy processes and to measure against.
+SPIN_ENABLED = os.environ.get("LAUNCHPAD_COURIER_SPIN", "1") != "0"
 
 
 def spin_for(round_trip: float) -> float:
@@ -195,6 +203,40 @@ def send_frame(
     bounded_io.send_parts(sock, parts, deadline, _SENDING, _IOV_MAX)
 
 
+class Polling:
+  """Whether a reader polls before it blocks: it stops while polls do not pay.
+
+  After MAX_SPIN_MISSES misses in a row it skips polling for the next 1, 2,
+  4, ... up to MAX_SPIN_SKIPS reads, then polls once to see whether it pays
+  again; a hit starts over. Off for the process with LAUNCHPAD_COURIER_SPIN=0.
+  """
+
+  __slots__ = ("backoff", "misses", "skips")
+
+  def __init__(self):
+    self.misses = 0  # polls in a row that did not catch their bytes in time
+    self.skips = 0  # reads left that block without polling
+    self.backoff = 1  # reads the next run of misses skips
+
+  def should_poll(self) -> bool:
+    if not SPIN_ENABLED:
+      return False
+    if self.skips:
+      self.skips -= 1
+      return False
+    return True
+
+  def record(self, hit: bool) -> None:
+    """Counts a poll that caught its bytes in time (hit) or did not."""
+    if hit:
+      self.misses, self.backoff = 0, 1
+      return
+    self.misses += 1
+    if self.misses >= MAX_SPIN_MISSES:
+      self.skips = self.backoff
+      self.backoff = min(2 * self.backoff, MAX_SPIN_SKIPS)
+
+
 class FrameReader:
   """Reads frames from a blocking socket, many small frames per system call;
   with a `shared` channel (Unix sockets), buffers in shared memory too."""
@@ -202,6 +244,7 @@ class FrameReader:
   def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
     self._sock = sock
     self._shared = shared
+    self.polling = Polling()
     self._buffer = bytearray(_CHUNK)
     self._view = memoryview(self._buffer)
     self._start = 0
@@ -258,27 +301,40 @@ class FrameReader:
     return out
 
   def _wait(self, deadline: Deadline | None, spin: float) -> None:
-    """Reads at least one byte, polling for `spin` seconds first."""
+    """Reads at least one byte, polling for `spin` seconds first (unless
+    polling has not been paying off on this connection)."""
     polled = False
-    if spin:
-      end = time.monotonic() + spin
-      if deadline is not None and deadline.at is not None and deadline.at < end:
-        end = deadline.at
-      while time.monotonic() < end:
-        try:
-          got = self._sock.recv_into(self._view[self._end :], 0, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-          polled = True
-          continue
-        if not got:
-          raise EOFError("connection closed")
-        self._end += got
+    if spin and self.polling.should_poll():
+      if self._poll(deadline, spin):
         return
+      polled = True
     view = self._view[self._end :]
     got = bounded_io.recv_into(self._sock, view, deadline, _NO_REPLY, drained=polled)
     if not got:
       raise EOFError("connection closed")
     self._end += got
+
+  def _poll(self, deadline: Deadline | None, spin: float) -> bool:
+    """Polls for `spin` seconds (never past the deadline); True if bytes came.
+
+    Bytes that came only after the poll's end (this thread lost its core in
+    the meantime) count as a miss, as an empty poll does.
+    """
+    end = time.monotonic() + spin
+    if deadline is not None and deadline.at is not None and deadline.at < end:
+      end = deadline.at
+    while time.monotonic() < end:
+      try:
+        got = self._sock.recv_into(self._view[self._end :], 0, socket.MSG_DONTWAIT)
+      except BlockingIOError:
+        continue
+      if not got:
+        raise EOFError("connection closed")
+      self._end += got
+      self.polling.record(time.monotonic() <= end)
+      return True
+    self.polling.record(False)
+    return False
 
   def _fill(self, n: int, deadline: Deadline | None) -> None:
     if self._end - self._start >= n:

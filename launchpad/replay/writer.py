@@ -304,7 +304,10 @@ class TrajectoryWriter:
         spec = self._specs[column] = ColumnSpec(array.dtype, array.shape)
       buffer = self._buffers.get(column)
       if buffer is None:
-        buffer = self._buffers[column] = _Buffer(spec, min(8, self.max_chunk_length))
+        # Room for a whole chunk at once: growing by doubling copied each step
+        # ~1.5 times more and touched fresh pages for every copy (see
+        # docs/design.md); pages never written are never faulted in.
+        buffer = self._buffers[column] = _Buffer(spec, self.max_chunk_length)
       locations[column] = (buffer.key, buffer.add(array, self.max_chunk_length))
       full |= buffer.length >= self.max_chunk_length
     self._window.append(locations)
