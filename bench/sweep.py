@@ -2,15 +2,22 @@
 side by side with Ray Tune.
 
 1. The DQN sweep (examples/dqn/trial.py over examples/dqn/sweep.toml: 18
-   trials on the grid, 2 at once, multiprocess) run by `lp sweep`, with and
-   without early stopping (--pruner median vs none), for each grid order
-   (--sampler-seed 0, 1, ...; both variants go through the same order):
+   trials on the grid, 2 at once, multiprocess) run by `lp sweep`, without
+   early stopping and with each pruner of PRUNERS (--variants), for each
+   grid order (--sampler-seed 0, 1, ...; every variant goes through the same
+   order, one after the other, before the next order):
 
      whole      wall time of the `lp sweep` command, start to exit
      to 195     seconds from the sweep's start until a trial's evaluator
                 reported a mean return of 195 or more (from the trials'
                 metrics.jsonl): when a configuration that reaches 195 was found
+     wait       of those, the seconds before that trial started (the only
+                part early stopping can shorten: the trial itself runs as
+                it would without); the rest is the trial's own time to 195
      best       the best trial's return, and how many trials were pruned
+     first good the number of the first trial with learning rate 1e-3 (the
+                only one that reaches 195 within the budget): where the
+                order puts it
 
 2. Per-trial overhead on a trial that does nothing but report: its function
    reports `score` at 5 steps and returns. Ours runs it as a one-node program
@@ -28,7 +35,8 @@ side by side with Ray Tune.
    Ray is started (ray.init) before its clock starts; its start-up is not
    counted.
 
-Usage: python bench/sweep.py [--orders 3] [--trials 20] [--runs 3] [--skip-dqn] [--skip-ray]
+Usage: python bench/sweep.py [--orders 5] [--variants none,median,asha] [--trials 20] [--runs 3]
+                             [--skip-dqn] [--skip-ray]
 Needs the [sweep], [examples] and ray[tune] extras (pip install 'ray[tune]').
 """
 
@@ -49,16 +57,34 @@ DQN_TRIAL = ROOT / "examples" / "dqn" / "trial.py"
 DQN_SPACE = ROOT / "examples" / "dqn" / "sweep.toml"
 TARGET = 195.0
 STEPS = 5  # reports of the overhead trial
-PRUNING = ["--pruner", "median", "--pruner-arg", "n_startup_trials=2"]
-PRUNING += ["--pruner-arg", "n_warmup_steps=3000"]
+GOOD_LEARNING_RATE = 1e-3
+# The early stopping of each variant: `lp sweep` options.
+PRUNERS = {
+  "none": [],
+  # Stops a trial below the median of the complete trials at the same step,
+  # once two trials are complete and from 3,000 steps on.
+  "median": [
+    *("--pruner", "median"),
+    *("--pruner-arg", "n_startup_trials=2"),
+    *("--pruner-arg", "n_warmup_steps=3000"),
+  ],
+  # Successive halving: at 4,000 and 12,000 steps a trial goes on only if it
+  # is in the best third of the trials that reached that step (the first
+  # trials to get there: the best so far); no trial need complete first.
+  "asha": [
+    *("--pruner", "asha"),
+    *("--pruner-arg", "min_resource=4000"),
+    *("--pruner-arg", "reduction_factor=3"),
+  ],
+}
 
 
-def dqn_sweep(home: pathlib.Path, order: int, prune: bool) -> dict:
+def dqn_sweep(home: pathlib.Path, order: int, variant: str) -> dict:
   """One `lp sweep` of the DQN; its figures."""
-  name = f"dqn-{'median' if prune else 'none'}-{order}"
+  name = f"dqn-{variant}-{order}"
   command = [sys.executable, "-m", "launchpad.cli", "sweep", str(DQN_TRIAL), "--space"]
   command += [str(DQN_SPACE), "--name", name, "--objective", "mean_return", "--parallel", "2"]
-  command += ["--sampler-seed", str(order), *(PRUNING if prune else [])]
+  command += ["--sampler-seed", str(order), *PRUNERS[variant]]
   env = {**os.environ, "LAUNCHPAD_HOME": str(home)}
   start = time.time()
   done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
@@ -67,19 +93,33 @@ def dqn_sweep(home: pathlib.Path, order: int, prune: bool) -> dict:
     raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
   directory = home / "sweeps" / name
   status = json.loads((directory / "status.json").read_text())
-  reached = []
+  reached = []  # (seconds into the sweep, trial number)
   for metrics in directory.glob("trials/*/metrics.jsonl"):
     for line in metrics.read_text().splitlines():
       report = json.loads(line)
       if isinstance(report.get("mean_return"), float) and report["mean_return"] >= TARGET:
-        reached.append(report["time"] - status["started"])
+        reached.append((report["time"] - status["started"], int(metrics.parent.name)))
+  wait = None
+  if reached:
+    wait = launched(directory, name, min(reached)[1]) - status["started"]
   best = status["best"]
+  good = [r["number"] for r in status["rows"] if r["params"]["learning_rate"] == GOOD_LEARNING_RATE]
   return {
     "whole": whole,
-    "to_target": min(reached) if reached else None,
+    "to_target": min(reached)[0] if reached else None,
+    "wait": wait,
     "best": best["value"] if best else None,
     "pruned": status["counts"].get("pruned", 0),
+    "first_good": min(good, default=None),
   }
+
+
+def launched(directory: pathlib.Path, name: str, number: int) -> float:
+  """When the sweep started trial `number` (time.time()), from its study."""
+  import optuna
+
+  study = optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'study.db'}")
+  return study.trials[number].user_attrs["times"]["launched"]
 
 
 def report_steps(x: float) -> None:
@@ -166,9 +206,56 @@ def median(values: list[float]) -> float:
   return statistics.median(values) if values else float("nan")
 
 
+def dqn(home: pathlib.Path, orders: int, variants: list[str]) -> None:
+  """The DQN sweep of every variant in every order; a line per sweep, then
+  each variant's medians and its time to 195 as a share of the full grid's."""
+  unknown = sorted(set(variants) - set(PRUNERS))
+  if unknown:
+    raise SystemExit(f"--variants: no {', '.join(unknown)}; choose of {', '.join(PRUNERS)}")
+  print(f"DQN sweep, 18 trials, 2 at once; load average {os.getloadavg()[0]:.1f} at start")
+  print(f"{'order':>5} {'pruner':>7} {'whole s':>8} {'to 195 s':>9} {'wait s':>7} {'best':>6} "
+        f"{'pruned':>6} {'first good':>10} {'load':>5}")  # fmt: skip
+  figures: dict[str, list[dict]] = {variant: [] for variant in variants}
+  for order in range(orders):
+    for variant in variants:
+      f = dqn_sweep(home, order, variant)
+      figures[variant].append(f)
+      to = "-" if f["to_target"] is None else f"{f['to_target']:.1f}"
+      wait = "-" if f["wait"] is None else f"{f['wait']:.1f}"
+      best = "-" if f["best"] is None else f"{f['best']:.0f}"
+      print(
+        f"{order:>5} {variant:>7} {f['whole']:>8.1f} {to:>9} {wait:>7} {best:>6} {f['pruned']:>6} "
+        f"{f['first_good']!s:>10} {os.getloadavg()[0]:>5.1f}",
+        flush=True,
+      )
+  full = figures.get("none")
+  for variant, rows in figures.items():
+    reached = [r["to_target"] for r in rows if r["to_target"] is not None]
+    line = (
+      f"median {variant:>6}: whole {median([r['whole'] for r in rows]):.1f} s, to 195 "
+      f"{median(reached):.1f} s ({len(reached)}/{len(rows)} reached it)"
+    )
+    if full is not None and variant != "none":
+      whole = [r["whole"] / f["whole"] for r, f in zip(rows, full, strict=True)]
+      to = [
+        r["to_target"] / f["to_target"]
+        for r, f in zip(rows, full, strict=True)
+        if r["to_target"] is not None and f["to_target"] is not None
+      ]
+      line += (
+        f"; of the full grid's, per order: whole {', '.join(f'{x:.2f}' for x in whole)}, "
+        f"to 195 {', '.join(f'{x:.2f}' for x in to)} (medians {median(whole):.2f}, "
+        f"{median(to):.2f})"
+      )
+    print(line, flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--orders", type=int, default=3, help="grid orders of the DQN sweep")
+  parser.add_argument("--orders", type=int, default=5, help="grid orders of the DQN sweep")
+  parser.add_argument(
+    "--variants", default=",".join(PRUNERS), help=f"of {', '.join(PRUNERS)}, comma-separated"
+  )
   parser.add_argument("--trials", type=int, default=20, help="trials of each overhead sweep")
   parser.add_argument("--runs", type=int, default=3, help="overhead sweeps per side")
   parser.add_argument("--skip-dqn", action="store_true")
@@ -177,27 +264,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as temporary:
     home = pathlib.Path(temporary)
     if not args.skip_dqn:
-      print(f"DQN sweep, 18 trials, 2 at once; load average {os.getloadavg()[0]:.1f} at start")
-      print(f"{'order':>5} {'pruner':>7} {'whole s':>8} {'to 195 s':>9} {'best':>6} {'pruned':>6}")
-      figures = {False: [], True: []}
-      for order in range(args.orders):
-        for prune in (False, True):
-          f = dqn_sweep(home, order, prune)
-          figures[prune].append(f)
-          to = "-" if f["to_target"] is None else f"{f['to_target']:.1f}"
-          best = "-" if f["best"] is None else f"{f['best']:.0f}"
-          pruner = "median" if prune else "none"
-          print(
-            f"{order:>5} {pruner:>7} {f['whole']:>8.1f} {to:>9} {best:>6} {f['pruned']:>6}",
-            flush=True,
-          )
-      for prune in (False, True):
-        rows = figures[prune]
-        reached = [r["to_target"] for r in rows if r["to_target"] is not None]
-        print(
-          f"median {'median' if prune else 'none':>6} whole {median([r['whole'] for r in rows]):.1f} s"
-          f", to 195 {median(reached):.1f} s, best {median([r['best'] for r in rows]):.0f}"
-        )
+      dqn(home, args.orders, args.variants.split(","))
     print(f"\noverhead, {args.trials} trials, 2 at once, {args.runs} sweeps per side (medians, ms)")
     sides = {"ours (multiprocess)": lambda run: ours_overhead(home, args.trials, run)}
     if not args.skip_ray:
