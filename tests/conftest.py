@@ -1,11 +1,22 @@
-"""Shared pytest configuration: the launchpad test fixtures (`lp_launch`), and
-signal handlers put back after each test (launchers install their own)."""
+"""Shared pytest configuration: the launchpad test fixtures (`lp_launch`),
+signal handlers put back after each test (launchers install their own), and
+a bounded exit once the session ends."""
 
+import faulthandler
 import signal
+import sys
+import threading
 
+import psutil
 import pytest
 
 pytest_plugins = ["launchpad.testing"]
+
+# How long the test process may take to exit once the session has ended.
+# Past this, whatever holds the interpreter open (a thread that never ends,
+# a child that atexit joins) gets every thread's stack printed, and the
+# process exits with status 1 instead of hanging CI.
+EXIT_SECONDS = 120
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +26,31 @@ def restore_signal_handlers():
   yield
   for sig, handler in previous.items():
     signal.signal(sig, handler)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+  """Names the threads and child processes the tests left behind (each is a
+  leak to fix), ends those children, and bounds the time left to exit."""
+  main = threading.main_thread()
+  threads = [t.name for t in threading.enumerate() if t is not main and not t.daemon]
+  children = psutil.Process().children(recursive=True)
+  if threads or children:
+    names = ", ".join(f"{c.pid} {_name(c)}" for c in children) or "none"
+    print(
+      f"\nconftest: left running after the tests: threads {threads or 'none'} (not daemon); "
+      f"child processes {names}",
+      file=sys.stderr,
+    )
+  for child in children:
+    try:
+      child.kill()
+    except psutil.NoSuchProcess:
+      pass
+  faulthandler.dump_traceback_later(EXIT_SECONDS, exit=True)
+
+
+def _name(process: psutil.Process) -> str:
+  try:
+    return " ".join(process.cmdline()[:4])
+  except psutil.Error:
+    return "?"
