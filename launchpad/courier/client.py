@@ -577,12 +577,13 @@ class _PipelinedConnection:
       while True:
         frame = reader.read()
         entry = self._pending.pop(frame.call_id, None)
-        if entry is None:
-          continue  # expired or cancelled
-        try:
-          _complete(entry[0], result=decode_reply(frame, self._channel.label))
-        except Exception as e:  # noqa: BLE001 - the remote exception, or a decode failure
-          _complete(entry[0], error=e)
+        if entry is not None:  # else expired or cancelled
+          try:
+            _complete(entry[0], result=decode_reply(frame, self._channel.label))
+          except Exception as e:  # noqa: BLE001 - the remote exception, or a decode failure
+            _complete(entry[0], error=e)
+        # Not kept while waiting for the next: the reply's memory (maybe shared) is the caller's.
+        frame = entry = None
     except (EOFError, OSError) as e:
       error = e
     finally:

@@ -17,7 +17,6 @@ user's file and line and show the line, wherever the node runs.
 
 from __future__ import annotations
 
-import copyreg
 import dataclasses
 import io
 import linecache
@@ -79,17 +78,16 @@ def fast_dumps(
 ) -> bytes:
   """The C pickler's `pickle.dumps`, with torch tensors and JAX arrays out of band.
 
-  Their reductions (tensors.py) go into a dispatch table of this pickler
-  alone, and only once the process has imported torch or JAX: building the
-  pickler costs a small call about 2 us more than `pickle.dumps` (bench/tensors.py).
+  Their reductions (tensors.py) are in the dispatch table of a pickler of
+  courier's own (not copyreg's, which every pickle of the process reads),
+  and only once the process has imported torch or JAX (bench/tensors.py
+  measures what it costs a small call).
   """
-  reducers = tensors.reducers()
-  if not reducers:
+  pickler = tensors.pickler()
+  if pickler is None:
     return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=buffer_callback)
   with io.BytesIO() as file:
-    pickler = pickle.Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback)
-    pickler.dispatch_table = {**copyreg.dispatch_table, **reducers}
-    pickler.dump(obj)
+    pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return file.getvalue()
 
 

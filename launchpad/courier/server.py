@@ -295,10 +295,12 @@ class Server:
           break
         if not frame.flags & protocol.CONCURRENT:
           self._handle(conn, frame)
+          frame = None  # its arguments' memory (maybe shared) is not kept while waiting
           continue
         conn.busy_since = time.monotonic()
         self._watchdog.wake()
         self._handle(conn, frame)
+        frame = None
         with conn.lock:
           if conn.generation != generation:
             return  # the watchdog gave the connection to another thread

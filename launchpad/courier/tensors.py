@@ -29,10 +29,17 @@ Nothing here imports torch or JAX: there are reductions only for the modules
 the process imported already (a value cannot hold a tensor otherwise), and
 the rebuilding functions run only where a pickle holds one, whose own
 unpickling imports the library anyway.
+
+Tensors received in shared memory (same-host calls of large buffers,
+shared_memory.py) arrive on read-only memory: a torch tensor, which has no
+read-only flag, is rebuilt on a copy of it; a JAX array, immutable anyway,
+on the memory itself when it is aligned (a mapping always is).
 """
 
 from __future__ import annotations
 
+import copyreg
+import functools
 import pickle
 import sys
 from collections.abc import Callable
@@ -45,15 +52,45 @@ XLA_ALIGNMENT = 64
 
 def reducers() -> dict[type, Callable[[Any], tuple]]:
   """Exact type -> reduction, for the array types of the libraries imported so far."""
-  found: dict[type, Callable[[Any], tuple]] = {}
+  return _reducers(*_array_types())
+
+
+def pickler() -> type[pickle.Pickler] | None:
+  """The C pickler with these reductions in its dispatch table (beside
+  copyreg's), for the libraries imported so far; None if neither is.
+
+  The class is made once per set of libraries (and again when copyreg's
+  table grows, so later registrations count): a pickler's own table costs a
+  call a merge of both tables each time, ~2 us (bench/tensors.py).
+  """
+  tensor, array = _array_types()
+  if tensor is None and array is None:
+    return None
+  return _pickler(tensor, array, len(copyreg.dispatch_table))
+
+
+def _array_types() -> tuple[type | None, type | None]:
+  """torch.Tensor and JAX's concrete array type, where imported (else None)."""
   tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None while torch is half imported
-  if tensor is not None:
-    found[tensor] = reduce_torch_tensor
   # JAX's concrete array type (jax.Array is abstract); PRNG keys are another type.
   array = getattr(sys.modules.get("jax._src.array"), "ArrayImpl", None)
+  return tensor, array
+
+
+def _reducers(tensor: type | None, array: type | None) -> dict[type, Callable[[Any], tuple]]:
+  found: dict[type, Callable[[Any], tuple]] = {}
+  if tensor is not None:
+    found[tensor] = reduce_torch_tensor
   if array is not None:
     found[array] = reduce_jax_array
   return found
+
+
+@functools.lru_cache(maxsize=8)
+def _pickler(tensor: type | None, array: type | None, registered: int) -> type[pickle.Pickler]:
+  """`pickler()`'s class for these types; `registered` only tells copyreg's tables apart."""
+  table = {**copyreg.dispatch_table, **_reducers(tensor, array)}
+  return type("ArrayPickler", (pickle.Pickler,), {"dispatch_table": table, "__slots__": ()})
 
 
 def reduce_torch_tensor(tensor: Any) -> tuple:
