@@ -7,16 +7,17 @@ with the same setting, so both directions of a call take the one path.
 
 transfer  a 256 MiB and a 1 GiB array sent to a server that takes it (the
           call returns once the server holds the array), `--runs` rounds,
-          in-band, memfd and a numpy copy of the same size (a fresh array,
-          as the receiver's memory is) interleaved; medians, spread, and the
-          ratio of each path's GB/s to memcpy's (goal: memfd >= 0.5x memcpy).
+          interleaved: in-band, memfd, memcpy (a numpy copy of the array: a
+          fresh array, as the receiver's memory is) and copyto (np.copyto
+          into memory touched before, anchors/floors.py's memcpy); medians,
+          spread, and each one's GB/s against memcpy's (goal: memfd >= 0.5x).
           With --touch the server also reads one byte of each page.
 crossover echo round trips (the array there and back) of 64 KiB to 64 MiB,
           in-band against memfd, interleaved, medians of `--runs` rounds: the
           threshold (shared_memory.DEFAULT_THRESHOLD) is the smallest size
           from which memfd wins.
 
-At most ~2.3 GiB is in use at once (the 1 GiB array, and the receiver's copy).
+At most ~3 GiB is in use at once (the 1 GiB array, copyto's destination, the receiver's copy).
 Usage: python bench/shared_memory.py [--runs 5] [--touch]
 """
 
@@ -87,7 +88,8 @@ def servers():
 def transfer(clients: dict[str, Client], size: int, runs: int, touch: bool) -> dict[str, list]:
   """Seconds per transfer of `size` bytes on each path and for memcpy, interleaved."""
   source = np.ones(size, np.uint8)
-  seconds: dict[str, list[float]] = {path: [] for path in (*clients, "memcpy")}
+  destination = np.zeros(size, np.uint8)  # touched: copyto pays no page faults
+  seconds: dict[str, list[float]] = {path: [] for path in (*clients, "memcpy", "copyto")}
   for client in clients.values():
     client.take(source[: 16 * MIB], touch)  # warm up: allocator, page cache
   for _ in range(runs):
@@ -99,6 +101,8 @@ def transfer(clients: dict[str, Client], size: int, runs: int, touch: bool) -> d
         if touch:
           int(copy[::4096].sum())
         del copy
+      elif path == "copyto":
+        np.copyto(destination, source)
       else:
         clients[path].take(source, touch)
       seconds[path].append(time.perf_counter() - start)

@@ -41,9 +41,12 @@ from launchpad.timeouts import Deadline
 
 log = logging.getLogger(__name__)
 
-# The buffers of at least this many bytes travel as memfds: below it the
-# socket is faster (bench/shared_memory.py; figures in docs/performance.md).
-DEFAULT_THRESHOLD = 1 << 20
+# The buffers of at least this many bytes travel as memfds. Below it the
+# socket is faster: the receiver's memory comes from malloc's free lists,
+# already paged in, while each memfd is new pages; from 32 MiB, glibc's
+# largest mmap threshold, the socket's receiver gets new pages too, and an
+# echo through memfds took 0.6x the time (bench/shared_memory.py; docs/performance.md).
+DEFAULT_THRESHOLD = 32 << 20
 THRESHOLD_VARIABLE = "LAUNCHPAD_SHARED_MEMORY_BYTES"
 # A shared buffer's entry in a frame's length table has this bit set.
 FD_BIT = 1 << 63

@@ -30,7 +30,8 @@ from launchpad.courier.server import Server
 TIMEOUT = 60.0  # bounds every wait; a loaded machine spawns and copies slowly
 LABEL = "shm_svc[0]"
 MIB = 1 << 20
-BIG = 16 * MIB  # well above the threshold
+THRESHOLD = MIB  # the tests' processes' (the default, 32 MiB, would make them slow)
+BIG = 16 * MIB  # well above it
 HUGE = 256 * MIB  # what a process is killed in the middle of
 SEGMENT = "memfd:" + shared_memory.MEMFD_NAME
 
@@ -188,6 +189,12 @@ class Served(NamedTuple):
     return Client(address, secret=self.secret, label=LABEL, timeout=TIMEOUT)
 
 
+@pytest.fixture(autouse=True)
+def threshold(monkeypatch) -> None:
+  """The threshold of this process and of the children it spawns."""
+  monkeypatch.setenv(shared_memory.THRESHOLD_VARIABLE, str(THRESHOLD))
+
+
 @pytest.fixture
 def served() -> Iterator[Served]:
   """A Holder served by a child process of this test alone (the test may kill it)."""
@@ -232,7 +239,7 @@ def test_large_arrays_travel_as_read_only_shared_memory_both_ways(served):
 
 
 def test_small_arrays_and_tcp_stay_in_the_stream(served):
-  small = pattern(shared_memory.DEFAULT_THRESHOLD - 1, seed=3)
+  small = pattern(THRESHOLD - 1, seed=3)
   with contextlib.closing(served.client("unix")) as client:
     assert client.describe(small) == (True, digest(small), 0)
     assert client.make(small.nbytes, 3).flags.writeable
@@ -263,6 +270,8 @@ def test_the_threshold_is_set_by_the_environment(local, monkeypatch):
     with contextlib.closing(Client(server.local_address, secret=secret, timeout=TIMEOUT)) as c:
       return c.describe(np.zeros(nbytes, np.uint8))[0]
 
+  monkeypatch.delenv(shared_memory.THRESHOLD_VARIABLE)
+  assert shared_memory.threshold() == shared_memory.DEFAULT_THRESHOLD
   monkeypatch.setenv(shared_memory.THRESHOLD_VARIABLE, "4096")
   assert not arrives_writable(4096) and arrives_writable(4095)
   monkeypatch.setenv(shared_memory.THRESHOLD_VARIABLE, "off")
@@ -378,3 +387,18 @@ def test_sigkill_of_the_writer_mid_transfer(local):
   assert memfd_descriptors(os.getpid()) == 0
   wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the last call's arrays were dropped")
   assert not holder.held
+
+
+def test_torch_tensors_and_jax_arrays_arrive_whole(served):
+  """A tensor on received shared memory is rebuilt on a copy (torch has no
+  read-only flag, and writing to the read-only mapping would crash the
+  process); a JAX array, immutable, is made from the mapping."""
+  torch = pytest.importorskip("torch", reason="torch is not installed: pip install torch==2.13.0")
+  jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed: pip install jax jaxlib")
+  tensor = torch.arange(BIG // 4, dtype=torch.float32).reshape(-1, 1024)
+  array = jnp.arange(BIG // 4, dtype=jnp.float32)
+  with contextlib.closing(served.client("unix")) as client:
+    back = client.echo(tensor)
+    assert torch.equal(back, tensor)
+    back[0, 0] = -1.0  # its own memory, writable
+    assert bool((client.echo(array) == array).all())
