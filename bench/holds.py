@@ -176,9 +176,14 @@ def stop_load(load: list[subprocess.Popen]) -> None:
 
 
 def spread(values: list[float]) -> str:
+  """'median [min-max]'."""
   if not values:
     return "-"
-  return f"{statistics.median(values):,.4g} [{min(values):,.4g}-{max(values):,.4g}]"
+  return f"{_num(statistics.median(values))} [{_num(min(values))}-{_num(max(values))}]"
+
+
+def _num(value: float) -> str:
+  return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
 
 def report(ours: list[dict], peer: list[dict], loaded: bool) -> None:
