@@ -33,7 +33,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
   leak to fix), ends those children, and bounds the time left to exit."""
   main = threading.main_thread()
   threads = [t.name for t in threading.enumerate() if t is not main and not t.daemon]
-  children = psutil.Process().children(recursive=True)
+  children = [c for c in psutil.Process().children(recursive=True) if not _stdlib_helper(c)]
   if threads or children:
     names = ", ".join(f"{c.pid} {_name(c)}" for c in children) or "none"
     print(
@@ -47,6 +47,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     except psutil.NoSuchProcess:
       pass
   faulthandler.dump_traceback_later(EXIT_SECONDS, exit=True)
+
+
+def _stdlib_helper(process: psutil.Process) -> bool:
+  """multiprocessing's resource tracker or fork server: they end with this process."""
+  try:
+    return any("from multiprocessing." in part for part in process.cmdline())
+  except psutil.Error:
+    return True
 
 
 def _name(process: psutil.Process) -> str:
