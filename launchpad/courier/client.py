@@ -585,7 +585,10 @@ class _PipelinedConnection:
         # Not kept while waiting for the next: the reply's memory (maybe shared) is the caller's.
         frame = entry = None
     except (EOFError, OSError) as e:
-      error = e
+      # Only its text is used. Its traceback would keep this frame (and those
+      # of a frame cut short, whose shared memory may be mapped) in a cycle
+      # until the collector runs.
+      error = e.with_traceback(None)
     finally:
       self.closed = True
       _close(self.sock, self.shared)

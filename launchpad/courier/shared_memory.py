@@ -200,6 +200,7 @@ def offer(sock: socket.socket, deadline: Deadline) -> Channel | None:
   end; None on TCP and TLS, which cannot pass descriptors."""
   if sock.family != socket.AF_UNIX:
     return None
+  min_bytes = threshold()  # a bad setting raises before any descriptor exists
   mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
   try:
     with theirs:
@@ -209,7 +210,7 @@ def offer(sock: socket.socket, deadline: Deadline) -> Channel | None:
   except BaseException:
     mine.close()
     raise
-  return Channel(mine, threshold())
+  return Channel(mine, min_bytes)
 
 
 def accept(sock: socket.socket, deadline: Deadline) -> Channel | None:
