@@ -146,6 +146,11 @@ class Channel:
           buffers.append(_map(fds.pop(0), n & ~FD_BIT))
         else:
           buffers.append(take(n))
+    except BaseException:
+      # A frame cut short: its mappings go now. The error's traceback keeps
+      # this frame, and whoever keeps the error (a caller, a log) would keep them.
+      buffers.clear()
+      raise
     finally:
       for fd in fds:
         os.close(fd)

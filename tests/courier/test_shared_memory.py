@@ -1,17 +1,26 @@
 """Large arrays between processes of one host: sealed memfds, read-only, and nothing left behind.
 
 Readers and writers are real processes (spawned) with real 256 MiB arrays
-where a process is killed; the tests count the processes' descriptors and
-mappings of courier's memfds (/proc/PID/fd, /proc/PID/maps) and the entries
-of /dev/shm before and after.
+where a process is killed; the tests compare the processes' descriptors
+(/proc/PID/fd), their mappings of courier's memfds (/proc/PID/maps) and the
+names in /dev/shm before and after.
+
+A test judges only what it made: a descriptor that appeared during it and is
+still open, not one that an earlier test's connection closes meanwhile (a
+server's connection thread closes its side when it gets to it). Where the
+other side of a connection closes or drops something on its own thread, the
+test waits (bounded) for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,13 +28,13 @@ from multiprocessing import resource_tracker
 from typing import Any, NamedTuple
 
 import numpy as np
-import psutil
 import pytest
 
 from launchpad import errors
-from launchpad.courier import shared_memory
+from launchpad.courier import protocol, serialization, shared_memory
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server
+from launchpad.timeouts import Deadline
 
 TIMEOUT = 60.0  # bounds every wait; a loaded machine spawns and copies slowly
 LABEL = "shm_svc[0]"
@@ -53,18 +62,60 @@ def memfd_mappings(pid: int) -> int:
     return sum(SEGMENT in line for line in maps)
 
 
-def shm_entries() -> set[str]:
-  """/dev/shm's entries, less POSIX semaphores (sem.*: multiprocessing's, made and
+def descriptors(pid: int) -> set[str]:
+  """Process `pid`'s open descriptors as 'fd -> what it is'. Sockets and pipes
+  are named by inode, so a new one never looks like one closed meanwhile."""
+  found = set()
+  for name in os.listdir(f"/proc/{pid}/fd"):
+    try:
+      found.add(f"{name} -> {os.readlink(f'/proc/{pid}/fd/{name}')}")
+    except OSError:
+      continue  # closed meanwhile (the listing's own descriptor among them)
+  return found
+
+
+def shm_names() -> set[str]:
+  """/dev/shm's names, less POSIX semaphores (sem.*: multiprocessing's, made and
   unlinked at once by any process of the machine; courier makes no names at all)."""
   return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
+class Baseline:
+  """The descriptors of some processes and the names in /dev/shm at one time,
+  to tell what appeared since and is still there."""
+
+  def __init__(self, *pids: int):
+    self.descriptors = {pid: descriptors(pid) for pid in pids or (os.getpid(),)}
+    self.names = shm_names()
+
+  def added(self) -> dict[str, set[str]]:
+    """What is open or named now and was not then ({} if nothing)."""
+    added = {f"pid {pid}": descriptors(pid) - then for pid, then in self.descriptors.items()}
+    added["/dev/shm"] = shm_names() - self.names
+    return {where: what for where, what in added.items() if what}
+
+  def wait_until_nothing_added(self, what: str) -> None:
+    """Waits (bounded) until nothing the test made is open or named any more;
+    the failure says what is left."""
+    left: dict[str, set[str]] = {}
+
+    def nothing_left() -> bool:
+      nonlocal left
+      left = self.added()
+      return not left
+
+    wait_until(nothing_left, what, lambda: f"still there: {left}")
+
+
+def wait_until(
+  condition: Callable[[], bool], what: str, explain: Callable[[], str] = lambda: ""
+) -> None:
   """Waits (bounded) for `condition`, which another process or thread makes true."""
   end = time.monotonic() + TIMEOUT
   while not condition():
     if time.monotonic() > end:
-      pytest.fail(f"timed out waiting until {what}")
+      detail = explain()
+      pytest.fail(f"timed out waiting until {what}" + (f" ({detail})" if detail else ""))
     time.sleep(0.001)
 
 
@@ -150,6 +201,32 @@ def write_from_child(pipe, address: str, secret: bytes, nbytes: int) -> None:
         client.describe(array)
 
 
+def reply_cut_short(pipe, secret: bytes) -> None:
+  """Child-process peer that answers a call with a reply it stops writing
+  midway: its shared buffer has been passed (the caller maps it), half of its
+  streamed buffer follows; then it waits to be killed."""
+  address = f"{protocol.UNIX_PREFIX}@launchpad-test-cut-{os.getpid()}"
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(protocol.socket_address(address)[1])
+  listener.listen(1)
+  pipe.send(address)
+  sock, _ = listener.accept()
+  deadline = Deadline(TIMEOUT, "the handshake of the cut-short peer")
+  assert protocol.server_handshake(sock, secret, deadline)
+  channel = shared_memory.accept(sock, deadline)
+  call = protocol.FrameReader(sock, channel).read(deadline)
+  payload, buffers = serialization.dumps((pattern(BIG, 8), pattern(THRESHOLD // 2, 9)))
+  lengths = [b.nbytes for b in buffers]
+  streamed = channel.send(call.call_id, lengths, buffers, deadline)[0]
+  header = protocol.HEADER.pack(
+    protocol.REPLY, protocol.SHARED, len(lengths), call.call_id, len(payload)
+  )
+  sock.sendall(header + struct.pack(f"<{len(lengths)}Q", *lengths) + payload)
+  sock.sendall(streamed[: streamed.nbytes // 2])
+  pipe.send("cut")
+  pipe.recv()  # until killed
+
+
 class Child(NamedTuple):
   process: Any
   pipe: Any
@@ -214,6 +291,7 @@ def local() -> Iterator[tuple[Server, Holder, bytes]]:
   server.start()
   yield server, holder, secret
   holder.release.set()
+  holder.drop()  # a failed test's arrays do not stay mapped for the next tests
   server.stop()
 
 
@@ -260,11 +338,13 @@ def test_one_frame_mixes_shared_and_streamed_buffers_and_futures_carry_them(serv
       assert [v.flags.writeable for v in echoed] == [True, False] * 3
       assert all(np.array_equal(a, b) for a, b in zip(echoed, values, strict=True))
     del echoed, future, futures
-  assert memfd_mappings(os.getpid()) == 0
+  # The reader thread completes a future before it drops the reply it read.
+  wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the futures' reader dropped the replies")
 
 
 def test_the_threshold_is_set_by_the_environment(local, monkeypatch):
   server, _, secret = local
+  baseline = Baseline()
 
   def arrives_writable(nbytes: int) -> bool:
     with contextlib.closing(Client(server.local_address, secret=secret, timeout=TIMEOUT)) as c:
@@ -283,29 +363,30 @@ def test_the_threshold_is_set_by_the_environment(local, monkeypatch):
   message = str(raised.value)
   assert shared_memory.THRESHOLD_VARIABLE in message and "'lots'" in message
   assert "number of bytes" in message and "'off'" in message
+  # Nothing of the refused connection is open, though its error (and the
+  # frames of its traceback) is still held here.
+  baseline.wait_until_nothing_added("the server closed the connections of these calls")
 
 
 def test_no_descriptor_mapping_or_name_outlives_the_arrays(served):
   client = served.client("unix")
   server_pid = client.pid()
-  me = psutil.Process()
-  before = (me.num_fds(), psutil.Process(server_pid).num_fds(), shm_entries())
+  baseline = Baseline(os.getpid(), server_pid)
   for seed in range(3):
     result = client.echo(pattern(BIG, seed))
     assert not result.flags.writeable and np.array_equal(result, pattern(BIG, seed))
   del result
-  after = (me.num_fds(), psutil.Process(server_pid).num_fds(), shm_entries())
-  assert after == before
-  assert memfd_mappings(os.getpid()) == memfd_mappings(server_pid) == 0
-  assert memfd_descriptors(os.getpid()) == memfd_descriptors(server_pid) == 0
+  assert memfd_mappings(os.getpid()) == memfd_descriptors(os.getpid()) == 0
+  # The server sends its reply before its thread drops the call's argument.
+  wait_until(lambda: memfd_mappings(server_pid) == 0, "the server dropped the last argument")
+  assert baseline.added() == {}
   client.close()
 
 
 def test_a_reader_that_keeps_its_array_holds_its_mapping_and_no_descriptor(local):
   """The writer is SIGKILLed after sending; the reader's array lives on, on its mapping alone."""
   server, holder, secret = local
-  me = psutil.Process()
-  before = (me.num_fds(), shm_entries())
+  baseline = Baseline()
   writer = spawn(write_from_child, server.local_address, secret, HUGE)
   try:
     assert writer.pipe.recv() == "ready"
@@ -314,8 +395,7 @@ def test_a_reader_that_keeps_its_array_holds_its_mapping_and_no_descriptor(local
     assert memfd_descriptors(writer.pid) == 0  # the writer closed its memfd once sent
   finally:
     writer.kill()
-  wait_until(lambda: me.num_fds() == before[0], "the server closed the writer's connection")
-  assert shm_entries() == before[1]
+  baseline.wait_until_nothing_added("the server closed the writer's connection")
   assert memfd_descriptors(os.getpid()) == 0 and memfd_mappings(os.getpid()) == 1
   assert holder.held_digests() == [digest(pattern(HUGE, seed=7))]  # intact after the writer died
   holder.drop()
@@ -325,8 +405,7 @@ def test_a_reader_that_keeps_its_array_holds_its_mapping_and_no_descriptor(local
 def test_sigkill_of_the_reader_with_the_descriptor_in_flight(served):
   """The reader is stopped, the writer sends (its memfd is then only in the
   reader's queue), and the reader is SIGKILLed: nothing is left."""
-  me = psutil.Process()
-  before = (me.num_fds(), shm_entries())
+  baseline = Baseline()
   client = served.client("unix")
   assert client.futures.pid().result(TIMEOUT) == served.child.pid  # connected
   os.kill(served.child.pid, signal.SIGSTOP)
@@ -336,15 +415,14 @@ def test_sigkill_of_the_reader_with_the_descriptor_in_flight(served):
   finally:
     os.kill(served.child.pid, signal.SIGKILL)  # the fixture reaps it
   with pytest.raises(errors.ConnectionLostError, match=LABEL.replace("[", r"\[")):
-    future.result(TIMEOUT)
+    future.result(TIMEOUT)  # failed once the reader closed the connection
   client.close()
-  assert (me.num_fds(), shm_entries()) == before
+  assert baseline.added() == {}
   assert memfd_mappings(os.getpid()) == 0
 
 
 def test_sigkill_of_the_reader_while_it_maps_the_array(served):
-  me = psutil.Process()
-  before = (me.num_fds(), shm_entries())
+  baseline = Baseline()
   client, watcher = served.client("unix"), served.client("unix")
   assert client.pid() == watcher.pid() == served.child.pid
   future = client.futures.hold_and_block(pattern(HUGE, seed=6))
@@ -355,15 +433,14 @@ def test_sigkill_of_the_reader_while_it_maps_the_array(served):
     future.result(TIMEOUT)
   client.close()
   watcher.close()
-  assert (me.num_fds(), shm_entries()) == before
+  assert baseline.added() == {}
   assert memfd_descriptors(os.getpid()) == memfd_mappings(os.getpid()) == 0
 
 
 def test_sigkill_of_the_writer_mid_transfer(local):
   """The writer is SIGKILLed while it copies its array into a memfd."""
   server, holder, secret = local
-  me = psutil.Process()
-  before = (me.num_fds(), shm_entries())
+  baseline = Baseline()
   for _ in range(5):  # the copy may finish between two looks
     writer = spawn(write_from_child, server.local_address, secret, HUGE)
     try:
@@ -378,15 +455,58 @@ def test_sigkill_of_the_writer_mid_transfer(local):
         caught = memfd_descriptors(writer.pid) > 0  # stopped with its memfd open
     finally:
       writer.kill()
-    wait_until(lambda: me.num_fds() == before[0], "the server closed the writer's connection")
+    baseline.wait_until_nothing_added("the server closed the writer's connection")
     if caught:
       break
   else:
     pytest.fail("the writer was never caught copying its array")
-  assert shm_entries() == before[1]
   assert memfd_descriptors(os.getpid()) == 0
   wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the last call's arrays were dropped")
   assert not holder.held
+
+
+@pytest.mark.parametrize("how", ["call", "future"])
+def test_a_reply_cut_short_after_its_shared_memory_is_freed_without_the_collector(how):
+  """The peer passes a reply's memfd, writes half of the rest and is SIGKILLed:
+  the caller's error holds no frame of the half-read reply, so its mapping
+  goes with the connection (the collector is off), not when a collection
+  breaks a cycle."""
+  resource_tracker.ensure_running()  # spawning starts it once, with a descriptor of its own
+  baseline = Baseline()
+  secret = os.urandom(32)
+  peer = spawn(reply_cut_short, secret)
+  client = Client(peer.pipe.recv(), secret=secret, label=LABEL, timeout=TIMEOUT)
+  raised: list[BaseException] = []  # kept, as a caller that reports it later does
+
+  def call() -> None:
+    try:
+      client.pid()
+    except errors.ConnectionLostError as e:
+      raised.append(e)
+
+  gc.disable()
+  try:
+    if how == "future":
+      future = client.futures.pid()
+    else:
+      caller = threading.Thread(target=call, daemon=True)
+      caller.start()
+    try:
+      assert peer.pipe.poll(TIMEOUT) and peer.pipe.recv() == "cut"
+      wait_until(lambda: memfd_mappings(os.getpid()) == 1, "the caller mapped the reply's memfd")
+    finally:
+      peer.kill()
+    if how == "future":
+      raised.append(future.exception(TIMEOUT))
+    else:
+      caller.join(TIMEOUT)
+    assert len(raised) == 1 and isinstance(raised[0], errors.ConnectionLostError)
+    assert LABEL in str(raised[0])
+    wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the half-read reply was freed")
+    client.close()
+    assert baseline.added() == {}
+  finally:
+    gc.enable()
 
 
 def test_torch_tensors_and_jax_arrays_arrive_whole(served):
