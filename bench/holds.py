@@ -42,11 +42,9 @@ import uuid
 import launch
 import numpy as np
 import peers
+import replay as replay_bench
 
 from launchpad import replay
-from launchpad.replay import Table
-from launchpad.replay import rate_limiters as rl
-from launchpad.replay import selectors as sel
 
 PROGRAM_TIMEOUT = 300.0
 REPLAY_TIMEOUT = 300.0
@@ -104,17 +102,6 @@ def run_program(python: str, script: pathlib.Path, n: int, env: dict[str, str]) 
   return {"sync": rtt, "futures": futures, "echo16": echo}
 
 
-def make_table() -> Table:
-  return Table("t", sel.Uniform(), sel.Fifo(), 100_000, rl.MinSize(1))
-
-
-def serve(queue) -> None:
-  server = replay.Server([make_table()])
-  queue.put((server.address, server.secret))
-  queue.get()  # serve until the parent says stop (or dies)
-  server.stop()
-
-
 def writer_inserts(client: replay.Client, shape: tuple, dtype, steps: int) -> float:
   """items/s of the anchor's writer loop: one step, one item per step, one flush."""
   x = np.ones(shape, dtype)
@@ -133,7 +120,7 @@ def run_replay() -> dict[str, float]:
   ctx = mp.get_context("spawn")
   for row, (shape, dtype, steps) in WRITER_ITEMS.items():
     queue = ctx.Queue()
-    child = ctx.Process(target=serve, args=(queue,), daemon=True)
+    child = ctx.Process(target=replay_bench.serve, args=(queue,), daemon=True)
     child.start()
     try:
       address, secret = queue.get(timeout=REPLAY_TIMEOUT)

@@ -69,7 +69,8 @@ def make_table() -> Table:
   return Table("t", sel.Uniform(), sel.Fifo(), 100_000, rl.MinSize(1))
 
 
-def _serve(queue) -> None:
+def serve(queue) -> None:
+  """Child-process entry point: a replay server of one table until the parent says stop."""
   server = replay.Server([make_table()])
   queue.put((server.address, server.secret))
   queue.get()  # serve until the parent says stop (or dies)
@@ -132,7 +133,7 @@ def measure(client: replay.Client, batch: int) -> dict[str, float]:
 def measure_cross_process(batch: int) -> dict[str, float]:
   ctx = mp.get_context("spawn")
   queue = ctx.Queue()
-  child = ctx.Process(target=_serve, args=(queue,), daemon=True)
+  child = ctx.Process(target=serve, args=(queue,), daemon=True)
   child.start()
   try:
     address, secret = queue.get(timeout=TIMEOUT)
