@@ -6,6 +6,7 @@ import faulthandler
 import signal
 import sys
 import threading
+import traceback
 
 import psutil
 import pytest
@@ -41,6 +42,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
       f"child processes {names}",
       file=sys.stderr,
     )
+  frames = sys._current_frames()
+  for thread in threading.enumerate():
+    if thread is not main and not thread.daemon and thread.ident in frames:
+      stack = "".join(traceback.format_stack(frames[thread.ident]))
+      print(f"conftest: thread {thread.name!r} is at:\n{stack}", file=sys.stderr)
   for child in children:
     try:
       child.kill()
