@@ -116,6 +116,12 @@ def explode() -> None:
   raise ValueError("boom 17")
 
 
+def explode_once_served(service) -> None:
+  """Raises once the Service serves, so that the stop that follows finds it running."""
+  service.where()
+  raise ValueError("boom 17")
+
+
 def vanish() -> None:
   os._exit(3)
 
@@ -230,7 +236,10 @@ def test_stop_ends_nodes_gracefully_and_kills_those_that_ignore_it(launched):
 
 
 def test_a_crash_is_reported_with_its_traceback_and_stops_the_program(launched):
-  controller = launched(program_with("crash", lp.PyNode(explode), "crasher")[0])
+  program = lp.Program("crash")
+  service = program.add_node(lp.CourierNode(Service), label="service")
+  program.add_node(lp.PyNode(explode_once_served, service), label="crasher")
+  controller = launched(program)
   with pytest.raises(lp.NodeFailedError) as failure:
     controller.wait(TIMEOUT)
   assert failure.value.node == "crasher[0]"
