@@ -109,8 +109,9 @@ class Coordinator:
 
   def start(self) -> str:
     """Starts serving; returns the address that nodes must be given."""
+    self._executor = _Executor("coordinator", self._max_long_polls + SHORT_CALL_THREADS)
     server = grpc.server(
-      _Executor("coordinator", self._max_long_polls + SHORT_CALL_THREADS),
+      self._executor,
       interceptors=(_ProofCheck(self._verifier),),
       options=[("grpc.so_reuseport", 0)],
     )
@@ -133,6 +134,7 @@ class Coordinator:
     self.metrics.close()
     if self._server is not None:
       self._server.stop(grace=1.0).wait(5.0)
+      self._executor.shutdown()
 
   @property
   def stop_reason(self) -> str | None:
@@ -445,12 +447,16 @@ class _Executor:
     self._name = name
     self._max_threads = max_threads
     self._threads = 0
-    self._work: queue.SimpleQueue = queue.SimpleQueue()
+    self._work: queue.SimpleQueue = queue.SimpleQueue()  # None: a thread's end
     self._idle = 0
+    self._closed = False
     self._lock = threading.Lock()
 
   def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> futures.Future:
     future: futures.Future = futures.Future()
+    with self._lock:
+      if self._closed:
+        raise RuntimeError(f"{self._name}: the server has stopped; it takes no more calls")
     self._work.put((future, fn, args, kwargs))
     with self._lock:
       if self._idle:
@@ -463,11 +469,18 @@ class _Executor:
     return future
 
   def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-    pass  # daemon threads; they end with the process
+    """Ends every thread once the server has stopped: an idle one at once, a
+    busy one when its call returns (without waiting for it). A process that
+    runs many programs one after another keeps none of their threads."""
+    with self._lock:
+      self._closed = True
+      threads = self._threads
+    for _ in range(threads):
+      self._work.put(None)
 
   def _run(self) -> None:
-    while True:
-      future, fn, args, kwargs = self._work.get()
+    while (work := self._work.get()) is not None:
+      future, fn, args, kwargs = work
       if future.set_running_or_notify_cancel():
         try:
           future.set_result(fn(*args, **kwargs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from concurrent import futures
 
@@ -89,6 +90,27 @@ def test_resolve_waits_until_the_node_registers(running):
   running.client().register("actor[1]", ["127.0.0.1:6000"])
   endpoint = waiting.result(timeout=TIMEOUT)
   assert list(endpoint.addresses) == ["127.0.0.1:6000"]
+
+
+def coordinator_threads() -> set[threading.Thread]:
+  return {t for t in threading.enumerate() if t.name == "coordinator" and t.is_alive()}
+
+
+def test_a_closed_coordinator_ends_its_threads_the_waiting_ones_included():
+  earlier = coordinator_threads()  # other tests' coordinators: some may still be ending
+  instance = Running()
+  waiting = instance.pool.submit(instance.client().resolve, "actor[1]", TIMEOUT)
+  with pytest.raises(futures.TimeoutError):
+    waiting.result(timeout=0.2)  # a long poll holds a thread
+  instance.client().register("learner[0]", ["127.0.0.1:5555"])
+  assert coordinator_threads() - earlier
+  instance.close()
+  deadline = time.monotonic() + TIMEOUT
+  while left := coordinator_threads() - earlier:
+    assert time.monotonic() < deadline, f"{len(left)} threads of the closed coordinator left"
+    threading.Event().wait(0.01)
+  with pytest.raises(errors.ProgramStoppedError):
+    waiting.result(timeout=TIMEOUT)
 
 
 def test_resolve_times_out(running):
