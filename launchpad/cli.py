@@ -112,8 +112,9 @@ exit status: 0 every trial ended (some may have been pruned or have
 failed: the table says which), or `lp stop NAME` stopped it; 1 a trial
 failed under --fail-fast (its traceback is printed), or no trial
 completed; 2 bad command line, target, space, option or storage, or the
-sweep runs already: nothing ran; 128+N interrupted by signal N (130 Ctrl-C, 143 SIGTERM) after stopping the
-running trials, which run again when the sweep does.
+sweep runs already: nothing ran; 128+N interrupted by signal N (130
+Ctrl-C, 143 SIGTERM) after stopping the running trials, which run again
+when the sweep does.
 """
 
 GRAPH_HELP = """\

@@ -399,7 +399,7 @@ class _SyncConnection:
     self.shared = shared
     self.lock = threading.Lock()
     # Closes once, by hand or when collected.
-    self.close = weakref.finalize(self, _close, sock, shared)
+    self.close = weakref.finalize(self, shared_memory.close_connection, sock, shared)
     self._reader = protocol.FrameReader(sock, shared)
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
@@ -591,7 +591,7 @@ class _PipelinedConnection:
       error = e.with_traceback(None)
     finally:
       self.closed = True
-      _close(self.sock, self.shared)
+      shared_memory.close_connection(self.sock, self.shared)
       with self._write_lock:
         pending, self._pending = self._pending, {}
       for future, method, _ in pending.values():
@@ -605,12 +605,6 @@ class _PipelinedConnection:
     if self._cut is not None:
       return errors.ConnectionLostError(f"call {channel.label}.{method}: {self._cut}.")
     return channel.lost(method, self.address, cause)
-
-
-def _close(sock: socket.socket, shared: shared_memory.Channel | None) -> None:
-  sock.close()
-  if shared is not None:
-    shared.close()
 
 
 def _complete(future: Future, result: Any = None, error: BaseException | None = None) -> None:

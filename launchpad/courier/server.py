@@ -383,9 +383,7 @@ class _Connection:
     self.busy_since: float | None = None
 
   def close(self) -> None:
-    self.sock.close()
-    if self.shared is not None:
-      self.shared.close()
+    shared_memory.close_connection(self.sock, self.shared)
 
 
 class _Watchdog:

@@ -231,11 +231,18 @@ def accept(sock: socket.socket, deadline: Deadline) -> Channel | None:
     if channel is not None:
       channel.close()
     raise EOFError("the client did not send a shared-memory channel after the handshake")
+  # A bad setting does not stop the server: its callers' own setting is
+  # checked where they run.
   try:
     min_bytes = threshold()
-  except (
-    ValueError
-  ) as e:  # the server keeps serving; its callers' own setting is checked where they run
+  except ValueError as e:
     log.error("%s; this server uses %d bytes", e, DEFAULT_THRESHOLD)
     min_bytes = DEFAULT_THRESHOLD
   return Channel(channel, min_bytes)
+
+
+def close_connection(sock: socket.socket, channel: Channel | None) -> None:
+  """Closes a courier connection's socket and its descriptor channel, if any."""
+  sock.close()
+  if channel is not None:
+    channel.close()
