@@ -10,7 +10,8 @@ cache the sender filled.
 
 Descriptors go over a channel of their own, a SOCK_SEQPACKET socket pair the
 client makes when it connects and hands one end of to the server (`offer`,
-`accept`). They cannot share the frame stream: a reader that takes frames
+`accept`). The server answers whether it took it: one out of descriptors
+declines, and that connection streams every buffer. They cannot share the frame stream: a reader that takes frames
 many at a time with plain reads would drop the descriptors of a frame it
 reads ahead into, and reading every frame with `recvmsg` would cost small
 calls. So a frame that carries shared buffers is flagged (protocol.SHARED),
@@ -56,6 +57,8 @@ MAX_FDS = 250
 # call id, number of descriptors in the message
 _MESSAGE = struct.Struct("<IH")
 _OFFER = b"S"
+_TAKEN = b"Y"
+_DECLINED = b"N"
 _SENDING = "while sending shared memory"
 
 
@@ -201,36 +204,53 @@ def _map(fd: int, length: int) -> memoryview:
 
 def offer(sock: socket.socket, deadline: Deadline) -> Channel | None:
   """The client's side of a channel for a connection that just passed its
-  handshake: on a Unix socket, makes a socket pair and sends the server one
-  end; None on TCP and TLS, which cannot pass descriptors."""
+  handshake: on a Unix socket, makes a socket pair, sends the server one end
+  and waits for its answer. None on TCP and TLS, which cannot pass
+  descriptors, and where the server declined."""
   if sock.family != socket.AF_UNIX:
     return None
   min_bytes = threshold()  # a bad setting raises before any descriptor exists
   mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
   try:
     with theirs:
-      # One byte into the empty socket buffer of a fresh connection: it does not block.
-      bounded_io.wait(sock, select.POLLOUT, deadline, "while setting up shared memory")
-      socket.send_fds(sock, [_OFFER], [theirs.fileno()], socket.MSG_DONTWAIT)
+      _send_byte(sock, _OFFER, deadline, [theirs.fileno()])
+    bounded_io.wait(sock, select.POLLIN, deadline, "while setting up shared memory")
+    answer = sock.recv(1, socket.MSG_DONTWAIT)
+    if answer not in (_TAKEN, _DECLINED):
+      raise EOFError("the server did not answer the offer of a shared-memory channel")
   except BaseException:
     mine.close()
     raise
+  if answer == _DECLINED:
+    mine.close()
+    return None
   return Channel(mine, min_bytes)
 
 
 def accept(sock: socket.socket, deadline: Deadline) -> Channel | None:
-  """The server's side of `offer`: the channel end the client sent right after
-  the handshake, on a Unix socket; None on TCP and TLS. EOFError if what came
-  is not one."""
+  """The server's side of `offer`: takes the channel end the client sent right
+  after the handshake, on a Unix socket, and says so. None on TCP and TLS, and
+  where this process has no descriptor free for it (the kernel drops it): the
+  client is told, and the connection goes on without. EOFError if what came
+  is not an offer."""
   if sock.family != socket.AF_UNIX:
     return None
   bounded_io.wait(sock, select.POLLIN, deadline, "while setting up shared memory")
-  data, fds, _, _ = socket.recv_fds(sock, len(_OFFER), 1, socket.MSG_DONTWAIT)
+  data, fds, flags, _ = socket.recv_fds(sock, len(_OFFER), 1, socket.MSG_DONTWAIT)
   channel = socket.socket(fileno=fds[0]) if fds else None
+  if data == _OFFER and channel is None and flags & socket.MSG_CTRUNC:
+    log.info("no descriptor free for a connection's shared-memory channel; it streams")
+    _send_byte(sock, _DECLINED, deadline)
+    return None
   if data != _OFFER or channel is None or channel.type != socket.SOCK_SEQPACKET:
     if channel is not None:
       channel.close()
     raise EOFError("the client did not send a shared-memory channel after the handshake")
+  try:
+    _send_byte(sock, _TAKEN, deadline)
+  except BaseException:
+    channel.close()
+    raise
   # A bad setting does not stop the server: its callers' own setting is
   # checked where they run.
   try:
@@ -239,6 +259,18 @@ def accept(sock: socket.socket, deadline: Deadline) -> Channel | None:
     log.error("%s; this server uses %d bytes", e, DEFAULT_THRESHOLD)
     min_bytes = DEFAULT_THRESHOLD
   return Channel(channel, min_bytes)
+
+
+def _send_byte(
+  sock: socket.socket, byte: bytes, deadline: Deadline, fds: list[int] | None = None
+) -> None:
+  """One byte of the channel's setup (with descriptors, if any). The socket
+  buffer of a fresh connection is empty, so once writable it does not block."""
+  bounded_io.wait(sock, select.POLLOUT, deadline, "while setting up shared memory")
+  if fds:
+    socket.send_fds(sock, [byte], fds, socket.MSG_DONTWAIT)
+  else:
+    sock.send(byte, socket.MSG_DONTWAIT)
 
 
 def close_connection(sock: socket.socket, channel: Channel | None) -> None:

@@ -185,6 +185,33 @@ def serve(pipe, secret: bytes) -> None:
   server.stop()
 
 
+def serve_out_of_descriptors(pipe, secret: bytes) -> None:
+  """Child-process server that, on "exhaust", takes every descriptor it may
+  open but one (which the next connection's accept takes) and, on "release",
+  gives them back."""
+  import resource
+
+  server = Server(Holder(), secret=secret, label=LABEL)
+  server.start()
+  pipe.send((server.address, server.local_address))
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))  # bounds the loop below
+  taken: list[int] = []
+  with contextlib.suppress(EOFError):
+    while True:
+      command = pipe.recv()
+      if command == "exhaust":
+        with contextlib.suppress(OSError):
+          while True:
+            taken.append(os.open(os.devnull, os.O_RDONLY))
+        os.close(taken.pop())
+      else:
+        while taken:
+          os.close(taken.pop())
+      pipe.send(command)
+  server.stop()
+
+
 def write_from_child(pipe, address: str, secret: bytes, nbytes: int) -> None:
   """Child-process writer: sends its array for each command ("hold" once,
   "loop" until killed), saying so on the pipe."""
@@ -340,6 +367,30 @@ def test_one_frame_mixes_shared_and_streamed_buffers_and_futures_carry_them(serv
     del echoed, future, futures
   # The reader thread completes a future before it drops the reply it read.
   wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the futures' reader dropped the replies")
+
+
+def test_a_server_out_of_descriptors_declines_the_channel_and_streams(monkeypatch):
+  secret = os.urandom(32)
+  child = spawn(serve_out_of_descriptors, secret)
+  try:
+    _, unix = child.pipe.recv()
+    big = pattern(BIG, seed=5)
+    child.pipe.send("exhaust")
+    assert child.pipe.poll(TIMEOUT) and child.pipe.recv() == "exhaust"
+    # The accept takes the server's last descriptor; the channel end the
+    # client sends finds none, so the kernel drops it.
+    with contextlib.closing(Client(unix, secret=secret, label=LABEL, timeout=TIMEOUT)) as client:
+      echoed = client.echo(big)
+      assert echoed.flags.writeable and np.array_equal(echoed, big)  # it streamed
+      child.pipe.send("release")
+      assert child.pipe.poll(TIMEOUT) and child.pipe.recv() == "release"
+      assert client.echo(big).flags.writeable  # that connection stays without a channel
+    with contextlib.closing(Client(unix, secret=secret, label=LABEL, timeout=TIMEOUT)) as client:
+      echoed = client.echo(big)
+      assert not echoed.flags.writeable and np.array_equal(echoed, big)  # a new one shares
+      del echoed
+  finally:
+    child.kill()
 
 
 def test_the_threshold_is_set_by_the_environment(local, monkeypatch):
