@@ -1,7 +1,8 @@
 """What a process knows of the program it runs, and the stop API of nodes.
 
 A `ProgramRuntime` exists once per process per launched program: it holds the
-program's control client and secret, and a watcher that turns the
+program's control (a gRPC client of the coordinator, or the coordinator itself
+in its own process) and secret, and a watcher that turns the
 coordinator's stop into a local event. Node threads also carry a
 `NodeContext` naming the node, for error messages and reports.
 
@@ -24,9 +25,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from launchpad import errors, flags, stats
 from launchpad.tls import TlsConfig
+
+if TYPE_CHECKING:
+  from launchpad.control.client import Control
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ class ProgramRuntime:
   def __init__(
     self,
     program: str,
-    control_address: str,
+    control: Control,
     secret: bytes,
     host: str = "127.0.0.1",
     source: object = None,
@@ -59,11 +64,10 @@ class ProgramRuntime:
     self.host = host  # the interface node servers bind
     self.source = source  # the Program object, in the process that launched it
     self.tls = tls  # TLS settings for connections between hosts, if the launch uses TLS
-    # The control plane's RPC stack loads with the first runtime, so that
-    # building a program never imports it.
+    self.control = control  # the coordinator's calls
+    # Its caller loaded the control plane's RPC stack; building a program never does.
     from launchpad.control import client as control_client
 
-    self.control = control_client.ControlClient(control_address, secret, tls=tls)
     self._stop_calls_seconds = control_client.CALL_SECONDS + STOP_CALLS_MARGIN_SECONDS
     self.stop_event = threading.Event()
     self.stop_reason = ""

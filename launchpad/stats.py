@@ -31,7 +31,7 @@ from launchpad import errors
 from launchpad.control import control_pb2
 
 if TYPE_CHECKING:
-  from launchpad.control.client import ControlClient
+  from launchpad.control.client import Control
   from launchpad.courier.server import Server
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class _Tracked:
 class Reporter:
   """Sends this process's `ProcessStats` to the coordinator every `interval` seconds."""
 
-  def __init__(self, control: ControlClient, interval: float = REPORT_SECONDS):
+  def __init__(self, control: Control, interval: float = REPORT_SECONDS):
     self._control = control
     self._interval = interval
     self._nodes: dict[str, _Tracked] = {}

@@ -21,7 +21,7 @@ import launchpad as lp
 from launchpad import errors, replay
 from launchpad.replay import Table
 
-TIMEOUT = 30.0
+TIMEOUT = 60.0  # a loaded machine imports TensorFlow and Reverb slowly
 NUM_ITEMS = 5
 
 # Set by CI's reverb run: a missing dm-reverb fails these tests instead of skipping them.

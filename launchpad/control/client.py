@@ -1,4 +1,10 @@
-"""The nodes' side of the control plane: a small client of the coordinator."""
+"""The nodes' side of the control plane: a small gRPC client of the coordinator.
+
+`Control` is what a process's runtime calls; `ControlClient` is its gRPC
+transport, for nodes in processes other than the coordinator's. Nodes in the
+coordinator's own process (the threads launcher, and the launching process
+of every launcher) call it directly through `local.LocalControl`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
@@ -27,6 +35,52 @@ BUSY = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 UNREACHABLE_SECONDS = 10.0
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 1.0
+
+
+class Control(Protocol):
+  """The coordinator's calls as a process's runtime makes them. Once closed,
+  every call raises ProgramStoppedError."""
+
+  address: str
+
+  def close(self) -> None: ...
+  def register(self, node: str, addresses: list[str]) -> None: ...
+  def report(self, event: control_pb2.NodeEvent) -> None: ...
+  def stop(self, reason: str) -> None: ...
+  def status(self) -> control_pb2.StatusReply: ...
+  def report_stats(self, stats: control_pb2.ProcessStats) -> None: ...
+  def report_metrics(self, report: control_pb2.MetricsReport) -> None: ...
+  def wait_stop(self, timeout: float) -> control_pb2.StopState: ...
+  def resolve(self, node: str, timeout: float | None) -> control_pb2.Endpoint: ...
+  def previous_addresses(self, node: str) -> list[str]: ...
+
+
+def resolve_endpoint(
+  node: str,
+  timeout: float | None,
+  poll: Callable[[float, float | None], control_pb2.ResolveReply],
+) -> control_pb2.Endpoint:
+  """The endpoint of `node`, waiting up to `timeout` (None: no limit) for it
+  to register, through `poll(seconds, deadline)`, a coordinator's Resolve
+  that waits up to `seconds`. Raises TimeoutError, or ProgramStoppedError
+  once the program stops."""
+  deadline = None if timeout is None else time.monotonic() + timeout
+  while True:
+    seconds = MAX_POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
+    reply = poll(seconds, deadline)
+    if reply.found:
+      return reply.endpoint
+    if reply.stopping:
+      raise errors.ProgramStoppedError(f"the program stopped before node {node} started serving.")
+    if deadline is not None and time.monotonic() >= deadline:
+      raise TimeoutError(f"node {node} did not register within {timeout} s")
+
+
+def closed_error(address: str) -> errors.ProgramStoppedError:
+  """What a call on a closed control raises."""
+  return errors.ProgramStoppedError(
+    f"this process's client of the coordinator at {address} is closed: the program has ended here."
+  )
 
 
 class ControlClient:
@@ -97,22 +151,12 @@ class ControlClient:
     """The endpoint of `node`, waiting up to `timeout` (None: no limit) for it
     to register. Raises TimeoutError, or ProgramStoppedError once the program
     stops."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-      poll = MAX_POLL_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
-      reply = self._call(
-        "Resolve",
-        control_pb2.ResolveRequest(node=node, timeout=poll),
-        control_pb2.ResolveReply,
-        poll,
-        retry_until=deadline,
-      )
-      if reply.found:
-        return reply.endpoint
-      if reply.stopping:
-        raise errors.ProgramStoppedError(f"the program stopped before node {node} started serving.")
-      if deadline is not None and time.monotonic() >= deadline:
-        raise TimeoutError(f"node {node} did not register within {timeout} s")
+
+    def poll(seconds: float, deadline: float | None) -> control_pb2.ResolveReply:
+      request = control_pb2.ResolveRequest(node=node, timeout=seconds)
+      return self._call("Resolve", request, control_pb2.ResolveReply, seconds, retry_until=deadline)
+
+    return resolve_endpoint(node, timeout, poll)
 
   def previous_addresses(self, node: str) -> list[str]:
     """The addresses `node` had before it was restarted (empty at first start)."""
@@ -142,10 +186,7 @@ class ControlClient:
     while True:
       try:
         if self._closed.is_set():
-          raise errors.ProgramStoppedError(
-            f"this process's client of the coordinator at {self.address} is closed: the "
-            "program has ended here."
-          )
+          raise closed_error(self.address)
         timeout = max(deadline - time.monotonic(), 0.0)
         return rpc(body, timeout=timeout, metadata=self._prover.metadata(name, body))
       except grpc.RpcError as e:

@@ -137,6 +137,11 @@ class Coordinator:
       self._executor.shutdown()
 
   @property
+  def closed(self) -> bool:
+    """True once `close()` was called."""
+    return self._closed
+
+  @property
   def stop_reason(self) -> str | None:
     """Why the program is stopping, or None while it runs."""
     return self._stop_reason
@@ -216,11 +221,16 @@ class Coordinator:
     elif self.all_ended():
       self.request_stop("every node has ended")
 
-  def resolve(self, name: str, timeout: float) -> control_pb2.ResolveReply:
+  def resolve(
+    self, name: str, timeout: float, cancelled: Callable[[], bool] = lambda: False
+  ) -> control_pb2.ResolveReply:
+    """Node `name`'s endpoint, waiting up to `timeout` (at most
+    MAX_POLL_SECONDS) for it to register, for the stop, or for `cancelled()`
+    (checked at every change and on `wake()`)."""
     record = self._record(name)
     with self._changed:
       self._changed.wait_for(
-        lambda: record.addresses or self._stop_reason is not None or self._closed,
+        lambda: record.addresses or self._stop_reason is not None or self._closed or cancelled(),
         min(max(timeout, 0.0), MAX_POLL_SECONDS),
       )
       endpoint = control_pb2.Endpoint(node=name, addresses=record.addresses, host_id=record.host_id)
@@ -231,14 +241,23 @@ class Coordinator:
         previous_addresses=record.previous_addresses,
       )
 
-  def wait_stop(self, timeout: float) -> control_pb2.StopState:
+  def wait_stop(
+    self, timeout: float, cancelled: Callable[[], bool] = lambda: False
+  ) -> control_pb2.StopState:
+    """Whether the program is stopping, once it is or after `timeout` (at
+    most MAX_POLL_SECONDS), or once `cancelled()`."""
     with self._changed:
       self._changed.wait_for(
-        lambda: self._stop_reason is not None or self._closed,
+        lambda: self._stop_reason is not None or self._closed or cancelled(),
         min(max(timeout, 0.0), MAX_POLL_SECONDS),
       )
       stopping = self._stop_reason is not None or self._closed
       return control_pb2.StopState(stopping=stopping, reason=self._stop_reason or "")
+
+  def wake(self) -> None:
+    """Wakes every waiting call to check its `cancelled()`."""
+    with self._changed:
+      self._changed.notify_all()
 
   def report_stats(self, stats: control_pb2.ProcessStats) -> None:
     """Keeps what a process reported: its usage for every running node it runs

@@ -91,7 +91,10 @@ class WorkerSpec:
     $LAUNCHPAD_HOST, which remote launchers set to an address the other
     hosts reach (default: loopback)."""
     host = os.environ.get(HOST_VARIABLE, "127.0.0.1")
-    return ProgramRuntime(self.program, self.coordinator, self.secret, host=host, tls=self.tls)
+    from launchpad.control.client import ControlClient
+
+    control = ControlClient(self.coordinator, self.secret, tls=self.tls)
+    return ProgramRuntime(self.program, control, self.secret, host=host, tls=self.tls)
 
 
 def _load_node(payload: bytes) -> Node:

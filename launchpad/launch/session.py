@@ -96,14 +96,19 @@ class Session:
     return address
 
   def start_runtime(self, address: str, tls: TlsConfig | None = None) -> ProgramRuntime:
-    """This process's view of the program (lp.stop() here), with the
-    coordinator at `address`; written to the run directory if there is one."""
+    """This process's view of the program (lp.stop() here), which calls the
+    session's coordinator directly; the coordinator's `address` for other
+    processes is written to the run directory if there is one."""
     from launchpad.context import ProgramRuntime
+    from launchpad.control.local import LocalControl
 
     plan = self.plan
+    if self.coordinator is None:
+      raise TypeError("session.start_runtime(): start the coordinator first (start_coordinator()).")
     if self.run is not None:
       self.run.write(address, plan.secret, tls)
-    self.runtime = ProgramRuntime(plan.program, address, plan.secret, source=plan.source, tls=tls)
+    control = LocalControl(self.coordinator)
+    self.runtime = ProgramRuntime(plan.program, control, plan.secret, source=plan.source, tls=tls)
     self.on_close("the runtime", self.runtime.close)
     return self.runtime
 

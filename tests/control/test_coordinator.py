@@ -1,4 +1,7 @@
-"""Tests of the coordinator over real gRPC, through launchpad.control.client.ControlClient."""
+"""Tests of the coordinator through both of its transports: over real gRPC
+(launchpad.control.client.ControlClient, what node processes use) and called
+in its own process (launchpad.control.local.LocalControl, what the threads
+launcher's nodes and every launching process use)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from launchpad import errors
 from launchpad.control import control_pb2
 from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import Coordinator
+from launchpad.control.local import LocalControl
 from launchpad.host_identity import host_id
 
 TIMEOUT = 10.0
@@ -24,7 +28,8 @@ Event = control_pb2.NodeEvent
 class Running:
   """A coordinator serving on loopback, and clients of it."""
 
-  def __init__(self, on_failure=None):
+  def __init__(self, on_failure=None, transport: str = "grpc"):
+    self.transport = transport
     self.secret = os.urandom(32)
     self.coordinator = Coordinator("prog", list(NODES), self.secret, on_failure=on_failure)
     self.address = self.coordinator.start()
@@ -32,7 +37,10 @@ class Running:
     self.pool = futures.ThreadPoolExecutor(4)
 
   def client(self, secret=None):
-    client = ControlClient(self.address, self.secret if secret is None else secret)
+    if self.transport == "local":
+      client = LocalControl(self.coordinator)
+    else:
+      client = ControlClient(self.address, self.secret if secret is None else secret)
     self.clients.append(client)
     return client
 
@@ -44,19 +52,22 @@ class Running:
     self.coordinator.close()
 
 
-@pytest.fixture
-def running():
-  instance = Running()
+TRANSPORTS = ["grpc", "local"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def running(request):
+  instance = Running(transport=request.param)
   yield instance
   instance.close()
 
 
-@pytest.fixture
-def make_running():
+@pytest.fixture(params=TRANSPORTS)
+def make_running(request):
   instances = []
 
   def _make(**kwargs):
-    instances.append(Running(**kwargs))
+    instances.append(Running(transport=request.param, **kwargs))
     return instances[-1]
 
   yield _make
@@ -68,7 +79,9 @@ def states(status):
   return {n.node: n.state for n in status.nodes}
 
 
-def test_coordinator_serves_on_loopback(running):
+def test_coordinator_serves_on_loopback():
+  running = Running()
+  running.close()
   host, port = running.address.rsplit(":", 1)
   assert host == "127.0.0.1"
   assert int(port) > 0
@@ -246,7 +259,15 @@ def test_program_stops_once_every_node_has_ended(running):
   assert running.coordinator.all_ended()
 
 
-def test_wrong_secret_is_refused(running):
+def test_wrong_secret_is_refused():
+  running = Running()
+  try:
+    refused_everything(running)
+  finally:
+    running.close()
+
+
+def refused_everything(running):
   intruder = running.client(secret=b"not the program's secret")
   for call in (
     intruder.status,
@@ -278,16 +299,20 @@ def test_unknown_node_raises_key_error_listing_the_nodes(running):
 
 
 def test_calls_after_the_coordinator_closed_raise_program_stopped(make_running):
-  # A call retries an unreachable coordinator until its deadline (here the
-  # resolve's timeout), then counts the program as ended.
+  # Over gRPC a call retries an unreachable coordinator until its deadline
+  # (here the resolve's timeout), then counts the program as ended.
   running = make_running()
   client = running.client()
   assert client.status().program == "prog"
   running.coordinator.close()
   start = time.monotonic()
-  with pytest.raises(errors.ProgramStoppedError, match="cannot be reached"):
+  with pytest.raises(errors.ProgramStoppedError, match="the program has ended"):
     client.resolve("actor[0]", timeout=0.5)
-  assert 0.4 <= time.monotonic() - start < TIMEOUT
+  if running.transport == "grpc":
+    assert 0.4 <= time.monotonic() - start < TIMEOUT
+  else:  # in process, nothing to retry: every call raises at once
+    with pytest.raises(errors.ProgramStoppedError, match="the program has ended"):
+      client.report(Event(node="actor[0]", kind=Event.STARTED))
 
 
 def test_calls_after_the_client_closed_raise_program_stopped(running):

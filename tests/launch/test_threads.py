@@ -8,12 +8,13 @@ import textwrap
 import threading
 from concurrent import futures
 
+import psutil
 import pytest
 from absl import flags
 from child_process import Child
 
 import launchpad as lp
-from launchpad import errors
+from launchpad import context, errors
 from tests.launching import launching
 
 TIMEOUT = 10.0
@@ -68,6 +69,26 @@ def test_wait_times_out_while_running_and_returns_true_after_stop(launched, laun
   assert controller.done
   assert controller.wait(TIMEOUT) is True
   assert controller.wait(0) is True
+
+
+def connections_to_the_coordinator(service, out):
+  """Calls `service` (a resolve and a registration on the way), then counts
+  this process's TCP connections to the program's coordinator."""
+  service.with_timeout(TIMEOUT).ping()
+  port = int(context.current_runtime().control.address.rsplit(":", 1)[1])
+  out.set_result(
+    sum(1 for c in psutil.Process().net_connections(kind="tcp") if c.raddr and c.raddr.port == port)
+  )
+
+
+def test_nodes_call_the_coordinator_of_their_own_process_without_rpc(launched):
+  program, handle = serving_program()
+  counted = futures.Future()
+  program.add_node(lp.PyNode(connections_to_the_coordinator, handle, counted), label="counter")
+  controller = launched(program, serialize_py_nodes=False)
+  assert counted.result(TIMEOUT) == 0
+  controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
 
 
 def test_program_whose_nodes_all_return_ends_by_itself(launched):
