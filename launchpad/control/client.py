@@ -189,6 +189,10 @@ class ControlClient:
           raise closed_error(self.address)
         timeout = max(deadline - time.monotonic(), 0.0)
         return rpc(body, timeout=timeout, metadata=self._prover.metadata(name, body))
+      except ValueError:  # "Cannot invoke RPC on closed channel!": close() came after the check
+        if self._closed.is_set():
+          raise closed_error(self.address) from None
+        raise
       except grpc.RpcError as e:
         now = time.monotonic()
         if e.code() == grpc.StatusCode.UNAVAILABLE:
