@@ -98,6 +98,7 @@ class Coordinator:
     self._on_failure = on_failure
     self._changed = threading.Condition()
     self._stop_reason: str | None = None
+    self.stop_signal: int | None = None  # the signal behind the stop, if one was
     self._closed = False
     self._server: grpc.Server | None = None
     self.address: str | None = None
@@ -150,11 +151,13 @@ class Coordinator:
     """Replaces the default policy: `on_failure` returns True if it handled a failure."""
     self._on_failure = on_failure
 
-  def request_stop(self, reason: str) -> None:
-    """Asks every node to stop; the first reason given is kept."""
+  def request_stop(self, reason: str, signum: int | None = None) -> None:
+    """Asks every node to stop; the first reason given is kept, with the
+    signal that brought it (`signum`: Ctrl-C, SIGTERM, a Slurm notice), if one did."""
     with self._changed:
       if self._stop_reason is None:
         self._stop_reason = reason
+        self.stop_signal = signum
         log.info("program %s stopping: %s", self.program, reason)
       self._changed.notify_all()
 

@@ -63,7 +63,6 @@ class Controller:
     self.program = plan.program
     self._worker_names = [worker.name for worker in plan.workers]
     self.run_dir = run_dir  # where process launchers keep node logs
-    self.stopped_by: int | None = None  # the signal that stopped the program, if one did
     self._coordinator = coordinator
     self._runtime = runtime
     self._workers = workers
@@ -74,6 +73,12 @@ class Controller:
     coordinator.set_failure_policy(restarter.on_failure)
     if run_dir is not None:  # every lp.report also lands in the run's metrics.jsonl
       coordinator.add_metrics_listener(metrics_lib.MetricsFile(run_dir).write)
+
+  @property
+  def stopped_by(self) -> int | None:
+    """The signal that stopped the program, if one did: Ctrl-C or SIGTERM to
+    the launcher, or a Slurm job's notice of its time limit or preemption."""
+    return self._coordinator.stop_signal
 
   @property
   def done(self) -> bool:

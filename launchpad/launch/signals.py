@@ -33,8 +33,8 @@ def install(
       on_second()
       os._exit(FORCED_EXIT + signum)
     else:
-      controller.stopped_by = signum
-      coordinator.request_stop(f"{signal.Signals(signum).name} received; again to end at once")
+      reason = f"{signal.Signals(signum).name} received; again to end at once"
+      coordinator.request_stop(reason, signum)
 
   for sig in previous:
     signal.signal(sig, handler)

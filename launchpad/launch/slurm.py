@@ -293,7 +293,7 @@ class _SlurmWorkers:
     log.warning("program %s: %s; stopping it", self._plan.program, reason)
     if self._options.on_notice is not None:
       self._options.on_notice(signum, reason)
-    self._coordinator.request_stop(reason)
+    self._coordinator.request_stop(reason, signum)
 
   def _lost(self, job_id: str) -> None:
     """A job's holder went away unasked: Slurm ended the job, and its nodes with it."""

@@ -348,7 +348,7 @@ def test_a_preemption_notice_stops_an_attached_run_gracefully(slurm, lp_child):
   [job] = launcher_jobs(slurm, "idle")
   # What Slurm does before the time limit: the signal to the batch script.
   assert slurm.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-  assert child.finish() == 0, child.output()
+  assert child.finish() == 128 + signal.SIGUSR1, child.output()  # stopped by that signal
   assert f"Slurm job {job} of group 'idler' got SIGUSR1" in child.err(), child.err()
   assert "idler[0] | idle 0 stopped" in child.out()
 
