@@ -13,6 +13,7 @@ import selectors
 import socket
 import sys
 import threading
+from collections import Counter
 from typing import IO
 
 from launchpad import private_files
@@ -33,7 +34,7 @@ class OutputMux:
     self._selector.register(self._wake_r, selectors.EVENT_READ, None)
     self._thread = threading.Thread(target=self._run, name="node-output", daemon=True)
     self._thread.start()
-    self._streams = 0
+    self._open: Counter[str] = Counter()  # each node's streams not ended yet
     self._drained = threading.Condition()
 
   def attach(self, name: str, colour_index: int, shown_as: str | None = None) -> socket.socket:
@@ -51,7 +52,7 @@ class OutputMux:
     )
     log = private_files.open_append(self.log_path(name))
     with self._drained:
-      self._streams += 1
+      self._open[name] += 1
     self._selector.register(ours, selectors.EVENT_READ, _Stream(name, prefix, log))
     self._wake_w.send(b"x")
     return theirs
@@ -62,7 +63,19 @@ class OutputMux:
   def wait_drained(self, timeout: float) -> bool:
     """Waits until every attached stream has ended (its node exited)."""
     with self._drained:
-      return self._drained.wait_for(lambda: self._streams == 0, timeout)
+      return self._drained.wait_for(lambda: not +self._open, timeout)
+
+  def tail(self, name: str, timeout: float, lines: int = 30) -> str:
+    """The last `lines` lines node `name` wrote, once its output has ended
+    (waiting up to `timeout`: a process that exited may have left its last
+    lines in the socket, or a child of it may hold the socket open), or ""."""
+    with self._drained:
+      self._drained.wait_for(lambda: self._open[name] <= 0, timeout)
+    try:
+      text = self.log_path(name).read_text(errors="replace").splitlines()
+    except OSError:
+      return ""
+    return "last lines of its output:\n" + "\n".join(text[-lines:]) if text else ""
 
   def _run(self) -> None:
     while True:
@@ -80,7 +93,7 @@ class OutputMux:
         key.fileobj.close()
         stream.log.close()
         with self._drained:
-          self._streams -= 1
+          self._open[stream.name] -= 1
           self._drained.notify_all()
 
   def _emit(self, stream: _Stream, lines: list[bytes]) -> None:

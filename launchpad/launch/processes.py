@@ -38,6 +38,10 @@ from launchpad.resources import PythonProcess
 
 log = logging.getLogger(__name__)
 
+# How long a failed node's report waits for the end of its output, so that it
+# carries the last lines the node wrote (a child the node left may hold it open).
+OUTPUT_END_SECONDS = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class ProcessesOptions:
@@ -230,7 +234,7 @@ class _Processes:
         socket.gethostname(),
         returncode,
         oom_killed,
-        self._output.log_path(child.name),
+        self._output,
       )
 
 
@@ -252,7 +256,7 @@ def report_exit(
   host: str,
   returncode: int,
   oom_killed: bool,
-  log_path: pathlib.Path,
+  output: OutputMux,
 ) -> None:
   """Reports how node `name`'s process ended if the node itself did not
   say: status 0 is a node that finished (it called os._exit(0), say), any
@@ -260,7 +264,7 @@ def report_exit(
   killer was at work meanwhile)."""
   if returncode != 0:
     report_unannounced_exit(
-      coordinator, name, pid, host, exit_reason(returncode, oom_killed), log_path
+      coordinator, name, pid, host, exit_reason(returncode, oom_killed), output
     )
   elif coordinator.nodes[name].state not in (FINISHED, FAILED):
     coordinator.report(
@@ -274,10 +278,11 @@ def report_unannounced_exit(
   pid: int,
   host: str,
   description: str,
-  log_path: pathlib.Path,
+  output: OutputMux,
 ) -> None:
   """Reports node `name` FAILED if its process ended before the node itself
-  reported how it ended (it crashed, or was killed by someone else)."""
+  reported how it ended (it crashed, or was killed by someone else), with
+  the last lines it wrote."""
   if coordinator.nodes[name].state in (FINISHED, FAILED):
     return
   coordinator.report(
@@ -287,7 +292,7 @@ def report_unannounced_exit(
       pid=pid,
       host=host,
       description=description,
-      traceback=_log_tail(log_path),
+      traceback=output.tail(name, OUTPUT_END_SECONDS),
     )
   )
 
@@ -306,11 +311,3 @@ def exit_reason(code: int, oom_killed: bool = False) -> str:
       "use less"
     )
   return f"the process was killed by {name}"
-
-
-def _log_tail(path: pathlib.Path, lines: int = 30) -> str:
-  try:
-    text = path.read_text(errors="replace").splitlines()
-  except OSError:
-    return ""
-  return "last lines of its output:\n" + "\n".join(text[-lines:]) if text else ""

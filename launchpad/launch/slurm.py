@@ -379,7 +379,6 @@ class _SlurmWorkers:
     job = self._by_node[name]
     record = self._coordinator.nodes[name]
     host = record.host or f"Slurm job {job.job_id}"
-    log_path = self._output.log_path(name)
     with self._changed:
       lost = self._lost_jobs.get(job.job_id)
     if returncode != 0 and lost is None:
@@ -387,10 +386,12 @@ class _SlurmWorkers:
       if state is None or state[0] != "RUNNING":
         lost = f"Slurm ended job {job.job_id} of {job.what} ({slurm_jobs.job_record(job.job_id)})"
     if lost is not None and returncode != 0:
-      processes.report_unannounced_exit(self._coordinator, name, record.pid, host, lost, log_path)
+      processes.report_unannounced_exit(
+        self._coordinator, name, record.pid, host, lost, self._output
+      )
       return
     processes.report_exit(
-      self._coordinator, name, record.pid, host, _returncode(returncode), False, log_path
+      self._coordinator, name, record.pid, host, _returncode(returncode), False, self._output
     )
 
   def join(self, timeout: float) -> bool:

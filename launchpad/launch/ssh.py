@@ -219,7 +219,7 @@ class _RemoteWorkers:
         self._by_node[name].host.name,
         returncode,
         oom_killed,
-        self._output.log_path(name),
+        self._output,
       )
 
   def lost(self, connection: _HostConnection, reason: str) -> None:
@@ -230,7 +230,7 @@ class _RemoteWorkers:
         self._ended(name)
     for name in names:
       processes.report_unannounced_exit(
-        self._coordinator, name, 0, connection.host.name, reason, self._output.log_path(name)
+        self._coordinator, name, 0, connection.host.name, reason, self._output
       )
 
   def _ended(self, name: str) -> None:

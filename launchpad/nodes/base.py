@@ -33,6 +33,12 @@ class Node:
       self._name = f"{self.label}[{self.index}]"
     return self._name
 
+  def __getstate__(self) -> dict:
+    """A node travels without its program, which holds every other node: a
+    program of N nodes would send N times its own size. Its worker needs only
+    the node and the handles in its arguments."""
+    return {**self.__dict__, "program": None}
+
   def bind(self, program: Program, label: str, index: int, name: str | None = None) -> None:
     """Called by the program when the node is added."""
     if self.program is not None:

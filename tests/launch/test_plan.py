@@ -7,6 +7,7 @@ import threading
 from concurrent import futures
 from typing import Any
 
+import cloudpickle
 import pytest
 
 import launchpad as lp
@@ -183,3 +184,22 @@ def test_plan_lists_every_node_and_one_worker_per_top_level_node():
   assert set(plan.node_names) == {"single[0]", "pair[0]", "pair[0].0", "pair[0].1"}
   assert len(plan.secret) >= 16
   assert plan_lib.make_plan(program).secret != plan.secret  # a new secret per launch
+
+
+def test_a_nodes_pickle_does_not_hold_the_rest_of_the_program():
+  def actor_pickle_sizes(actors: int) -> set[int]:
+    program = lp.Program("wide")
+    service = program.add_node(lp.CourierNode(Service), label="service")
+    for _ in range(actors):
+      program.add_node(lp.PyNode(use_config, service), label="actor")
+    plan = plan_lib.make_plan(program, serialize=True)
+    return {len(cloudpickle.dumps(worker)) for worker in plan.workers[1:]}
+
+  small, large = actor_pickle_sizes(2), actor_pickle_sizes(200)
+  # The same bytes, whatever the program's size, but for the digits of a name.
+  assert max(large) - max(small) <= 2, (small, large)
+  program = lp.Program("one")
+  program.add_node(lp.PyNode(use_config, "config"), label="actor")
+  (node,) = program.get_all_nodes()
+  travelled = cloudpickle.loads(cloudpickle.dumps(node))
+  assert (travelled.name, travelled.program, node.program) == ("actor[0]", None, program)

@@ -161,5 +161,11 @@ class Stoppable:
     say(f"{self._name} ends")
 
 
+def stop_once_served(service) -> None:
+  """Stops the program once `service` serves (its constructor has run)."""
+  service.pid()
+  lp.stop()
+
+
 def quick() -> None:
   """A node that ends at once."""
