@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -74,6 +75,9 @@ class WorkerSpec:
     runtime = self.runtime()
     try:
       node = self.node if isinstance(self.node, Node) else _load_node(self.node)
+      # What the imports and the node's unpickling made lives as long as the
+      # process: full collections need not walk it again (docs/design.md).
+      gc.freeze()
       return worker.run_node(node, runtime)
     except BaseException as e:  # noqa: BLE001 - not loaded, or its end not reported: a failure
       try:

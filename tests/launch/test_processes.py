@@ -7,6 +7,7 @@ $LAUNCHPAD_HOME.
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import shutil
@@ -228,6 +229,17 @@ def test_python_process_env_is_set_in_its_groups_processes_only(launched, monkey
   assert "LP_TEST_GROUP_ENV" not in os.environ
   controller.stop(timeout=TIMEOUT)
   assert controller.failures() == []
+
+
+def test_a_node_process_freezes_what_it_loaded_before_its_node_ran(launched):
+  ours = gc.get_freeze_count()
+  program = lp.Program("frozen")
+  producer = program.add_node(lp.CourierNode(nodes.Producer, 1), label="producer")
+  controller = launched(program)
+  # Its imports (launchpad, numpy, absl) and its unpickled node: tens of thousands.
+  assert client(producer).frozen() > 10_000
+  controller.stop(timeout=TIMEOUT)
+  assert gc.get_freeze_count() == ours  # the launching process is left alone
 
 
 def fresh_interpreter_node_facts(launched, resource):

@@ -7,6 +7,7 @@ Every line a node prints is written with one call, so lines stay whole.
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import sys
@@ -45,6 +46,10 @@ class Producer:
   def pid(self) -> int:
     return os.getpid()
 
+  def frozen(self) -> int:
+    """How many objects this process's collector no longer walks."""
+    return gc.get_freeze_count()
+
   def ppid(self) -> int:
     return os.getppid()
 
@@ -77,6 +82,10 @@ class Consumer:
   def pid(self) -> int:
     return os.getpid()
 
+  def frozen(self) -> int:
+    """How many objects this process's collector no longer walks."""
+    return gc.get_freeze_count()
+
 
 def raise_value_error() -> None:
   say("about to raise")
@@ -102,6 +111,10 @@ class Flaky:
 
   def pid(self) -> int:
     return os.getpid()
+
+  def frozen(self) -> int:
+    """How many objects this process's collector no longer walks."""
+    return gc.get_freeze_count()
 
   def starts(self) -> int:
     return self._starts
@@ -137,6 +150,10 @@ class Gate:
   def pid(self) -> int:
     return os.getpid()
 
+  def frozen(self) -> int:
+    """How many objects this process's collector no longer walks."""
+    return gc.get_freeze_count()
+
   def release(self) -> None:
     self._released.set()
 
@@ -154,6 +171,10 @@ class Stoppable:
 
   def pid(self) -> int:
     return os.getpid()
+
+  def frozen(self) -> int:
+    """How many objects this process's collector no longer walks."""
+    return gc.get_freeze_count()
 
   def run(self) -> None:
     say(f"{self._name} ready")
