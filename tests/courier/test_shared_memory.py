@@ -185,31 +185,35 @@ def serve(pipe, secret: bytes) -> None:
   server.stop()
 
 
-def serve_out_of_descriptors(pipe, secret: bytes) -> None:
-  """Child-process server that, on "exhaust", takes every descriptor it may
-  open but one (which the next connection's accept takes) and, on "release",
-  gives them back."""
+def accept_out_of_descriptors(pipe, secret: bytes) -> None:
+  """Child-process peer that accepts one connection, then takes every
+  descriptor it may open, and only then reads the client's handshake and
+  offer of a channel; says on the pipe whether it took the channel, then
+  echoes one frame."""
   import resource
 
-  server = Server(Holder(), secret=secret, label=LABEL)
-  server.start()
-  pipe.send((server.address, server.local_address))
+  address = f"{protocol.UNIX_PREFIX}@launchpad-test-full-{os.getpid()}"
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(protocol.socket_address(address)[1])
+  listener.listen(1)
+  pipe.send(address)
+  sock, _ = listener.accept()
   soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
   resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))  # bounds the loop below
-  taken: list[int] = []
-  with contextlib.suppress(EOFError):
+  taken = []
+  with contextlib.suppress(OSError):
     while True:
-      command = pipe.recv()
-      if command == "exhaust":
-        with contextlib.suppress(OSError):
-          while True:
-            taken.append(os.open(os.devnull, os.O_RDONLY))
-        os.close(taken.pop())
-      else:
-        while taken:
-          os.close(taken.pop())
-      pipe.send(command)
-  server.stop()
+      taken.append(os.open(os.devnull, os.O_RDONLY))
+  deadline = Deadline(TIMEOUT, "the handshake of the peer out of descriptors")
+  assert protocol.server_handshake(sock, secret, deadline)
+  channel = shared_memory.accept(sock, deadline)
+  for fd in taken:
+    os.close(fd)
+  pipe.send(channel is None)
+  call = protocol.FrameReader(sock, channel).read(deadline)
+  echoed = [memoryview(b) for b in call.buffers]
+  protocol.send_frame(sock, protocol.REPLY, 0, call.call_id, call.payload, echoed)
+  pipe.recv()  # until killed
 
 
 def write_from_child(pipe, address: str, secret: bytes, nbytes: int) -> None:
@@ -369,28 +373,26 @@ def test_one_frame_mixes_shared_and_streamed_buffers_and_futures_carry_them(serv
   wait_until(lambda: memfd_mappings(os.getpid()) == 0, "the futures' reader dropped the replies")
 
 
-def test_a_server_out_of_descriptors_declines_the_channel_and_streams(monkeypatch):
+def test_a_server_out_of_descriptors_declines_the_channel_and_streams():
   secret = os.urandom(32)
-  child = spawn(serve_out_of_descriptors, secret)
+  peer = spawn(accept_out_of_descriptors, secret)
   try:
-    _, unix = child.pipe.recv()
-    big = pattern(BIG, seed=5)
-    child.pipe.send("exhaust")
-    assert child.pipe.poll(TIMEOUT) and child.pipe.recv() == "exhaust"
-    # The accept takes the server's last descriptor; the channel end the
-    # client sends finds none, so the kernel drops it.
-    with contextlib.closing(Client(unix, secret=secret, label=LABEL, timeout=TIMEOUT)) as client:
-      echoed = client.echo(big)
-      assert echoed.flags.writeable and np.array_equal(echoed, big)  # it streamed
-      child.pipe.send("release")
-      assert child.pipe.poll(TIMEOUT) and child.pipe.recv() == "release"
-      assert client.echo(big).flags.writeable  # that connection stays without a channel
-    with contextlib.closing(Client(unix, secret=secret, label=LABEL, timeout=TIMEOUT)) as client:
-      echoed = client.echo(big)
-      assert not echoed.flags.writeable and np.array_equal(echoed, big)  # a new one shares
-      del echoed
+    address = peer.pipe.recv()
+    deadline = Deadline(TIMEOUT, "connecting to the peer out of descriptors")
+    with contextlib.closing(protocol.connect(address, deadline)) as sock:
+      protocol.client_handshake(sock, secret, address, deadline)
+      # The kernel finds no descriptor free for the end the client sends and
+      # drops it; the server says so, and the connection goes on without.
+      assert shared_memory.offer(sock, deadline) is None
+      assert peer.pipe.poll(TIMEOUT) and peer.pipe.recv() is True  # it declined
+      big = pattern(BIG, seed=5)
+      payload, buffers = serialization.dumps(big)
+      protocol.send_frame(sock, protocol.REQUEST, 0, 7, payload, buffers)
+      reply = protocol.FrameReader(sock).read(deadline)  # streamed: no channel
+      assert reply.call_id == 7
+      assert np.array_equal(serialization.loads(reply.payload, reply.buffers), big)
   finally:
-    child.kill()
+    peer.kill()
 
 
 def test_the_threshold_is_set_by_the_environment(local, monkeypatch):
