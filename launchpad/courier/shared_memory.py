@@ -10,10 +10,10 @@ cache the sender filled.
 
 Descriptors go over a channel of their own, a SOCK_SEQPACKET socket pair the
 client makes when it connects and hands one end of to the server (`offer`,
-`accept`). The server answers whether it took it: one out of descriptors
-declines, and that connection streams every buffer. They cannot share the frame stream: a reader that takes frames
-many at a time with plain reads would drop the descriptors of a frame it
-reads ahead into, and reading every frame with `recvmsg` would cost small
+`accept`); the server answers whether it took it (one out of descriptors
+declines, and that connection streams every buffer). They cannot share the
+frame stream: a reader that takes frames many at a time with plain reads
+would drop the descriptors of a frame it reads ahead into, and reading every frame with `recvmsg` would cost small
 calls. So a frame that carries shared buffers is flagged (protocol.SHARED),
 its shared buffers' lengths are marked (FD_BIT), and their descriptors are
 queued on the channel before the frame is written, under the connection's

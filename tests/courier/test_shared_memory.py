@@ -185,6 +185,19 @@ def serve(pipe, secret: bytes) -> None:
   server.stop()
 
 
+def accept_one(pipe, name: str) -> socket.socket:
+  """A child-process peer's one connection: listens on a Unix address of its
+  own, says it on the pipe, and accepts the parent's connection."""
+  address = f"{protocol.UNIX_PREFIX}@launchpad-test-{name}-{os.getpid()}"
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(protocol.socket_address(address)[1])
+  listener.listen(1)
+  pipe.send(address)
+  sock, _ = listener.accept()
+  listener.close()
+  return sock
+
+
 def accept_out_of_descriptors(pipe, secret: bytes) -> None:
   """Child-process peer that accepts one connection, then takes every
   descriptor it may open, and only then reads the client's handshake and
@@ -192,12 +205,7 @@ def accept_out_of_descriptors(pipe, secret: bytes) -> None:
   echoes one frame."""
   import resource
 
-  address = f"{protocol.UNIX_PREFIX}@launchpad-test-full-{os.getpid()}"
-  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-  listener.bind(protocol.socket_address(address)[1])
-  listener.listen(1)
-  pipe.send(address)
-  sock, _ = listener.accept()
+  sock = accept_one(pipe, "full")
   soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
   resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))  # bounds the loop below
   taken = []
@@ -236,12 +244,7 @@ def reply_cut_short(pipe, secret: bytes) -> None:
   """Child-process peer that answers a call with a reply it stops writing
   midway: its shared buffer has been passed (the caller maps it), half of its
   streamed buffer follows; then it waits to be killed."""
-  address = f"{protocol.UNIX_PREFIX}@launchpad-test-cut-{os.getpid()}"
-  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-  listener.bind(protocol.socket_address(address)[1])
-  listener.listen(1)
-  pipe.send(address)
-  sock, _ = listener.accept()
+  sock = accept_one(pipe, "cut")
   deadline = Deadline(TIMEOUT, "the handshake of the cut-short peer")
   assert protocol.server_handshake(sock, secret, deadline)
   channel = shared_memory.accept(sock, deadline)
