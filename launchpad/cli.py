@@ -13,9 +13,10 @@ reason is printed) or the target itself raised (its traceback is printed);
 2 when the program could not be launched (a bad command line, target, run
 directory or hosts file, a node that cannot be pickled: one paragraph says
 what to do); 128+N when stopped by signal N (130 for Ctrl-C, 143 for
-SIGTERM, 138 for a Slurm job's SIGUSR1 notice), after a graceful stop. Every command exits 2 on a bad command
-line, 141 (128 + SIGPIPE) when its output is closed (`lp status | head -1`),
-and prints no traceback of its own; docs/launching.md lists them all.
+SIGTERM, 138 for a Slurm job's SIGUSR1 notice), after a graceful stop.
+Every command exits 2 on a bad command line, 141 (128 + SIGPIPE) when its
+output is closed (`lp status | head -1`), and prints no traceback of its
+own; docs/launching.md lists them all.
 """
 
 from __future__ import annotations

@@ -149,7 +149,9 @@ def main() -> None:
   except errors.NodeFailedError as e:
     print(f"\nlp launch: {e}", file=sys.stderr, flush=True)
     status = 1
-  stopped_by = controller.stopped_by or notices.signum  # its own notice came through lp.stop
+  # The notice to this job's own batch script stops the program through
+  # lp.stop, which carries no signal: the nodes' jobs' notices do.
+  stopped_by = controller.stopped_by or notices.signum
   if stopped_by and not status:
     status = 128 + stopped_by
   if requeue and notices.signum is not None:

@@ -62,6 +62,14 @@ def running(request):
   instance.close()
 
 
+@pytest.fixture
+def grpc_running():
+  """A coordinator served over gRPC only, for what only gRPC has (a port, proofs)."""
+  instance = Running()
+  yield instance
+  instance.close()
+
+
 @pytest.fixture(params=TRANSPORTS)
 def make_running(request):
   instances = []
@@ -79,10 +87,8 @@ def states(status):
   return {n.node: n.state for n in status.nodes}
 
 
-def test_coordinator_serves_on_loopback():
-  running = Running()
-  running.close()
-  host, port = running.address.rsplit(":", 1)
+def test_coordinator_serves_on_loopback(grpc_running):
+  host, port = grpc_running.address.rsplit(":", 1)
   assert host == "127.0.0.1"
   assert int(port) > 0
 
@@ -259,15 +265,8 @@ def test_program_stops_once_every_node_has_ended(running):
   assert running.coordinator.all_ended()
 
 
-def test_wrong_secret_is_refused():
-  running = Running()
-  try:
-    refused_everything(running)
-  finally:
-    running.close()
-
-
-def refused_everything(running):
+def test_wrong_secret_is_refused(grpc_running):
+  running = grpc_running
   intruder = running.client(secret=b"not the program's secret")
   for call in (
     intruder.status,

@@ -82,10 +82,6 @@ class Consumer:
   def pid(self) -> int:
     return os.getpid()
 
-  def frozen(self) -> int:
-    """How many objects this process's collector no longer walks."""
-    return gc.get_freeze_count()
-
 
 def raise_value_error() -> None:
   say("about to raise")
@@ -111,10 +107,6 @@ class Flaky:
 
   def pid(self) -> int:
     return os.getpid()
-
-  def frozen(self) -> int:
-    """How many objects this process's collector no longer walks."""
-    return gc.get_freeze_count()
 
   def starts(self) -> int:
     return self._starts
@@ -150,10 +142,6 @@ class Gate:
   def pid(self) -> int:
     return os.getpid()
 
-  def frozen(self) -> int:
-    """How many objects this process's collector no longer walks."""
-    return gc.get_freeze_count()
-
   def release(self) -> None:
     self._released.set()
 
@@ -171,10 +159,6 @@ class Stoppable:
 
   def pid(self) -> int:
     return os.getpid()
-
-  def frozen(self) -> int:
-    """How many objects this process's collector no longer walks."""
-    return gc.get_freeze_count()
 
   def run(self) -> None:
     say(f"{self._name} ready")
