@@ -8,12 +8,18 @@ called `localhost`, at 127.0.0.1, and claims 64 CPUs and two GPUs (GRES
 backed by /dev/null and /dev/zero) so that tests can ask for resources this
 2-core machine does not have; Slurm then only does the bookkeeping.
 Commands that talk to the cluster need `SLURM_CONF` from `environment()`.
+
+The daemons run as the user who runs the tests (SlurmUser and SlurmdUser
+are that user, root or not): a cluster of one user, whose jobs slurmd can
+start without root's privileges because they are its own (with
+proctrack/linuxproc and task/none nothing needs root).
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import pwd
 import secrets
 import shutil
 import signal
@@ -151,6 +157,7 @@ class LoopbackSlurm:
   def _write_config(self) -> None:
     d = self.directory
     ctld_port, slurmd_port = _free_port(), _free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
     self.conf.write_text(f"""\
 ClusterName=launchpadtest
 SlurmctldHost={NODE}(127.0.0.1)
@@ -168,8 +175,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 ReturnToService=2
-SlurmUser=root
-SlurmdUser=root
+SlurmUser={user}
+SlurmdUser={user}
 StateSaveLocation={d / "state"}
 SlurmdSpoolDir={d / "spool"}
 SlurmctldPidFile={d / "state" / "slurmctld.pid"}
