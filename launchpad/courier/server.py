@@ -19,7 +19,6 @@ connections cannot stop a server from ever serving again.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import socket
@@ -29,7 +28,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from launchpad import errors, timeouts
+from launchpad import accept_loop, errors, timeouts
 from launchpad.courier import protocol, serialization, shared_memory, tls_socket
 from launchpad.tls import TlsConfig
 
@@ -38,19 +37,6 @@ log = logging.getLogger(__name__)
 HANDOFF_SECONDS = 0.005
 # A peer gets this long to prove it knows the secret, all messages included.
 HANDSHAKE_SECONDS = 10.0
-# After accept() fails for lack of resources, it is tried again after this
-# long, doubling up to the maximum while it keeps failing.
-ACCEPT_BACKOFF_SECONDS = 0.001
-MAX_ACCEPT_BACKOFF_SECONDS = 0.1
-# Each such failure sheds this fraction (at least one) of the connections
-# that have not authenticated, oldest first.
-SHED_FRACTION = 8
-# Warnings about it are at most this often.
-SHED_WARNING_SECONDS = 10.0
-# accept() errors about one connection that went away before it was taken.
-_ABORTED = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENETUNREACH}
-# accept() errors that mean the listener itself is gone.
-_LISTENER_GONE = {errno.EBADF, errno.EINVAL, errno.ENOTSOCK}
 
 
 def public_methods(obj: Any) -> dict[str, Callable[..., Any]]:
@@ -122,20 +108,18 @@ class Server:
     self._port = port
     self._listeners: list[socket.socket] = []
     self._connections: set[_Connection] = set()
-    # Accepted sockets still in their handshake, oldest first (the order of
-    # a dict's keys): what is shed when descriptors run out.
-    self._unauthenticated: dict[socket.socket, None] = {}
     self._lock = threading.Lock()
     self._stopped = threading.Event()
+    # Sheds the oldest connections still in their handshake when descriptors run out.
+    self._acceptor = accept_loop.Acceptor(
+      f"node {label}", self._open_connection, self._stopped, self._start_thread
+    )
     self._watchdog = _Watchdog(self)
     self._busy = 0  # requests being handled, replies included
     # Requests handled, and those that raised, since the server started:
     # plain increments, read once a second by the stats reporter (stats.py).
     self.calls = 0
     self.errors = 0
-    # Connections closed before their handshake ended, to free descriptors.
-    self.shed = 0
-    self._shed_warned = -SHED_WARNING_SECONDS  # time.monotonic() of the last warning
     self._idle = threading.Condition()
     self.address: str | None = None
     self.local_address: str | None = None
@@ -172,9 +156,12 @@ class Server:
   def _listen(self, listener: socket.socket) -> None:
     listener.listen(1024)
     self._listeners.append(listener)
-    threading.Thread(
-      target=self._accept_loop, args=(listener,), name=f"{self._label}-accept", daemon=True
-    ).start()
+    self._acceptor.listen(listener, f"{self._label}-accept")
+
+  @property
+  def shed(self) -> int:
+    """Connections closed before their handshake ended, to free descriptors."""
+    return self._acceptor.shed
 
   def stop(self) -> None:
     """Stops accepting calls and closes every connection; calls in flight fail."""
@@ -183,72 +170,16 @@ class Server:
         return
       self._stopped.set()
       connections = list(self._connections)
-      unauthenticated = list(self._unauthenticated)
     for listener in self._listeners:
       _shutdown(listener)
     for conn in connections:
       _shutdown(conn.sock)
-    for sock in unauthenticated:
-      _wake(sock)  # their handshake threads close them
+    self._acceptor.wake_pending()  # their handshake threads close them
     self._watchdog.stop()
 
   def connections(self) -> list[_Connection]:
     with self._lock:
       return list(self._connections)
-
-  def _accept_loop(self, listener: socket.socket) -> None:
-    """Accepts until the server stops; a lack of descriptors or threads
-    sheds unauthenticated connections and backs off instead of ending it."""
-    backoff = 0.0
-    while not self._stopped.is_set():
-      try:
-        sock, _ = listener.accept()
-      except OSError as e:
-        if self._stopped.is_set():
-          return
-        if e.errno in _ABORTED:
-          continue
-        if e.errno in _LISTENER_GONE:
-          log.error("%s: stopped accepting connections: %s", self._label, e)
-          return
-        backoff = self._back_off(e, backoff)
-        continue
-      with self._lock:
-        self._unauthenticated[sock] = None
-      try:
-        self._start_thread(self._open_connection, sock)
-      except RuntimeError as e:  # no thread can be started
-        with self._lock:
-          self._unauthenticated.pop(sock, None)
-        sock.close()
-        backoff = self._back_off(e, backoff)
-        continue
-      backoff = 0.0
-
-  def _back_off(self, error: BaseException, backoff: float) -> float:
-    """Sheds the oldest unauthenticated connections and waits before the next
-    accept; returns the next wait."""
-    with self._lock:
-      count = max(1, len(self._unauthenticated) // SHED_FRACTION)
-      shed = list(itertools.islice(self._unauthenticated, count))
-      for sock in shed:
-        del self._unauthenticated[sock]
-      self.shed += len(shed)
-    for sock in shed:
-      _wake(sock)  # its handshake thread closes it
-    if time.monotonic() - self._shed_warned >= SHED_WARNING_SECONDS:
-      self._shed_warned = time.monotonic()
-      log.warning(
-        "%s: cannot accept connections (%s); closed %d that had not authenticated "
-        "(oldest first) and keeps trying. Raise the limit of open files (ulimit -n) "
-        "if this server needs more connections.",
-        self._label,
-        error,
-        len(shed),
-      )
-    backoff = backoff or ACCEPT_BACKOFF_SECONDS
-    self._stopped.wait(backoff)
-    return min(2 * backoff, MAX_ACCEPT_BACKOFF_SECONDS)
 
   def _open_connection(self, sock: socket.socket) -> None:
     raw = sock
@@ -264,8 +195,7 @@ class Server:
         accepted = protocol.server_handshake(sock, self._secret, deadline)
         shared = shared_memory.accept(sock, deadline) if accepted else None
       finally:
-        with self._lock:
-          self._unauthenticated.pop(raw, None)
+        self._acceptor.done(raw)
     except errors.CallTimeoutError as e:
       log.info("%s: closed a connection: %s", self._label, e)
       raw.close()
@@ -459,16 +389,6 @@ def _address_of(sock: socket.socket) -> str:
   return protocol.format_address(name[0], name[1])
 
 
-def _wake(sock: socket.socket) -> None:
-  """Ends the connection for its peer and wakes the thread blocked on it;
-  that thread closes it (closing here could let the descriptor be reused
-  under it)."""
-  try:
-    sock.shutdown(socket.SHUT_RDWR)
-  except OSError:
-    pass
-
-
 def _shutdown(sock: socket.socket) -> None:
-  _wake(sock)
+  accept_loop.wake(sock)
   sock.close()
