@@ -2,13 +2,25 @@
 
 `Table.info()` returns one, and `Client.server_info()` a dict table name ->
 TableInfo, as Reverb's `Client.server_info()` does, so code written for
-Reverb reads `info["experience"].current_size`. The attributes are Reverb's
-where they apply here (name, sampler_options, remover_options, max_size,
-max_times_sampled, rate_limiter_info, signature, current_size,
-num_unique_samples); Reverb's num_episodes, num_deleted_episodes and
-table_worker_time do not (items here do not record episodes, and a table
-has no worker thread). The rest are this table's own: whether it is closed,
-and lifetime counts of what happened to its items.
+Reverb reads `info["experience"].current_size`. Its attributes are all of
+Reverb's (name, sampler_options, remover_options, max_size,
+max_times_sampled, rate_limiter_info, signature, current_size, num_episodes,
+num_deleted_episodes, num_unique_samples, table_worker_time), and this
+table's own: whether it is closed, and lifetime counts of what happened to
+its items. Two of Reverb's report nothing here, and say so by being zero:
+
+- num_episodes and num_deleted_episodes: an item here does not record the
+  episode it came from (neither `Client.insert` nor the trajectory writer
+  sends one), so the table cannot count episodes;
+- table_worker_time: a table here has no worker thread (calls run in the
+  callers' threads, under the table's lock); how long calls waited for the
+  rate limiter is in rate_limiter_info's insert_stats and sample_stats.
+
+The options and the limiter's state are dicts that are also read by
+attribute, as Reverb's protos are: `info.rate_limiter_info.min_size_to_sample`,
+`.samples_per_insert`, `.min_diff`, `.max_diff`, `.insert_stats.completed`;
+`info.sampler_options.prioritized.priority_exponent`, `.fifo`, `.uniform`,
+`.lifo`, `.heap.min_heap`, `.is_deterministic`.
 
 A TableInfo is also a read-only mapping whose keys are those of the dict
 `server_info()` returned before (`info["size"]`, `info["sampler"]`,
@@ -45,21 +57,88 @@ _KEYS = {
 }
 
 
+class Fields(dict[str, Any]):
+  """A dict whose keys read as attributes too, as Reverb's protos are read; nested dicts too."""
+
+  __slots__ = ()
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    for key, value in self.items():
+      if type(value) is dict:
+        self[key] = Fields(value)
+
+  def __getattr__(self, name: str) -> Any:
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(
+        f"{type(self).__name__} has no {name!r}: its fields are {', '.join(self)}"
+      ) from None
+
+
+# Selectors whose choice depends only on the items (Reverb's is_deterministic).
+_DETERMINISTIC = ("Fifo", "Lifo", "MinHeap", "MaxHeap")
+
+
+class SelectorOptions(Fields):
+  """A selector's options, {"type": "Prioritized", "priority_exponent": 0.8}, also read
+  under the names of Reverb's KeyDistributionOptions: `fifo`, `uniform`, `lifo`
+  (whether it is that selector), `prioritized.priority_exponent`, `heap.min_heap`
+  (False and 0.0 for other selectors, as an unset proto field reads), `is_deterministic`."""
+
+  __slots__ = ()
+
+  @property
+  def fifo(self) -> bool:
+    return self["type"] == "Fifo"
+
+  @property
+  def lifo(self) -> bool:
+    return self["type"] == "Lifo"
+
+  @property
+  def uniform(self) -> bool:
+    return self["type"] == "Uniform"
+
+  @property
+  def prioritized(self) -> Fields:
+    return Fields(priority_exponent=float(self.get("priority_exponent", 0.0)))
+
+  @property
+  def heap(self) -> Fields:
+    return Fields(min_heap=self["type"] == "MinHeap")
+
+  @property
+  def is_deterministic(self) -> bool:
+    return self["type"] in _DETERMINISTIC
+
+
+def no_worker_time() -> Fields:
+  """Reverb's TableWorkerTime, all zero: a table here has no worker thread."""
+  names = ("running_ms", "sampling_ms", "inserting_ms", "sleeping_ms")
+  waits = ("waiting_for_sampling_ms", "waiting_for_inserts_ms")
+  return Fields(dict.fromkeys(names + waits, 0))
+
+
 @dataclasses.dataclass(frozen=True)
 class TableInfo(Mapping[str, Any]):
   """A table's configuration and state at one instant (see the module docstring)."""
 
   name: str
-  sampler_options: dict[str, Any]
-  """The sampler's configuration: {"type": "Prioritized", "priority_exponent": 0.8}, ..."""
-  remover_options: dict[str, Any]
+  sampler_options: SelectorOptions
+  """The sampler's configuration: {"type": "Prioritized", "priority_exponent": 0.8}, ...;
+  a dict given is read into a SelectorOptions."""
+  remover_options: SelectorOptions
   max_size: int
   max_times_sampled: int
   """Items are removed once sampled this many times; < 1: never."""
-  rate_limiter_info: dict[str, Any]
-  """The limiter's configuration and counters (inserts, samples, deletes, diff; reset()
-  zeroes them) and, in insert_stats and sample_stats, how it treated calls: completed,
-  limited (had to wait), pending (waiting now), timeouts, cancelled (by close), wait_seconds."""
+  rate_limiter_info: Fields
+  """The limiter's configuration (type, samples_per_insert, min_size_to_sample, min_diff,
+  max_diff), counters (inserts, samples, deletes, diff; reset() zeroes them) and, in
+  insert_stats and sample_stats, how it treated calls: completed, limited (had to wait),
+  pending (waiting now), timeouts, cancelled (by close), wait_seconds. A dict given is
+  read into Fields."""
   signature: dict[str, tuple[Any, list]] | None
   """column -> (dtype, shape) every item must match, or None."""
   current_size: int
@@ -79,6 +158,17 @@ class TableInfo(Mapping[str, Any]):
   num_expired: int
   """Items removed for having been sampled max_times_sampled times."""
   num_resets: int
+  num_episodes: int = 0
+  """Reverb's; 0 here: items do not record their episode (see the module docstring)."""
+  num_deleted_episodes: int = 0
+  """Reverb's; 0 here, as num_episodes."""
+  table_worker_time: Fields = dataclasses.field(default_factory=no_worker_time)
+  """Reverb's TableWorkerTime (running_ms, sampling_ms, ...); all 0: no worker thread here."""
+
+  def __post_init__(self) -> None:
+    for name in ("sampler_options", "remover_options"):
+      object.__setattr__(self, name, SelectorOptions(getattr(self, name)))
+    object.__setattr__(self, "rate_limiter_info", Fields(self.rate_limiter_info))
 
   def __getitem__(self, key: str) -> Any:
     attribute = _KEYS.get(key, key)

@@ -15,8 +15,8 @@ from launchpad.replay import selectors as sel
 
 TIMEOUT = 10.0
 
-# Reverb's TableInfo fields that mean something here (num_episodes,
-# num_deleted_episodes and table_worker_time do not).
+# Reverb's TableInfo fields, in Reverb's order (tests/test_reverb_node.py checks
+# them against dm-reverb's own where it is installed).
 REVERB_FIELDS = [
   "name",
   "sampler_options",
@@ -26,7 +26,10 @@ REVERB_FIELDS = [
   "rate_limiter_info",
   "signature",
   "current_size",
+  "num_episodes",
+  "num_deleted_episodes",
   "num_unique_samples",
+  "table_worker_time",
 ]
 # The keys server_info() had when it returned dicts.
 DICT_KEYS = [
@@ -90,7 +93,7 @@ def test_a_table_info_is_also_the_dict_server_info_returned_before(client):
   assert old["size"] == info.current_size == info["current_size"] == 1
   assert old["sampler"] is info.sampler_options and old["rate_limiter"] is info.rate_limiter_info
   assert info.get("num_inserts") == 1 and "size" in info and "current_size" in info
-  assert info.get("num_episodes") is None
+  assert info.get("num_episodes") == 0 and info.get("bogus") is None
   with pytest.raises(KeyError, match="TableInfo has no 'bogus': its keys are name, size"):
     info["bogus"]
   with pytest.raises(dataclasses.FrozenInstanceError):
@@ -119,3 +122,65 @@ def test_table_info_in_process_is_the_same_object():
   info = table.info()
   assert isinstance(info, TableInfo) and info.current_size == 0 and info["size"] == 0
   assert info.rate_limiter_info["type"] == "Queue"
+
+
+def test_options_and_rate_limiter_info_read_by_attribute_under_reverbs_names(client):
+  client.insert_batch([{"x": np.full(3, i, np.float32)} for i in range(3)], {"t": 1.0})
+  client.sample("t", 4)
+  info = client.server_info()["t"]
+  limiter = info.rate_limiter_info
+  assert (limiter.min_size_to_sample, limiter.samples_per_insert) == (2, 1.0)
+  assert limiter.min_diff == limiter["min_diff"] and limiter.max_diff == limiter["max_diff"]
+  assert limiter.min_diff < 0 < limiter.max_diff  # MinSize: no bound on the difference
+  assert (limiter.inserts, limiter.samples) == (3, 4)
+  assert (limiter.insert_stats.completed, limiter.sample_stats.completed) == (1, 1)  # calls
+  assert limiter.sample_stats == limiter["sample_stats"] and isinstance(limiter, dict)
+  sampler = info.sampler_options
+  assert sampler.prioritized.priority_exponent == 0.5 and sampler.type == "Prioritized"
+  assert not (sampler.fifo or sampler.uniform or sampler.lifo or sampler.is_deterministic)
+  remover = info.remover_options
+  assert remover.fifo and remover.is_deterministic and not remover.heap.min_heap
+  assert remover.prioritized.priority_exponent == 0.0  # as an unset proto field reads
+  with pytest.raises(AttributeError, match="has no 'bogus': its fields are type, samples_per"):
+    _ = limiter.bogus
+  assert pickle.loads(pickle.dumps(info)).rate_limiter_info.insert_stats.completed == 1
+
+
+@pytest.mark.parametrize(
+  ("selector", "flags"),
+  [
+    (sel.Fifo(), {"fifo"}),
+    (sel.Lifo(), {"lifo"}),
+    (sel.Uniform(), {"uniform"}),
+    (sel.MinHeap(), {"min_heap"}),
+    (sel.MaxHeap(), set()),
+  ],
+)
+def test_each_selectors_options_read_as_reverbs(selector, flags):
+  options = Table("t", selector, sel.Fifo(), 10, rl.MinSize(1)).info().sampler_options
+  read = {"fifo": options.fifo, "lifo": options.lifo, "uniform": options.uniform}
+  read["min_heap"] = options.heap.min_heap
+  assert {name for name, value in read.items() if value} == flags
+  assert options.is_deterministic == (not isinstance(selector, sel.Uniform))
+
+
+def test_episodes_and_worker_time_are_reverbs_fields_reporting_zero(client):
+  with client.trajectory_writer(num_keep_alive_refs=2) as writer:
+    for _episode in range(2):
+      for step in range(2):
+        writer.append({"x": np.full(3, step, np.float32)})
+        writer.create_item("t", 1.0, {"x": writer.history["x"][-1]})
+      writer.end_episode()
+  info = client.server_info()["t"]
+  assert info.current_size == 4
+  # Items here do not record their episode, and a table has no worker thread.
+  assert (info.num_episodes, info.num_deleted_episodes) == (0, 0)
+  assert set(info.table_worker_time) == {
+    "running_ms",
+    "sampling_ms",
+    "inserting_ms",
+    "sleeping_ms",
+    "waiting_for_sampling_ms",
+    "waiting_for_inserts_ms",
+  }
+  assert info.table_worker_time.running_ms == 0 and not any(info.table_worker_time.values())
