@@ -404,6 +404,12 @@ def test_colocation_return_on_first_completed(launched):
   assert controller.failures() == []
 
 
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_colocation_refuses_a_return_on_first_completed_that_is_not_a_bool(value):
+  with pytest.raises(TypeError, match=r"return_on_first_completed must be True or False, got"):
+    lp.MultiThreadingColocation([lp.PyNode(quick)], return_on_first_completed=value)
+
+
 def test_colocation_add_node_returns_a_handle():
   colocation = lp.MultiThreadingColocation([lp.PyNode(quick)])
   handle = colocation.add_node(lp.CourierNode(Counter))

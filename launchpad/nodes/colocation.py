@@ -68,6 +68,11 @@ class MultiThreadingColocation(_Colocation):
 
   def __init__(self, nodes: Sequence[Node], return_on_first_completed: bool = False):
     super().__init__(nodes)
+    if not isinstance(return_on_first_completed, bool):
+      raise TypeError(
+        "lp.MultiThreadingColocation: return_on_first_completed must be True or False, got "
+        f"{return_on_first_completed!r}."
+      )
     self.return_on_first_completed = return_on_first_completed
 
   def add_node(self, node: Node) -> Any:
