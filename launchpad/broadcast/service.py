@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import Any
 
-from launchpad import errors
+from launchpad import accept_loop, errors
 from launchpad.broadcast import layout, wire
 from launchpad.courier import protocol
 from launchpad.host_identity import host_id
@@ -111,7 +111,9 @@ class BroadcastService:
     self._lock = threading.Lock()
     self._connections: set[socket.socket] = set()
     self._closed = False
-    threading.Thread(target=self._accept, name=f"{node}-broadcast-accept", daemon=True).start()
+    self._stopped = threading.Event()
+    self._acceptor = accept_loop.Acceptor(f"broadcast node {node}", self._serve, self._stopped)
+    self._acceptor.listen(self._listener, f"{node}-broadcast-accept")
 
   # Courier methods.
 
@@ -144,15 +146,10 @@ class BroadcastService:
 
   # The descriptor socket.
 
-  def _accept(self) -> None:
-    while True:
-      try:
-        sock, _ = self._listener.accept()
-      except OSError:
-        return  # closed
-      threading.Thread(
-        target=self._serve, args=(sock,), name=f"{self._node}-broadcast-conn", daemon=True
-      ).start()
+  @property
+  def shed(self) -> int:
+    """Connections closed in their handshake to free descriptors (accept_loop)."""
+    return self._acceptor.shed
 
   def _serve(self, sock: socket.socket) -> None:
     with self._lock:
@@ -164,7 +161,11 @@ class BroadcastService:
       if wire.peer_uid(sock) != os.getuid():
         return
       deadline = Deadline(HANDSHAKE_SECONDS, f"the handshake of {self._what}")
-      if not protocol.server_handshake(sock, self._secret, deadline):
+      try:
+        accepted = protocol.server_handshake(sock, self._secret, deadline)
+      finally:
+        self._acceptor.done(sock)
+      if not accepted:
         return
       while self._request(sock):
         pass
@@ -208,7 +209,9 @@ class BroadcastService:
     with self._lock:
       self._closed = True
       connections = list(self._connections)
+    self._stopped.set()
     self.versions.close()
+    accept_loop.wake(self._listener)  # wakes the accept loop, which then ends
     self._listener.close()
     for sock in connections:
       try:
