@@ -8,8 +8,10 @@ reference.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
+import json
 import os
 import threading
 import time
@@ -79,6 +81,71 @@ def test_reverb_node_over_replay_tables_is_a_replay_node(launch_type, tmp_path):
     assert steps == list(range(NUM_ITEMS))
     client.checkpoint()
     assert any(checkpoints.iterdir()), "no checkpoint in the directory checkpoint_ctor gave"
+  finally:
+    controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+
+
+def listing(path) -> set[str]:
+  """The names in directory `path` (none before it is made)."""
+  return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
+def checkpoints_written(path, before: set[str], count: int, complete) -> list[str]:
+  """Waits until `count` checkpoints not among `before` (names in `path`) were seen complete."""
+  found: list[str] = []
+  deadline = time.monotonic() + TIMEOUT
+  while len(found) < count:
+    assert time.monotonic() < deadline, f"only {found} written in {TIMEOUT}s"
+    names = sorted(listing(path) - before - set(found))
+    found += [name for name in names if complete(path, name)]
+    threading.Event().wait(0.05)
+  return found
+
+
+def replay_checkpoint_complete(path, name) -> bool:
+  return name.endswith(".ckpt")  # written under a temporary name, then renamed
+
+
+def wait_for_size(client, sizes: dict[str, int]) -> None:
+  deadline = time.monotonic() + TIMEOUT
+  while {t: client.server_info()[t].current_size for t in sizes} != sizes:
+    assert time.monotonic() < deadline, f"the tables never reached {sizes}"
+    threading.Event().wait(0.05)
+
+
+# A small fraction of a minute: 0.3 s between checkpoints.
+EVERY_MINUTES = 0.005
+
+
+@pytest.mark.parametrize("launch_type", ["test_mt", "test_mp"])
+def test_checkpoint_time_delta_minutes_writes_checkpoints_a_restart_restores(launch_type, tmp_path):
+  checkpoints = str(tmp_path / "checkpoints")
+  ctor = functools.partial(directory, checkpoints)
+  program = lp.Program("periodic")
+  node = lp.ReverbNode(
+    replay_tables, checkpoint_ctor=ctor, checkpoint_time_delta_minutes=EVERY_MINUTES
+  )
+  handle = program.add_node(node, label="replay")
+  program.add_node(lp.PyNode(replay_actor, handle), label="actor")
+  controller = launch(program, launch_type)
+  try:
+    wait_for_size(handle.dereference(), {"experience": NUM_ITEMS, "done": 1})
+    # The second checkpoint begun after this began after every item was in.
+    before = listing(checkpoints)
+    checkpoints_written(checkpoints, before, 2, replay_checkpoint_complete)
+  finally:
+    controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+
+  program = lp.Program("restarted")
+  handle = program.add_node(lp.ReverbNode(replay_tables, checkpoint_ctor=ctor), label="replay")
+  controller = launch(program, launch_type)
+  try:
+    client = handle.dereference()
+    assert client.server_info()["experience"].current_size == NUM_ITEMS
+    steps = [int(client.sample("experience", timeout=TIMEOUT)[0].data["step"]) for _ in range(5)]
+    assert steps == list(range(NUM_ITEMS))
   finally:
     controller.stop(timeout=TIMEOUT)
   assert controller.failures() == []
@@ -187,3 +254,154 @@ def test_reverb_node_over_reverb_tables_serves_a_real_reverb_server(launch_type,
   finally:
     controller.stop(timeout=TIMEOUT)
   assert controller.failures() == []
+
+
+@needs_reverb
+def test_reverb_node_with_checkpoint_time_delta_minutes_checkpoints_reverb_tables(tmp_path):
+  checkpoints = str(tmp_path / "reverb_checkpoints")
+  ctor = functools.partial(reverb_checkpointer, checkpoints)
+  program = lp.Program("reverb_periodic")
+  node = lp.ReverbNode(
+    reverb_tables, checkpoint_ctor=ctor, checkpoint_time_delta_minutes=EVERY_MINUTES
+  )
+  handle = program.add_node(node, label="replay")
+  program.add_node(lp.PyNode(reverb_actor, handle), label="actor")
+  controller = launch(program, "test_mt")
+  try:
+    wait_for_size(handle.dereference(), {"experience": NUM_ITEMS, "prioritized": NUM_ITEMS})
+    # Reverb keeps only its latest checkpoint, a directory it marks DONE when written.
+    before = listing(checkpoints)
+    checkpoints_written(
+      checkpoints, before, 2, lambda path, name: os.path.isfile(os.path.join(path, name, "DONE"))
+    )
+  finally:
+    controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+
+  program = lp.Program("reverb_restarted")
+  handle = program.add_node(lp.ReverbNode(reverb_tables, checkpoint_ctor=ctor), label="replay")
+  controller = launch(program, "test_mt")
+  try:
+    info = handle.dereference().server_info()
+    assert (info["experience"].current_size, info["prioritized"].current_size) == (5, 5)
+  finally:
+    controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+
+
+# What Acme does with a ReverbNode: its adders write through the client's
+# trajectory writer, its learner reads a TrajectoryDataset made from the
+# table's signature, and a node calls lp.stop() when done.
+
+EPISODES = 2
+EPISODE_STEPS = 5
+WINDOW = 3  # steps per item; items overlap
+
+
+def acme_tables():
+  import reverb
+  import tensorflow as tf
+
+  signature = {
+    "observation": tf.TensorSpec([WINDOW, 2], tf.float32),
+    "reward": tf.TensorSpec([], tf.float32),
+  }
+  return [reverb.Table.queue("trajectories", 100, signature=signature)]
+
+
+def acme_actor(client) -> None:
+  """An Acme adder: an item per window of WINDOW steps, end_episode after each episode."""
+  with client.trajectory_writer(num_keep_alive_refs=WINDOW) as writer:
+    for episode in range(EPISODES):
+      for t in range(EPISODE_STEPS):
+        step = 10 * episode + t
+        writer.append({"observation": np.full(2, step, np.float32), "reward": np.float32(step)})
+        if t >= WINDOW - 1:
+          trajectory = {
+            "observation": writer.history["observation"][-WINDOW:],
+            "reward": writer.history["reward"][-1],
+          }
+          writer.create_item("trajectories", 1.0, trajectory)
+      writer.end_episode()
+
+
+def acme_learner(client, out_path: str) -> None:
+  """An Acme learner's dataset: reads every item, writes what it read, stops the program."""
+  import reverb
+
+  dataset = reverb.TrajectoryDataset.from_table_signature(
+    server_address=client.server_address,
+    table="trajectories",
+    max_in_flight_samples_per_worker=1,
+    num_workers_per_iterator=1,
+    rate_limiter_timeout_ms=int(TIMEOUT * 1000),  # an item missing fails, not hangs
+  )
+  read = []
+  for sample in dataset.take(EPISODES * (EPISODE_STEPS - WINDOW + 1)):
+    read.append(
+      {
+        "observation": sample.data["observation"].numpy().tolist(),
+        "reward": float(sample.data["reward"].numpy()),
+      }
+    )
+  with open(out_path, "w") as f:
+    json.dump(read, f)
+  lp.stop()
+
+
+@needs_reverb
+@pytest.mark.parametrize("launch_type", ["test_mt", "test_mp"])
+def test_acmes_trajectory_writer_and_trajectory_dataset_on_a_reverb_node(launch_type, tmp_path):
+  out_path = str(tmp_path / "read.json")
+  program = lp.Program("acme")
+  replay_handle = program.add_node(lp.ReverbNode(acme_tables), label="replay")
+  program.add_node(lp.PyNode(acme_actor, replay_handle), label="actor")
+  program.add_node(lp.PyNode(acme_learner, replay_handle, out_path), label="learner")
+  controller = launch(program, launch_type)
+  try:
+    assert controller.wait(TIMEOUT) is True
+  finally:
+    controller.stop(timeout=TIMEOUT)
+  assert controller.failures() == []
+  with open(out_path) as f:
+    read = json.load(f)
+  expected = [
+    {
+      "observation": [[float(10 * e + s)] * 2 for s in range(t - WINDOW + 1, t + 1)],
+      "reward": float(10 * e + t),
+    }
+    for e in range(EPISODES)
+    for t in range(WINDOW - 1, EPISODE_STEPS)
+  ]
+  assert sorted(read, key=lambda item: item["reward"]) == expected
+
+
+@needs_reverb
+def test_table_info_has_the_fields_of_reverbs():
+  from reverb import reverb_types
+  from reverb.cc import schema_pb2
+
+  def names(message) -> list[str]:
+    return [field.name for field in message.DESCRIPTOR.fields]
+
+  info = Table.queue("q", 10).info()
+  reverb_fields = [field.name for field in dataclasses.fields(reverb_types.TableInfo)]
+  assert [f for f in reverb_fields if not hasattr(info, f)] == []
+  read = {
+    "rate_limiter_info": (info.rate_limiter_info, schema_pb2.RateLimiterInfo),
+    "insert_stats": (info.rate_limiter_info.insert_stats, schema_pb2.RateLimiterCallStats),
+    "sampler_options": (info.sampler_options, schema_pb2.KeyDistributionOptions),
+    "prioritized": (
+      info.sampler_options.prioritized,
+      schema_pb2.KeyDistributionOptions.Prioritized,
+    ),
+    "heap": (info.sampler_options.heap, schema_pb2.KeyDistributionOptions.Heap),
+    "table_worker_time": (info.table_worker_time, schema_pb2.TableWorkerTime),
+  }
+  missing = [
+    f"{where}.{name}"
+    for where, (ours, proto) in read.items()
+    for name in names(proto)
+    if not hasattr(ours, name)
+  ]
+  assert missing == []
