@@ -6,7 +6,8 @@ a munge key, state and spool directories of their own in a temporary
 directory: nothing outside it is read or changed. The one compute node is
 called `localhost`, at 127.0.0.1, and claims 64 CPUs and two GPUs (GRES
 backed by /dev/null and /dev/zero) so that tests can ask for resources this
-2-core machine does not have; Slurm then only does the bookkeeping.
+2-core machine does not have; Slurm then only does the bookkeeping. It has
+one feature, FEATURE, for `--constraint`.
 Commands that talk to the cluster need `SLURM_CONF` from `environment()`.
 
 The daemons run as the user who runs the tests (SlurmUser and SlurmdUser
@@ -36,6 +37,7 @@ NODE = "localhost"
 PARTITION = "debug"
 CPUS = 64
 GPUS = 2
+FEATURE = "loopback"
 
 
 def find_daemons() -> dict[str, str]:
@@ -187,7 +189,7 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 MinJobAge=5
 GresTypes=gpu
-NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={CPUS} RealMemory=16000 Gres=gpu:{GPUS} State=UNKNOWN
+NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={CPUS} RealMemory=16000 Gres=gpu:{GPUS} Features={FEATURE} State=UNKNOWN
 PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
 """)
     (d / "gres.conf").write_text(

@@ -27,8 +27,9 @@ from launchpad import runs
 from launchpad.control.coordinator import FINISHED
 from launchpad.launch.slurm_jobs import SlurmError
 from tests.child_process import Child
+from tests.launch import test_absl_logging as absl_lines
 from tests.launching import launching
-from tests.slurm import slurm_cluster  # noqa: F401 - the session's cluster, a fixture
+from tests.slurm import FEATURE, slurm_cluster  # noqa: F401 - the session's cluster, a fixture
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -38,6 +39,11 @@ TIMEOUT = 90.0
 POLL_SECONDS = 0.2
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IDLE = "tests/launch/programs/lp_slurm.py:make_idle"
+ABSL_PROGRAM = "tests/launch/programs/absl_logs.py:make_program"
+# The same idlers, with --time_limit=MINUTES for their job.
+LIMITED = "tests/launch/programs/lp_slurm.py"
+# Bound on a run that waits for Slurm's own notice before its time limit.
+NOTICE_TIMEOUT = 240.0
 
 launched = launching(launch_type="slurm", grace_period=5.0)
 
@@ -129,6 +135,18 @@ def lp_launch(cluster, home: pathlib.Path, *args: str) -> subprocess.CompletedPr
   )
 
 
+def lp_command(cluster, home: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+  """`lp ARGS` (status, top, stop, ...) from the repository's root, to its end."""
+  return subprocess.run(
+    [sys.executable, "-m", "launchpad.cli", *args],
+    capture_output=True,
+    text=True,
+    timeout=TIMEOUT,
+    env=environment(cluster, home),
+    cwd=ROOT,
+  )
+
+
 def job_field(cluster, job_id: str, field: str) -> str:
   shown = cluster.run("scontrol", "--oneliner", "show", "job", job_id).stdout
   return dict(w.split("=", 1) for w in shown.split() if "=" in w).get(field, "")
@@ -162,14 +180,15 @@ RESOURCE_VARIABLES = (
 
 
 def report_resources(path: str) -> None:
-  """Writes what Slurm gave this node: its variables, and its job's memory."""
+  """Writes what Slurm gave this node: its variables, and its job's fields
+  as `scontrol show job` shows them (under "job")."""
   job = os.environ["SLURM_JOB_ID"]
   shown = subprocess.run(
     ["scontrol", "--oneliner", "show", "job", job], capture_output=True, text=True, timeout=30
   ).stdout
   fields = dict(w.split("=", 1) for w in shown.split() if "=" in w)
   found = {name: os.environ.get(name) for name in RESOURCE_VARIABLES}
-  found["MinMemoryCPU"] = fields.get("MinMemoryCPU")
+  found["job"] = fields
   pathlib.Path(path).write_text(json.dumps(found))
   print(f"resources of job {job} written", flush=True)
 
@@ -239,11 +258,26 @@ def test_nodes_get_their_groups_resources_in_a_job_per_group(slurm, launched, tm
   assert gpu["SLURM_CPUS_PER_TASK"] == "2" and plain["SLURM_CPUS_PER_TASK"] == "1"
   assert gpu["CUDA_VISIBLE_DEVICES"] in ("0", "1") and gpu["SLURM_STEP_GPUS"] in ("0", "1")
   assert plain["CUDA_VISIBLE_DEVICES"] is None
-  assert gpu["MinMemoryCPU"] == "150M"  # 300 MB per node of 2 CPUs
+  assert gpu["job"]["MinMemoryCPU"] == "150M"  # 300 MB per node of 2 CPUs
   assert gpu["SLURM_JOB_ID"] != plain["SLURM_JOB_ID"]
   assert gpu["LAUNCHPAD_HOST"] == plain["LAUNCHPAD_HOST"] == "127.0.0.1"
   out = capfd.readouterr().out
   assert f"gpu[0] | resources of job {gpu['SLURM_JOB_ID']} written" in out, out
+
+
+def test_time_account_constraint_and_sbatch_options_reach_the_job(slurm, launched, tmp_path):
+  program = lp.Program("options")
+  program.add_node(lp.PyNode(report_resources, str(tmp_path / "node.json")), label="node")
+  resources = lp.SlurmResources(
+    time=5, account="lab", constraint=FEATURE, sbatch_options=["--comment=from-launchpad"]
+  )
+  controller = launched(program, local_resources={"node": resources})
+  assert controller.wait(TIMEOUT) is True
+  job = json.loads((tmp_path / "node.json").read_text())["job"]
+  assert job["TimeLimit"] == "00:05:00", job
+  assert job["Account"] == "lab", job
+  assert job["Features"] == FEATURE, job
+  assert job["Comment"] == "from-launchpad", job
 
 
 def test_without_a_shared_filesystem_code_travels_in_a_bundle(
@@ -260,6 +294,18 @@ def test_without_a_shared_filesystem_code_travels_in_a_bundle(
   assert controller.wait(TIMEOUT) is True
   where = (tmp_path / "where").read_text()
   assert where.startswith("/tmp/launchpad-code-") and where.endswith("/lp_slurm_bundled.py")
+
+
+def test_absl_logging_of_a_node_reaches_the_terminal_and_its_log(slurm, launchpad_home, tmp_path):
+  run_dir = tmp_path / "run"
+  result = lp_launch(slurm, launchpad_home, f"--log-dir={run_dir}", ABSL_PROGRAM)
+  assert result.returncode == 0, result.stdout + result.stderr
+  terminal = result.stdout.splitlines()
+  log = (run_dir / "talker[0].log").read_text().splitlines()
+  for line in (absl_lines.INFO, absl_lines.WARNING):
+    assert len(absl_lines.matching(line, terminal, "talker[0] | ")) == 1, result.stdout
+    assert len(absl_lines.matching(line, log)) == 1, log
+  assert not absl_lines.matching(absl_lines.DEBUG, terminal, "talker[0] | "), result.stdout
 
 
 # Failures and restarts.
@@ -315,7 +361,7 @@ def test_sigkill_of_the_attached_launcher_leaves_no_job(slurm, lp_child):
   wait_until(lambda: not srun_processes(job), f"srun processes of job {job} gone")
 
 
-def test_lp_stop_stops_a_detached_run(slurm, launchpad_home):
+def test_lp_status_top_and_stop_work_on_a_detached_run(slurm, launchpad_home):
   result = lp_launch(slurm, launchpad_home, "--detach", IDLE)
   assert result.returncode == 0, result.stdout + result.stderr
   name = re.search(r", run (\S+)\.", result.stdout)[1]
@@ -325,16 +371,16 @@ def test_lp_stop_stops_a_detached_run(slurm, launchpad_home):
       reply = runs.find(name).status()
     except (LookupError, runs.RunError):
       return False
-    return all(node.state == "running" for node in reply.nodes)
+    return len(reply.nodes) == 2 and all(node.state == "running" for node in reply.nodes)
 
   wait_until(running, f"run {name} running")
-  stopped = subprocess.run(
-    [sys.executable, "-m", "launchpad.cli", "stop", name],
-    capture_output=True,
-    text=True,
-    timeout=TIMEOUT,
-    env=environment(slurm, launchpad_home),
-  )
+  for args in (["status", name], ["top", name, "--iterations=1"]):
+    shown = lp_command(slurm, launchpad_home, *args)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    for node in ("idler[0]", "idler[1]"):
+      row = rf"^\s*{re.escape(node)}\s+running\b"
+      assert re.search(row, shown.stdout, re.MULTILINE), f"lp {args[0]}:\n{shown.stdout}"
+  stopped = lp_command(slurm, launchpad_home, "stop", name)
   assert stopped.returncode == 0, stopped.stderr
   assert not wait_for_empty_queue(slurm), "the stopped run's jobs are still queued"
   log = (launchpad_home / "runs" / name / "launcher.log").read_text()
@@ -351,6 +397,19 @@ def test_a_preemption_notice_stops_an_attached_run_gracefully(slurm, lp_child):
   assert child.finish() == 128 + signal.SIGUSR1, child.output()  # stopped by that signal
   assert f"Slurm job {job} of group 'idler' got SIGUSR1" in child.err(), child.err()
   assert "idler[0] | idle 0 stopped" in child.out()
+
+
+def test_slurms_own_notice_before_the_time_limit_stops_an_attached_run_gracefully(lp_child):
+  # A time limit of 2 minutes and a notice 60 s before it. slurmctld looks at
+  # time limits every 30 s and sends a notice once it is due within the next
+  # 30 s: between 30 and 60 s after the job started, and 30 s or more before
+  # Slurm would end the job.
+  child = lp_child("--preempt-signal=USR1@60", LIMITED, "--", "--time_limit=2")
+  assert child.finish(NOTICE_TIMEOUT) == 128 + signal.SIGUSR1, child.output()
+  assert re.search(r"Slurm job \d+ of group 'idler' got SIGUSR1", child.err()), child.err()
+  for index in (0, 1):  # every node that came up saw the stop
+    assert f"idle {index} up" not in child.out() or f"idle {index} stopped" in child.out()
+  assert "idle 0 stopped" in child.out() or "idle 1 stopped" in child.out(), child.output()
 
 
 def test_a_preemption_notice_requeues_a_detached_run(slurm, launchpad_home):
@@ -384,6 +443,7 @@ def test_requests_slurm_refuses_fail_naming_the_group_before_anything_runs(slurm
   cases = [
     (lp.SlurmResources(partition="nope"), "Invalid partition name specified"),
     (lp.SlurmResources(gpus=3), "Requested node configuration is not available"),
+    (lp.SlurmResources(constraint="infiniband"), "Invalid feature specification"),
   ]
   for resources, said in cases:
     with pytest.raises(SlurmError) as refusal:
