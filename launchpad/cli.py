@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import difflib
 import importlib
 import importlib.util
 import logging
@@ -61,7 +62,9 @@ TARGET is one of:
   package.module:make_program
                            the same for an importable module
 
-Arguments after `--` reach the target's absl flags.
+Arguments after `--` reach the target's absl flags. A launcher's own
+options are listed below under its --mode; they reach every lp.launch call
+of that launch type.
 
 examples:
   lp launch --mode=multiprocess examples/consumer_producers.py -- --num_producers=4
@@ -167,7 +170,18 @@ def _command(argv: list[str] | None) -> int:
   if "--" in argv:
     cut = argv.index("--")
     argv, target_args = argv[:cut], argv[cut + 1 :]
-  args = _parser().parse_args(argv)
+  # Launchers' own flags only where they are taken: reading them imports
+  # every launcher.
+  try:
+    parser = _parser(launchers=argv[:1] in (["launch"], ["sweep"]))
+  except errors.LaunchpadError as e:  # an installed launcher's flags cannot be read
+    print(f"lp {argv[0]}: {e}", file=sys.stderr)
+    return 2
+  args, unknown = parser.parse_known_args(argv)
+  if unknown:
+    if args.command in ("launch", "sweep") and any(a.startswith("-") for a in unknown):
+      return _unknown_options(args, unknown)
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   if hasattr(args, "target_args"):
     args.target_args = [*args.target_args, *target_args]
   if args.command == "launch":
@@ -183,7 +197,9 @@ def _command(argv: list[str] | None) -> int:
   return _stop(args)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(launchers: bool) -> argparse.ArgumentParser:
+  """The command line; with `launchers`, `lp launch` and `lp sweep` take the
+  flags of every launcher (registry.Flag) too."""
   parser = argparse.ArgumentParser(prog="lp", description=__doc__.split("\n\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
   launch = commands.add_parser(
@@ -195,16 +211,8 @@ def _parser() -> argparse.ArgumentParser:
   launch.add_argument("--mode", default="multiprocess", choices=registry.names(), help="launcher")
   launch.add_argument("--log-dir", type=pathlib.Path, help="run directory for node logs")
   _add_launch_options(launch, terminal="current_terminal")
-  launch.add_argument(
-    "--detach",
-    action="store_true",
-    help="slurm mode: submit the whole program as a batch job and return (see docs/remote.md)",
-  )
-  launch.add_argument(
-    "--requeue",
-    action="store_true",
-    help="slurm mode, with --detach: after a notice stopped the program, queue its job again",
-  )
+  if launchers:
+    _add_launcher_flags(launch, sweep=False)
   launch.add_argument("target", help="file.py, file.py:function or package.module:function")
   launch.add_argument("target_args", nargs=argparse.REMAINDER, help="-- then the target's flags")
   status = commands.add_parser("status", help="list running programs and their nodes")
@@ -232,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
   drawing.add_argument("-o", "--output", type=pathlib.Path, help="write here, not to stdout")
   drawing.add_argument("target", help="file.py, file.py:function or package.module:function")
   drawing.add_argument("target_args", nargs="*", help="-- then the target's flags")
-  _add_sweep_parser(commands)
+  _add_sweep_parser(commands, launchers)
   return parser
 
 
@@ -245,12 +253,6 @@ def _add_launch_options(parser: argparse.ArgumentParser, terminal: str) -> None:
     default=terminal,
     choices=["current_terminal", "output_to_files", "tmux_session"],
     help="where node output goes besides the log files",
-  )
-  parser.add_argument(
-    "--hosts", type=pathlib.Path, help="ssh mode: the hosts file (TOML; see docs/remote.md)"
-  )
-  parser.add_argument(
-    "--ray-address", help="ray mode: the cluster to join (default: start a local one)"
   )
   parser.add_argument(
     "--tls",
@@ -268,19 +270,56 @@ def _add_launch_options(parser: argparse.ArgumentParser, terminal: str) -> None:
     type=pathlib.Path,
     help="with --tls-cert: the CA that signed every node's certificate",
   )
-  parser.add_argument(
-    "--preempt-signal",
-    metavar="SIG@SECONDS",
-    help="slurm mode: stop gracefully on Slurm's notice before the time limit, e.g. USR1@60",
-  )
-  parser.add_argument(
-    "--no-shared-filesystem",
-    action="store_true",
-    help="slurm mode: the compute nodes do not see this machine's files; ship the code",
-  )
 
 
-def _add_sweep_parser(commands: Any) -> None:
+# Where the value of a launcher's flag goes in the parsed arguments: its
+# option's name after this prefix, which no option of lp's own has.
+LAUNCHER_OPTION = "launcher option "
+
+
+def _add_launcher_flags(parser: argparse.ArgumentParser, sweep: bool) -> None:
+  """Every launcher's flags, in a group per launcher. Two launchers may
+  declare one flag for options of the same name (the first one's group
+  shows it); a launch type that cannot be loaded shows why instead."""
+  taken: dict[str, str] = {}  # flag -> the option it sets
+  for entry in registry.launchers():
+    title = f"--mode={entry.name}" + (f" ({entry.summary})" if entry.summary else "")
+    try:
+      flags = [f for f in entry.flags() if f.in_sweeps or not sweep]
+    except errors.LaunchpadError as e:
+      parser.add_argument_group(title, str(e))
+      continue
+    group = parser.add_argument_group(title)
+    for flag in flags:
+      owner = taken.get(flag.name)
+      if owner is None:
+        _add_flag(group, entry, flag)
+        taken[flag.name] = flag.option
+      elif owner != flag.option:
+        raise errors.LaunchpadError(
+          f"launch type {entry.name!r} has the flag {flag.name} for its option "
+          f"{flag.option!r}, and another launcher has it for {owner!r}; rename one of the "
+          "options, or uninstall the package that adds the launcher."
+        )
+
+
+def _add_flag(group: Any, entry: registry.Entry, flag: registry.Flag) -> None:
+  help_text = f"{flag.help} (see {flag.see})" if flag.see else flag.help
+  how = (
+    {"type": flag.type, "metavar": flag.metavar}
+    if flag.switch is None
+    else {"action": "store_const", "const": flag.switch}
+  )
+  try:
+    group.add_argument(flag.name, dest=f"{LAUNCHER_OPTION}{flag.option}", help=help_text, **how)
+  except argparse.ArgumentError:
+    raise errors.LaunchpadError(
+      f"launch type {entry.name!r} has the flag {flag.name}, which is one of lp's own; rename "
+      f"its option {flag.option!r}, or uninstall the package that adds the launcher."
+    ) from None
+
+
+def _add_sweep_parser(commands: Any, launchers: bool) -> None:
   study = importlib.import_module("launchpad.sweep.study")
   sweep = commands.add_parser(
     "sweep",
@@ -318,9 +357,10 @@ def _add_sweep_parser(commands: Any) -> None:
   sweep.add_argument("--fail-fast", action="store_true", help="stop at the first failed trial")
   sweep.add_argument("--trial-timeout", type=_positive(float), metavar="SECONDS")
   _add_launch_options(sweep, terminal="output_to_files")
-  # lp launch's options a sweep has not: each trial's run directory is its
-  # own directory in the sweep's, and trials run attached, reporting to it.
-  sweep.set_defaults(log_dir=None, detach=False, requeue=False)
+  if launchers:
+    _add_launcher_flags(sweep, sweep=True)
+  # Each trial's run directory is its own directory in the sweep's.
+  sweep.set_defaults(log_dir=None)
   sweep.add_argument("target", help="file.py, file.py:function or package.module:function")
   sweep.add_argument("target_args", nargs="*", help="-- then the target's flags")
 
@@ -426,26 +466,52 @@ def _launch_and_wait(args: argparse.Namespace, scope: scope_lib.LaunchScope) -> 
 
 
 def _launch_defaults(args: argparse.Namespace) -> dict[str, Any]:
-  """What the command line sets for every lp.launch call of the target."""
-  _check_hosts(args)
+  """What the command line sets for every lp.launch call of the target: lp's
+  own options, and those of the launchers' flags that were given (None
+  leaves an option to the call, or to its launcher)."""
+  _check_required(args)
   return {
     "grace_period": args.grace_period,
     "log_dir": args.log_dir,
     "terminal": args.terminal,
-    "hosts": args.hosts,
-    "ray_address": args.ray_address,
     "tls": _tls_option(args),
-    # Slurm's; None leaves the launcher's default.
-    "detach": args.detach or None,
-    "preempt_signal": args.preempt_signal,
-    "requeue": args.requeue or None,
-    "shared_filesystem": False if args.no_shared_filesystem else None,
+    **{
+      name.removeprefix(LAUNCHER_OPTION): value
+      for name, value in vars(args).items()
+      if name.startswith(LAUNCHER_OPTION)
+    },
   }
 
 
-def _check_hosts(args: argparse.Namespace) -> None:
-  if args.mode == "ssh" and args.hosts is None:
-    raise _UserError("--mode=ssh needs --hosts HOSTS.toml (see docs/remote.md).")
+def _check_required(args: argparse.Namespace) -> None:
+  """Refuses a command line without a flag that --mode's launcher needs."""
+  for flag in registry.find(args.mode).flags():
+    if flag.required and getattr(args, f"{LAUNCHER_OPTION}{flag.option}", None) is None:
+      value = f" {flag.metavar}" if flag.metavar else ""
+      see = f" (see {flag.see})" if flag.see else ""
+      raise _UserError(f"--mode={args.mode} needs {flag.name}{value}{see}.")
+
+
+def _unknown_options(args: argparse.Namespace, unknown: list[str]) -> int:
+  """Exits 2 on options that neither lp nor any launcher has, naming
+  --mode's own flags, which may be what was meant."""
+  command = f"lp {args.command}"
+  try:
+    flags = registry.find(args.mode).flags()
+  except errors.LaunchpadError as e:
+    print(f"{command}: {e}", file=sys.stderr)
+    return 2
+  names = [f.name for f in flags if f.in_sweeps or args.command == "launch"]
+  given = [a.partition("=")[0] for a in unknown if a.startswith("-")]
+  close = difflib.get_close_matches(given[0], names, n=1)
+  meant = f" (did you mean {close[0]}?)" if close else ""
+  own = f"its own options are {', '.join(names)}" if names else "it has no options of its own"
+  print(
+    f"{command}: --mode={args.mode} has no option {', '.join(given)}{meant}; {own}; "
+    f"`{command} --help` lists every option.",
+    file=sys.stderr,
+  )
+  return 2
 
 
 def _start(args: argparse.Namespace) -> int:

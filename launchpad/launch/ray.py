@@ -41,7 +41,7 @@ from launchpad import resources as resources_lib
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
 from launchpad.courier import serialization
-from launchpad.launch import process_main
+from launchpad.launch import process_main, registry
 from launchpad.launch.plan import Plan
 from launchpad.launch.session import Session
 from launchpad.resources import RayResources
@@ -103,7 +103,9 @@ class RayOptions:
   """
 
   local_resources: dict[str, Any] | None = None
-  ray_address: str | None = None
+  ray_address: str | None = dataclasses.field(
+    default=None, metadata=registry.flag("the cluster to join (default: start a local one)")
+  )
   tls: bool | TlsConfig = False
 
 

@@ -15,6 +15,11 @@ A package adds a launcher without touching launchpad, through the
 
 and then `lp.launch(program, launch_type='mycloud', ...)` or
 `lp launch --mode=mycloud agent.py`.
+
+A launcher's options are the fields of its options dataclass. Those whose
+metadata holds a `flag(...)` are flags of `lp launch` and `lp sweep` too,
+named after the field (`--queue` for `queue`), listed under the launcher in
+`lp launch --help`: launchpad's command line knows no launcher's options.
 """
 
 from __future__ import annotations
@@ -22,11 +27,72 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+from collections.abc import Callable
 from typing import Any
 
 from launchpad import errors
 
 ENTRY_POINT_GROUP = "launchpad.launchers"
+# The key, in an options field's metadata, of its Flag.
+FLAG_METADATA = "launchpad.flag"
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  """An option of a launcher as the `lp` command line takes it.
+
+  Declared with `flag(...)`; the field fills in the rest: the flag is named
+  after it, and a bool field is a switch (`--detach` sets a field that
+  defaults to False; `--no-shared-filesystem` clears one that defaults to
+  True). A flag left out leaves the option to the lp.launch call, or to the
+  launcher's default.
+  """
+
+  help: str
+  name: str = ""  # "--queue"
+  type: Callable[[str], Any] = str  # reads the value of a flag that takes one
+  metavar: str | None = None
+  switch: bool | None = None  # the value a switch sets; None: the flag takes a value
+  required: bool = False  # the launch type cannot run without it
+  see: str = ""  # the page that explains it, named in its help and errors
+  in_sweeps: bool = True  # `lp sweep` takes it too (False: it makes no sense for a trial)
+  option: str = ""  # the field it sets
+
+
+def flag(
+  help: str,
+  *,
+  type: Callable[[str], Any] = str,
+  metavar: str | None = None,
+  required: bool = False,
+  see: str = "",
+  in_sweeps: bool = True,
+) -> dict[str, Flag]:
+  """The metadata of an options field that `lp launch` sets with a flag:
+
+  queue: str = dataclasses.field(default="default", metadata=registry.flag("the queue"))
+  """
+  return {
+    FLAG_METADATA: Flag(
+      help, type=type, metavar=metavar, required=required, see=see, in_sweeps=in_sweeps
+    )
+  }
+
+
+def _flag_of(field: dataclasses.Field) -> Flag:
+  """The field's declared Flag, with its name, kind and option filled in."""
+  stem = field.name.replace("_", "-")
+  if isinstance(field.default, bool):
+    return dataclasses.replace(
+      field.metadata[FLAG_METADATA],
+      name=f"--no-{stem}" if field.default else f"--{stem}",
+      switch=not field.default,
+      option=field.name,
+    )
+  declared = field.metadata[FLAG_METADATA]
+  return dataclasses.replace(
+    declared, name=f"--{stem}", metavar=declared.metavar or field.name.upper(), option=field.name
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +116,11 @@ class Entry:
       return getattr(importlib.import_module(module), attribute)
     except ImportError as e:
       raise errors.LaunchpadError(f"launch type {self.name!r} cannot be used here: {e}") from e
+
+  def flags(self) -> list[Flag]:
+    """The options of this launch type that the `lp` command line sets (`flag()`)."""
+    options = self.load().options
+    return [_flag_of(f) for f in dataclasses.fields(options) if FLAG_METADATA in f.metadata]
 
 
 _XMANAGER = "runs nodes through xmanager, which this launchpad does not have; use "
@@ -112,6 +183,16 @@ def entries() -> list[Entry]:
       )
       taken.add(point.name)
   return found
+
+
+def launchers() -> list[Entry]:
+  """The launch types that can run here, one per launcher (threads, not
+  also test, which runs the same launcher)."""
+  found: dict[str, Entry] = {}
+  for entry in entries():
+    if not entry.refusal:
+      found.setdefault(entry.target, entry)
+  return list(found.values())
 
 
 def names(runnable: bool = True) -> list[str]:

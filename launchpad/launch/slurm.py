@@ -35,7 +35,15 @@ from launchpad import errors, runs
 from launchpad import resources as resources_lib
 from launchpad.control.coordinator import Coordinator
 from launchpad.courier import serialization
-from launchpad.launch import bundle, process_main, processes, slurm_jobs, slurm_lease, slurm_step
+from launchpad.launch import (
+  bundle,
+  process_main,
+  processes,
+  registry,
+  slurm_jobs,
+  slurm_lease,
+  slurm_step,
+)
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
 from launchpad.launch.session import Session
@@ -95,11 +103,30 @@ class SlurmOptions:
   log_dir: str | pathlib.Path | None = None
   tls: bool | TlsConfig = False
   grace_period: float = 10.0
-  detach: bool = False
-  shared_filesystem: bool = True
+  detach: bool = dataclasses.field(
+    default=False,
+    metadata=registry.flag(
+      "submit the whole program as a batch job and return", see="docs/remote.md", in_sweeps=False
+    ),
+  )
+  shared_filesystem: bool = dataclasses.field(
+    default=True,
+    metadata=registry.flag("the compute nodes do not see this machine's files; ship the code"),
+  )
   python: str | None = None
-  preempt_signal: str | None = None
-  requeue: bool = False
+  preempt_signal: str | None = dataclasses.field(
+    default=None,
+    metadata=registry.flag(
+      "stop gracefully on Slurm's notice before the time limit, e.g. USR1@60",
+      metavar="SIG@SECONDS",
+    ),
+  )
+  requeue: bool = dataclasses.field(
+    default=False,
+    metadata=registry.flag(
+      "with --detach: after a notice stopped the program, queue its job again", in_sweeps=False
+    ),
+  )
   start_timeout: float = 600.0
   address: str | None = None
   launcher_resources: SlurmResources = dataclasses.field(default_factory=SlurmResources)
@@ -220,7 +247,7 @@ class _SlurmWorkers:
     self._nodes = {node.name: node for node in plan.workers}
     self._order = list(self._nodes)
     self._code = None if options.shared_filesystem else bundle.make()
-    self._leases = slurm_lease.Leases(self._noticed, self._lost)
+    self._leases = slurm_lease.Leases(plan.secret, self._noticed, self._lost)
     self._lost_jobs: dict[str, str] = {}  # job id -> what ended it
     self._steps: dict[str, _Step] = {}  # each node's latest start
     self._alive: list[_Step] = []
@@ -246,7 +273,7 @@ class _SlurmWorkers:
     args = [
       f"--job-name=lp-{self._plan.program}",
       f"--output={output}",
-      f"--export=ALL,{slurm_lease.TOKEN_VARIABLE}={self._leases.token}",
+      f"--export=ALL,{slurm_lease.KEY_VARIABLE}={self._leases.holder_key}",
       "--no-requeue",  # a job that comes back has lost its launcher's connection
       *slurm_jobs.preempt_option(self._options.preempt_signal),
     ]

@@ -30,7 +30,7 @@ from typing import Any
 from launchpad import errors
 from launchpad.control.coordinator import Coordinator
 from launchpad.courier import serialization
-from launchpad.launch import agent, bundle, process_main, processes
+from launchpad.launch import agent, bundle, process_main, processes, registry
 from launchpad.launch import hosts as hosts_lib
 from launchpad.launch.output import OutputMux
 from launchpad.launch.plan import Plan
@@ -74,7 +74,16 @@ class SshOptions:
       launch; or give lp.TlsConfig.from_files(...).
   """
 
-  hosts: str | pathlib.Path | Mapping[str, Any] | hosts_lib.Hosts | None = None
+  hosts: str | pathlib.Path | Mapping[str, Any] | hosts_lib.Hosts | None = dataclasses.field(
+    default=None,
+    metadata=registry.flag(
+      "the hosts file, in TOML",
+      type=pathlib.Path,
+      metavar="HOSTS.toml",
+      required=True,
+      see="docs/remote.md",
+    ),
+  )
   log_dir: str | pathlib.Path | None = None
   tls: bool | TlsConfig = False
 

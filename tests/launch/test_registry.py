@@ -90,6 +90,12 @@ def plugin_path(tmp_path_factory) -> pathlib.Path:
   return target
 
 
+def _lp(plugin_path: pathlib.Path, cwd: pathlib.Path, *args: str):
+  """`lp ARGS` where the relay package is installed."""
+  lp_command = pathlib.Path(sys.executable).parent / "lp"
+  return _run([str(lp_command), *args], plugin_path, cwd)
+
+
 def _run(command: list[str], plugin_path: pathlib.Path, cwd: pathlib.Path):
   env = {
     **os.environ,
@@ -139,10 +145,66 @@ def test_an_installed_package_adds_a_launcher_with_options_of_its_own(plugin_pat
 def test_lp_launch_runs_a_plugin_launcher_by_its_name(plugin_path, tmp_path):
   script = tmp_path / "relayed.py"
   script.write_text(PROGRAM.replace("{banner}", "unused"))
-  lp_command = pathlib.Path(sys.executable).parent / "lp"
-  result = _run(
-    [str(lp_command), "launch", "--mode=relay", f"{script}:make_program"], plugin_path, tmp_path
-  )
+  result = _lp(plugin_path, tmp_path, "launch", "--mode=relay", f"{script}:make_program")
   assert result.returncode == 0, result.stderr
   assert "relay: launching relayed" in result.stdout
   assert "answer 42" in result.stdout
+
+
+def test_lp_launch_gives_a_plugin_launcher_its_own_option(plugin_path, tmp_path):
+  script = tmp_path / "relayed.py"
+  script.write_text(PROGRAM.replace("{banner}", "unused"))
+  result = _lp(
+    plugin_path,
+    tmp_path,
+    "launch",
+    "--mode=relay",
+    "--banner=from the command line",
+    f"{script}:make_program",
+  )
+  assert result.returncode == 0, result.stderr
+  assert "from the command line: launching relayed" in result.stdout
+  assert "answer 42" in result.stdout
+
+
+def test_a_mistyped_option_is_refused_naming_the_mode_and_the_option(plugin_path, tmp_path):
+  script = tmp_path / "relayed.py"
+  script.write_text(PROGRAM.replace("{banner}", "unused"))
+  result = _lp(
+    plugin_path, tmp_path, "launch", "--mode=relay", "--baner=hi", f"{script}:make_program"
+  )
+  assert result.returncode == 2
+  assert result.stderr == (
+    "lp launch: --mode=relay has no option --baner (did you mean --banner?); its own options "
+    "are --banner; `lp launch --help` lists every option.\n"
+  )
+  assert "launching" not in result.stdout
+
+
+def test_lp_launch_help_lists_each_launchers_options_under_it(plugin_path, tmp_path):
+  result = _lp(plugin_path, tmp_path, "launch", "--help")
+  assert result.returncode == 0, result.stderr
+  sections = {}
+  for section in result.stdout.split("\n\n"):
+    title, _, body = section.partition("\n")
+    sections[title] = body
+  relay = sections["--mode=relay (from launchpad-relay):"]
+  assert "--banner BANNER" in relay and "the start of the line the launch prints" in relay
+  assert "--hosts HOSTS.toml" in sections["--mode=ssh (nodes on the hosts of a hosts file):"]
+  assert "--ray-address RAY_ADDRESS" in sections["--mode=ray (every node a Ray actor):"]
+  slurm = sections["--mode=slurm (every node a Slurm task):"]
+  for name in ("--detach", "--no-shared-filesystem", "--preempt-signal SIG@SECONDS", "--requeue"):
+    assert name in slurm
+  assert "--grace-period" in sections["options:"] and "--banner" not in sections["options:"]
+
+
+def test_a_launcher_declares_its_flags_in_its_options_fields():
+  flags = {flag.name: flag for flag in registry.find("slurm").flags()}
+  assert sorted(flags) == ["--detach", "--no-shared-filesystem", "--preempt-signal", "--requeue"]
+  assert flags["--detach"].switch is True and flags["--detach"].option == "detach"
+  assert flags["--no-shared-filesystem"].switch is False
+  assert flags["--no-shared-filesystem"].option == "shared_filesystem"
+  assert flags["--preempt-signal"].switch is None
+  assert flags["--preempt-signal"].metavar == "SIG@SECONDS"
+  assert not flags["--detach"].in_sweeps and flags["--preempt-signal"].in_sweeps
+  assert registry.find("threads").flags() == []

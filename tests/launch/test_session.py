@@ -4,16 +4,20 @@ set up so far is closed, newest first, and nothing reads as running."""
 from __future__ import annotations
 
 import dataclasses
+import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 
+import psutil
 import pytest
 
 import launchpad as lp
 from launchpad import context, errors
 from launchpad.launch import plan as plan_lib
+from launchpad.launch import processes, threads
 from launchpad.launch import session as session_lib
-from launchpad.launch import threads
 
 WAIT_SECONDS = 60.0
 
@@ -89,6 +93,102 @@ def test_a_start_that_fails_midway_leaves_nothing_running(tmp_path, monkeypatch)
   assert _refuses(launcher.address), "the coordinator still serves"
   with pytest.raises(errors.LaunchpadError, match="no launchpad program runs"):
     context.current_runtime()
+
+
+class _FailingOnceRunning:
+  """The processes launcher's workers, whose start fails (`fail()`) once a
+  node process runs; records the processes it had then."""
+
+  def __init__(self, workers, fail: Callable[[], None]):
+    self._workers = workers
+    self._fail = fail
+    self._before = _descendants()
+    self.started: list[psutil.Process] = []
+
+  def start_all(self) -> None:
+    self._workers.start_all()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not self._workers.pids():  # the fork server reports each fork
+      if time.monotonic() > deadline:
+        raise AssertionError(f"no node process started within {WAIT_SECONDS:.0f} s")
+      time.sleep(0.05)
+    self.started = [
+      p for p in psutil.Process().children(recursive=True) if p.pid not in self._before
+    ]
+    self._fail()
+
+  def __getattr__(self, name):
+    return getattr(self._workers, name)
+
+
+class _ProcessesFailingOnceRunning:
+  """The processes launcher, whose start fails once a node process runs."""
+
+  options = _NoOptions
+  single_host = True
+  nodes_travel = True
+
+  def __init__(self, fail: Callable[[], None]):
+    self._fail = fail
+    self.run = None
+    self.address = None
+    self.workers = None
+
+  def prepare(self, session, options):
+    workers = processes.LAUNCHER.prepare(session, processes.ProcessesOptions())
+    self.run = session.run
+    self.address = session.coordinator.address
+    self.workers = _FailingOnceRunning(workers, self._fail)
+    return self.workers
+
+
+def _descendants() -> set[int]:
+  return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _waiting_program(name: str) -> lp.Program:
+  program = lp.Program(name)
+  program.add_node(lp.PyNode(lp.wait_for_stop), label="first")
+  program.add_node(lp.PyNode(lp.wait_for_stop), label="second")
+  return program
+
+
+def _assert_all_closed(launcher: _ProcessesFailingOnceRunning) -> None:
+  """No node process or fork server left, the run over, the coordinator
+  closed, and no runtime of the program in this process."""
+  assert launcher.workers.started, "the failure came before any node process ran"
+  _, alive = psutil.wait_procs(launcher.workers.started, timeout=WAIT_SECONDS)
+  assert not alive, f"processes outlived the failed start: {alive}"
+  assert launcher.run.over(), "the run directory still reads as running"
+  assert _refuses(launcher.address), "the coordinator still serves"
+  with pytest.raises(errors.LaunchpadError, match="no launchpad program runs"):
+    context.current_runtime()
+
+
+def _start_failed() -> None:
+  raise StartFailed("the launcher's start failed once a node ran")
+
+
+def test_a_processes_start_that_fails_midway_leaves_no_process_and_nothing_running():
+  launcher = _ProcessesFailingOnceRunning(_start_failed)
+  plan = plan_lib.make_plan(_waiting_program("halfway_processes"), serialize=True)
+  with pytest.raises(StartFailed):
+    session_lib.run(launcher, plan, _NoOptions(), grace_period=5.0, handle_signals=False)
+  _assert_all_closed(launcher)
+
+
+def test_ctrl_c_during_the_start_closes_everything_set_up():
+  """A real SIGINT, under Python's own handler (KeyboardInterrupt), once a
+  node process runs and before supervision starts."""
+  launcher = _ProcessesFailingOnceRunning(lambda: signal.raise_signal(signal.SIGINT))
+  plan = plan_lib.make_plan(_waiting_program("interrupted"), serialize=True)
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      session_lib.run(launcher, plan, _NoOptions(), grace_period=5.0, handle_signals=False)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  _assert_all_closed(launcher)
 
 
 def _plan() -> plan_lib.Plan:

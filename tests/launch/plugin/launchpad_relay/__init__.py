@@ -1,8 +1,9 @@
 """A launcher from another package: every node a thread, its lines marked.
 
 It exists to test that a package adds a launcher through the
-`launchpad.launchers` entry-point group, with options of its own, using
-launchpad's public launcher interface only (session.Launcher, Workers).
+`launchpad.launchers` entry-point group, with options of its own (one a
+flag of `lp launch`), using launchpad's public launcher interface only
+(session.Launcher, Workers, registry.flag).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+from launchpad.launch import registry
 from launchpad.launch.session import Session
 from launchpad.launch.worker import run_node
 
@@ -18,7 +20,9 @@ from launchpad.launch.worker import run_node
 class RelayOptions:
   """Options of the relay launcher."""
 
-  banner: str = "relay"
+  banner: str = dataclasses.field(
+    default="relay", metadata=registry.flag("the start of the line the launch prints")
+  )
 
 
 class RelayLauncher:
