@@ -86,7 +86,15 @@ class Session:
     return self.run
 
   def start_coordinator(self, host: str = LOOPBACK, tls: TlsConfig | None = None) -> str:
-    """Starts the program's coordinator on `host`; returns its address."""
+    """Starts the program's coordinator, listening on `host`; returns the
+    address it listens on, "host:port".
+
+    On loopback (the default) that is the address workers on this machine
+    dial. Listening on every interface ("[::]", "0.0.0.0"), for workers on
+    other machines, it is no address they can dial: give them this
+    machine's address as they reach it, with the port of the one returned
+    (`address.rpartition(":")[2]`), as the ssh, ray and slurm launchers do.
+    """
     from launchpad.control.coordinator import Coordinator
 
     plan = self.plan
