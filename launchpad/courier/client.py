@@ -26,7 +26,8 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
 from launchpad import errors, timeouts
-from launchpad.courier import protocol, serialization, shared_memory
+from launchpad.courier import protocol, serialization, shared_memory, tls_socket
+from launchpad.courier.future import CallFuture
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
@@ -37,6 +38,9 @@ ADVICE = (
 # Why a call raised without being sent.
 NOT_SENT = "it was not sent, having no time left (a timeout of 0 never waits)"
 _NO_REPLY = "no reply had arrived"
+# A batch of futures' requests is written at the latest this long after its
+# first request joined it, when no reply came to write it sooner.
+FLUSH_SECONDS = 0.001
 
 
 class AddressResolver(Protocol):
@@ -436,6 +440,14 @@ class _PipelinedConnection:
   the connection allows when the server is slower than the callers); if a
   future's deadline passes while its request is being written, the watcher
   cuts the connection, which wakes the writer.
+
+  A small request made while others are in flight waits in a batch
+  (protocol.FrameBatch), to go with the next ones in one write: the caller
+  writes a full batch; the reader writes it once it has read every reply
+  that came, and the watcher FLUSH_SECONDS after its first request, in case
+  no reply comes sooner. Those two never block on the write: what the
+  socket does not take at once waits for the next write (the reader must
+  not stop reading replies, nor the watcher stop watching deadlines).
   """
 
   def __init__(self, channel: _Channel, deadline: Deadline, method: str):
@@ -449,15 +461,19 @@ class _PipelinedConnection:
     self._backlog: list[tuple[int, bytes, list[memoryview]]] = []
     self._error: BaseException | None = None  # why connecting failed
     self._cut: str | None = None  # why this client closed the connection itself
-    self._sending: int | None = None  # the call whose request is being written
+    self._sending: tuple[int, ...] | list[int] = ()  # the calls whose requests are being written
     self._ids = itertools.count(1)
     self._write_lock = threading.Lock()
+    self._condition = threading.Condition()  # its futures'
+    self._batch = protocol.FrameBatch()
+    self._unsent = b""  # the end of a batch the socket did not take at once
+    self._batches = False  # whether requests may wait in the batch (once connected)
     threading.Thread(
       target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
     ).start()
 
   def submit(self, method: _Method, args: tuple, kwargs: dict, deadline: Deadline) -> Future:
-    future: Future = Future()
+    future = CallFuture(self._condition)
     payload, buffers = serialization.dumps((method.name, args, kwargs), method.arguments)
     if deadline.expired():
       _complete(future, error=deadline.error(NOT_SENT))
@@ -472,9 +488,65 @@ class _PipelinedConnection:
         _deadlines.add(deadline, self, call_id)
       if self.sock is None:
         self._backlog.append((call_id, payload, buffers))
+      elif len(self._pending) > 1 and self._batches and protocol.FrameBatch.fits(payload, buffers):
+        self._hold(call_id, payload)
       else:
+        self._write_batch()
         self._send(call_id, payload, buffers)
     return future
+
+  def _hold(self, call_id: int, payload: bytes) -> None:
+    """Puts a request in the batch (the write lock held); writes a full one."""
+    first = not self._batch
+    if self._batch.add(protocol.REQUEST, protocol.CONCURRENT, call_id, payload):
+      self._write_batch()
+    elif first:
+      _deadlines.flush_later(self)
+
+  def _batched(self) -> bytes:
+    """What is to be written of the batch (the write lock held): what an
+    earlier write left, then the requests whose deadline has not passed."""
+    pending = self._pending
+    self._sending = self._batch.call_ids
+    data = self._batch.take(lambda i: i in pending and not pending[i][2].expired())
+    if self._unsent:
+      data, self._unsent = self._unsent + data, b""
+    return data
+
+  def _write_batch(self) -> None:
+    """Writes the batch, blocking as a request's write does (the write lock held)."""
+    if not self._batch and not self._unsent:
+      return
+    data = self._batched()
+    try:
+      self.sock.sendall(data)
+    except OSError:
+      self.close()  # the reader fails every pending future
+    finally:
+      self._sending = ()
+
+  def flush(self) -> None:
+    """Writes what the socket takes at once of the batch; never blocks."""
+    if not self._write_lock.acquire(blocking=False):
+      _deadlines.flush_later(self)  # a writer is in, which may only add to the batch
+      return
+    try:
+      if self.closed or (not self._batch and not self._unsent):
+        return
+      data = self._batched()
+      self._sending = ()
+      try:
+        sent = self.sock.send(data, socket.MSG_DONTWAIT)
+      except BlockingIOError:
+        sent = 0
+      except OSError:
+        self.close()
+        return
+      if sent < len(data):
+        self._unsent = data[sent:]
+        _deadlines.flush_later(self)
+    finally:
+      self._write_lock.release()
 
   def _send(self, call_id: int, payload: bytes, buffers: list[memoryview]) -> None:
     """Sends a request (the write lock held) unless its deadline has passed;
@@ -482,7 +554,7 @@ class _PipelinedConnection:
     entry = self._pending.get(call_id)
     if entry is None or entry[2].expired():
       return  # its deadline passed while it waited to be sent: the watcher fails it
-    self._sending = call_id
+    self._sending = (call_id,)
     try:
       protocol.send_frame(
         self.sock,
@@ -496,7 +568,7 @@ class _PipelinedConnection:
     except OSError:
       self.close()  # the reader fails every pending future, this one included
     finally:
-      self._sending = None
+      self._sending = ()
 
   def expire(self, call_id: int) -> None:
     entry = self._pending.pop(call_id, None)
@@ -505,7 +577,7 @@ class _PipelinedConnection:
     deadline = entry[2]
     if self.sock is None:
       what = "it was still waiting to connect to its node"
-    elif self._sending == call_id:
+    elif call_id in self._sending:
       what = "while sending the request"
       self._cut = (
         f"the client closed its connection to node {self._channel.label} at {self.address} "
@@ -538,6 +610,8 @@ class _PipelinedConnection:
         deadline = later
     with self._write_lock:
       self.sock, self.address, self.shared = sock, address, shared
+      # TLS writes go through one object under its own lock, not MSG_DONTWAIT.
+      self._batches = not isinstance(sock, tls_socket.TlsSocket)
       # Replies must be read while the backlog is sent: a server whose
       # replies nobody reads stops reading requests.
       threading.Thread(
@@ -576,6 +650,8 @@ class _PipelinedConnection:
     try:
       while True:
         frame = reader.read()
+        if (self._batch or self._unsent) and not reader.has_frame():
+          self.flush()  # every reply that came is read: the server has room for more
         entry = self._pending.pop(frame.call_id, None)
         if entry is not None:  # else expired or cancelled
           try:
@@ -627,25 +703,34 @@ def _complete(future: Future, result: Any = None, error: BaseException | None = 
 
 
 class _DeadlineWatcher:
-  """Fails futures whose call's deadline passes; one thread, started on demand.
+  """Fails futures whose call's deadline passes, and writes batches that
+  wait too long (FLUSH_SECONDS); one thread, started on demand.
 
   Its entries hold no Deadline (the pending call does): they outlive the
   calls until their time comes, and fewer objects keep the collector fast.
   """
 
   def __init__(self):
-    self._heap: list[tuple[float, int, _PipelinedConnection, int]] = []
+    # (when, order, connection, call id; None to write the connection's batch)
+    self._heap: list[tuple[float, int, _PipelinedConnection, int | None]] = []
     self._order = itertools.count()
     self._wake = threading.Condition()
     self._thread: threading.Thread | None = None
 
   def add(self, deadline: Deadline, conn: _PipelinedConnection, call_id: int) -> None:
+    self._push(deadline.at, conn, call_id)
+
+  def flush_later(self, conn: _PipelinedConnection) -> None:
+    self._push(time.monotonic() + FLUSH_SECONDS, conn, None)
+
+  def _push(self, at: float, conn: _PipelinedConnection, call_id: int | None) -> None:
     with self._wake:
-      heapq.heappush(self._heap, (deadline.at, next(self._order), conn, call_id))
+      order = next(self._order)
+      heapq.heappush(self._heap, (at, order, conn, call_id))
       if self._thread is None:
         self._thread = threading.Thread(target=self._run, name="courier-deadlines", daemon=True)
         self._thread.start()
-      elif self._heap[0][2] is conn and self._heap[0][3] == call_id:
+      elif self._heap[0][1] == order:
         self._wake.notify()
 
   def _run(self) -> None:
@@ -654,7 +739,10 @@ class _DeadlineWatcher:
         while not self._heap or self._heap[0][0] > time.monotonic():
           self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
         _, _, conn, call_id = heapq.heappop(self._heap)
-      conn.expire(call_id)
+      if call_id is None:
+        conn.flush()
+      else:
+        conn.expire(call_id)
 
 
 _deadlines = _DeadlineWatcher()

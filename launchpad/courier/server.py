@@ -218,6 +218,7 @@ class Server:
   def _read_loop(self, conn: _Connection, generation: int) -> None:
     """Reads and runs requests until the peer leaves or another thread takes over."""
     try:
+      conn.flush()  # replies the thread before this one held back
       while True:
         frame = conn.reader.read(spin=protocol.SPIN_SECONDS)
         if frame.kind != protocol.REQUEST:
@@ -229,7 +230,7 @@ class Server:
           continue
         conn.busy_since = time.monotonic()
         self._watchdog.wake()
-        self._handle(conn, frame)
+        self._handle(conn, frame, generation)
         frame = None
         with conn.lock:
           if conn.generation != generation:
@@ -263,18 +264,20 @@ class Server:
     with self._idle:
       return self._idle.wait_for(lambda: not self._busy, timeout)
 
-  def _handle(self, conn: _Connection, frame: protocol.Frame) -> None:
+  def _handle(
+    self, conn: _Connection, frame: protocol.Frame, generation: int | None = None
+  ) -> None:
     with self._idle:
       self._busy += 1
     try:
-      self._reply(conn, frame)
+      self._reply(conn, frame, generation)
     finally:
       with self._idle:
         self._busy -= 1
         if not self._busy:
           self._idle.notify_all()
 
-  def _reply(self, conn: _Connection, frame: protocol.Frame) -> None:
+  def _reply(self, conn: _Connection, frame: protocol.Frame, generation: int | None) -> None:
     self.calls += 1
     try:
       method, args, kwargs = serialization.loads(frame.payload, frame.buffers)
@@ -286,6 +289,14 @@ class Server:
       self.errors += 1
     try:
       with conn.write_lock:
+        if generation is not None and protocol.FrameBatch.fits(payload, buffers):
+          # Held back while the next request is already read, if this
+          # thread still reads the connection (else its reader may wait).
+          full = conn.batch.add(kind, 0, frame.call_id, payload)
+          if full or conn.generation != generation or not conn.reader.has_frame():
+            conn.write_held()
+          return
+        conn.write_held()
         protocol.send_frame(conn.sock, kind, 0, frame.call_id, payload, buffers, shared=conn.shared)
     except OSError:
       pass  # the caller went away; nobody is left to tell
@@ -301,16 +312,35 @@ class Server:
 
 
 class _Connection:
-  """One client connection; `generation` names the thread allowed to read it."""
+  """One client connection; `generation` names the thread allowed to read it.
+
+  Replies to concurrent requests wait in `batch` while the connection's
+  reader has the next request in hand, and go out together once it has
+  none (or the batch is full): a client that pipelines calls gets many
+  replies per write. A reply held behind a request that runs long goes out
+  when the watchdog hands the connection to a new reader, which first
+  writes the batch (HANDOFF_SECONDS, plus a tick of the watchdog, at most).
+  """
 
   def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
     self.sock = sock
     self.shared = shared
     self.reader = protocol.FrameReader(sock, shared)
     self.write_lock = threading.Lock()
+    self.batch = protocol.FrameBatch()
     self.lock = threading.Lock()
     self.generation = 0
     self.busy_since: float | None = None
+
+  def flush(self) -> None:
+    """Writes the replies held back."""
+    with self.write_lock:
+      self.write_held()
+
+  def write_held(self) -> None:
+    """Writes the replies held back (the write lock held)."""
+    if self.batch:
+      self.sock.sendall(self.batch.take())
 
   def close(self) -> None:
     shared_memory.close_connection(self.sock, self.shared)
