@@ -15,6 +15,7 @@ files could read the token or point `lp stop` elsewhere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -34,10 +35,14 @@ from launchpad.tls import TlsConfig
 if TYPE_CHECKING:  # made by control_client(): finding runs (sweeps do) loads no gRPC
   from launchpad.control.client import ControlClient
 
-# How long `lp` commands wait for a coordinator's answer. A live one answers
-# in milliseconds, and within seconds while its machine is loaded or it is
-# stopping nodes; one that accepts connections but never answers (a stuck
-# launcher, a reused address) must not hold `lp status` for gRPC's own 30 s.
+# How long `lp` commands wait for a coordinator at first. A live one
+# answers in milliseconds; past this, only a run that looks alive
+# (Run.looks_alive) is waited for, so that a silent address beside it (a
+# black hole, an address another process took) holds `lp status` this long.
+FIRST_QUERY_SECONDS = 1.0
+# How long they wait in all for a run that looks alive: within seconds while
+# its machine is loaded or it is stopping nodes; one that never answers (a
+# stuck launcher) must not hold `lp status` for gRPC's own 30 s.
 QUERY_SECONDS = 5.0
 # Run directories started in one second get suffixes -2, -3, ... up to this.
 MAX_SUFFIX = 1000
@@ -47,7 +52,7 @@ UNSAFE = "unsafe"  # the directory belongs to another user, or others can write 
 BROKEN = "broken"  # run.json cannot be read
 NO_TOKEN = "no-token"  # the token file is missing
 UNREACHABLE = "unreachable"  # nothing answers at the coordinator's address
-NOT_ANSWERING = "not-answering"  # the coordinator did not answer in QUERY_SECONDS
+NOT_ANSWERING = "not-answering"  # the coordinator did not answer in time
 REFUSED = "refused"  # the coordinator does not accept the run's token
 
 _Reply = TypeVar("_Reply")
@@ -170,21 +175,43 @@ class Run:
     return info
 
   def status(self, timeout: float = QUERY_SECONDS) -> control_pb2.StatusReply:
-    """The program's status from its coordinator, within `timeout` seconds;
-    raises RunError."""
+    """The program's status from its coordinator, within FIRST_QUERY_SECONDS,
+    or `timeout` seconds if the run looks alive; raises RunError."""
     return self._call(lambda client: client.status(), timeout)
 
   def stop(self, reason: str, timeout: float = QUERY_SECONDS) -> None:
-    """Asks the coordinator to stop the program; raises RunError."""
+    """Asks the coordinator to stop the program (bounded as `status`); raises RunError."""
     self._call(lambda client: client.stop(reason), timeout)
+
+  def looks_alive(self, info: dict, connected: bool) -> bool:
+    """Whether a coordinator that is slow to answer is worth waiting for.
+
+    On this host: its launcher is the process listening at the
+    coordinator's port (a loaded launcher answers late; an address another
+    process took, or a black hole, never does). On another host, whose
+    processes cannot be looked at from here: the address accepted the
+    connection (`connected`).
+    """
+    if info.get("launcher_host", socket.gethostname()) != socket.gethostname():
+      return connected
+    port = info["coordinator"].rpartition(":")[2]
+    try:
+      sockets = psutil.Process(info["launcher_pid"]).net_connections(kind="inet")
+    except (psutil.Error, ValueError):
+      return False
+    return any(
+      s.status == psutil.CONN_LISTEN and s.laddr and str(s.laddr.port) == port for s in sockets
+    )
 
   def _call(self, call: Callable[[ControlClient], _Reply], timeout: float) -> _Reply:
     info = self.check()
     address = info["coordinator"]
-    start = time.monotonic()
-    refused = _connect_error(address, timeout)
+    patience = _Patience(timeout, lambda connected: self.looks_alive(info, connected))
+    refused: OSError | None = TimeoutError()  # no connection yet
+    while isinstance(refused, TimeoutError) and (left := patience.remaining(False)) > 0:
+      refused = _connect_error(address, left)
     if isinstance(refused, TimeoutError):
-      raise self._not_answering(info, timeout)
+      raise self._not_answering(info, patience.waited)
     if refused is not None:
       raise RunError(
         self.name,
@@ -197,34 +224,62 @@ class Run:
       client = self.control_client()
     except OSError as e:
       raise RunError(self.name, NO_TOKEN, f"cannot read the run's files ({e}).") from None
-    timed_out = threading.Event()
+    answer: concurrent.futures.Future = concurrent.futures.Future()
 
-    def expire() -> None:
-      timed_out.set()
-      client.close()  # ends the call in flight
+    def ask() -> None:
+      try:
+        answer.set_result(call(client))
+      except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
+        answer.set_exception(e)
 
-    deadline = threading.Timer(max(0.0, timeout - (time.monotonic() - start)), expire)
-    deadline.start()
+    threading.Thread(target=ask, name=f"lp-query-{self.name}", daemon=True).start()
     try:
-      return call(client)
+      while not answer.done():
+        left = patience.remaining(True)
+        if left <= 0:
+          raise self._not_answering(info, patience.waited)
+        concurrent.futures.wait([answer], left)
+      return answer.result()
     except errors.AuthenticationError as e:
       raise RunError(self.name, REFUSED, str(e)) from None
     except errors.ProgramStoppedError as e:
-      if timed_out.is_set():
-        raise self._not_answering(info, timeout) from None
       raise RunError(self.name, UNREACHABLE, str(e)) from None
     finally:
-      deadline.cancel()
-      client.close()
+      client.close()  # ends a call still in flight
 
-  def _not_answering(self, info: dict, timeout: float) -> RunError:
+  def _not_answering(self, info: dict, waited: float) -> RunError:
     return RunError(
       self.name,
       NOT_ANSWERING,
-      f"the coordinator at {info['coordinator']} did not answer within {timeout:g} s: its "
+      f"the coordinator at {info['coordinator']} did not answer within {waited:g} s: its "
       f"launcher (pid {info['launcher_pid']}) is stuck or overloaded, or another process "
       "took the address; try again, or stop the launcher with a signal.",
     )
+
+
+class _Patience:
+  """How long one query waits: FIRST_QUERY_SECONDS, then the rest of its
+  timeout if the run looks alive (asked once, when the first bound passed)."""
+
+  def __init__(self, timeout: float, looks_alive: Callable[[bool], bool]):
+    self._start = time.monotonic()
+    self._first = min(FIRST_QUERY_SECONDS, timeout)
+    self._timeout = timeout
+    self._looks_alive = looks_alive
+    self._alive: bool | None = None
+    self.waited = self._first  # the bound the query is held to, for its error
+
+  def remaining(self, connected: bool) -> float:
+    """Seconds left to wait (0.0: give up); `connected`: the coordinator's
+    address accepted a connection."""
+    elapsed = time.monotonic() - self._start
+    if elapsed < self._first:
+      return self._first - elapsed
+    if self._alive is None:
+      self._alive = self._timeout > self._first and self._looks_alive(connected)
+      if self._alive:
+        self.waited = self._timeout
+    return max(0.0, self._timeout - elapsed) if self._alive else 0.0
 
 
 def _connect_error(address: str, timeout: float) -> OSError | None:

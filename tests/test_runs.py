@@ -8,9 +8,11 @@ the modes seen are the ones the code asks for, not the ones a umask leaves.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
+import signal
 import socket
 import stat
 import subprocess
@@ -278,3 +280,104 @@ def test_a_coordinator_that_never_answers_is_given_up_on_after_the_timeout(lp_ho
     assert time.monotonic() - start < TIMEOUT
   assert error.state == runs.NOT_ANSWERING
   assert str(error).startswith(f"stuck: the coordinator at {address} did not answer within 0.5 s")
+
+
+@pytest.fixture
+def stand_in_launcher():
+  """A live process of this host that listens nowhere: the launcher of a run
+  whose coordinator's address is not its own."""
+  process = subprocess.Popen(
+    [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+  )
+  yield process.pid
+  process.kill()
+  process.wait(TIMEOUT)
+
+
+def test_a_silent_address_is_given_up_on_at_the_first_bound(lp_home, stand_in_launcher):
+  with socket.socket() as black_hole:  # listens, never accepts: connections hang
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(1)
+    address = f"127.0.0.1:{black_hole.getsockname()[1]}"
+    info = {"coordinator": address, "launcher_pid": stand_in_launcher}
+    run = fake_run(lp_home, "hole", info)
+    assert not run.looks_alive(info, connected=True)
+    start = time.monotonic()
+    error = query_error(run, timeout=TIMEOUT)
+    elapsed = time.monotonic() - start
+  assert error.state == runs.NOT_ANSWERING
+  first = runs.FIRST_QUERY_SECONDS
+  assert str(error).startswith(
+    f"hole: the coordinator at {address} did not answer within {first:g} s"
+  )
+  assert first <= elapsed < TIMEOUT
+
+
+def test_a_silent_coordinator_of_a_live_launcher_gets_the_whole_timeout(lp_home):
+  # The launcher (this process) listens at the address: it may only be slow.
+  timeout = runs.FIRST_QUERY_SECONDS + 1.5
+  with socket.socket() as black_hole:
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(1)
+    address = f"127.0.0.1:{black_hole.getsockname()[1]}"
+    info = {"coordinator": address, "launcher_pid": os.getpid()}
+    run = fake_run(lp_home, "stuck", info)
+    assert run.looks_alive(info, connected=True)
+    start = time.monotonic()
+    error = query_error(run, timeout=timeout)
+    elapsed = time.monotonic() - start
+  assert error.state == runs.NOT_ANSWERING
+  assert str(error).startswith(
+    f"stuck: the coordinator at {address} did not answer within {timeout:g} s"
+  )
+  assert timeout <= elapsed < TIMEOUT
+
+
+def test_a_run_of_another_host_looks_alive_once_its_address_accepted_a_connection():
+  info = {"coordinator": "127.0.0.1:1", "launcher_pid": 1, "launcher_host": "elsewhere"}
+  run = runs.Run(pathlib.Path("unused"))
+  assert run.looks_alive(info, connected=True)
+  assert not run.looks_alive(info, connected=False)
+
+
+COORDINATOR = """
+import sys
+from launchpad import runs
+from launchpad.control.coordinator import Coordinator
+
+secret = bytes.fromhex(sys.argv[1])
+coordinator = Coordinator("slowpoke", ["node[0]"], secret)
+run = runs.create("slowpoke")
+run.write(coordinator.start(), secret)
+print(run.path, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_live_coordinator_that_answers_past_the_first_bound_is_shown(lp_home):
+  launcher = subprocess.Popen(
+    [sys.executable, "-c", COORDINATOR, SECRET.hex()],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "LAUNCHPAD_HOME": str(lp_home)},
+  )
+  try:
+    run = runs.Run(pathlib.Path(launcher.stdout.readline().strip()))
+    assert run.status(TIMEOUT).program == "slowpoke"
+    # A launcher that cannot answer for longer than the first bound (a
+    # loaded machine; here, a stopped process) is still waited for.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      os.kill(launcher.pid, signal.SIGSTOP)
+      start = time.monotonic()
+      try:
+        answer = pool.submit(run.status, TIMEOUT)
+        time.sleep(runs.FIRST_QUERY_SECONDS + 0.5)  # past the first bound, whatever the load
+        assert not answer.done()
+      finally:
+        os.kill(launcher.pid, signal.SIGCONT)
+      assert answer.result(TIMEOUT).program == "slowpoke"
+    assert time.monotonic() - start > runs.FIRST_QUERY_SECONDS
+  finally:
+    launcher.kill()
+    launcher.wait(TIMEOUT)
