@@ -841,7 +841,8 @@ def _status(args: argparse.Namespace) -> int:
     return 0
   tables = []
   if selected:
-    # All at once, each within runs.QUERY_SECONDS: a stuck run holds up no other.
+    # All at once: a silent run holds the others up by runs.FIRST_QUERY_SECONDS
+    # (runs.QUERY_SECONDS if it looks alive) and hides none of them.
     with concurrent.futures.ThreadPoolExecutor(len(selected)) as pool:
       tables = list(pool.map(_run_table, selected))
   sys.stdout.write("".join(tables + sweep_tables))

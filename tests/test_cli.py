@@ -22,6 +22,8 @@ import psutil
 import pytest
 from child_process import Child
 
+from launchpad import runs
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROGRAMS = ROOT / "tests" / "launch" / "programs"
 # Bound on every wait for a line or an exit; a healthy run takes a second or two.
@@ -666,7 +668,20 @@ def fake_run(runs_dir: pathlib.Path, name: str, info, token: bool = True) -> Non
     (path / "token").write_text("not the token")
 
 
-def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_live_one(lp, lp_env):
+@pytest.fixture
+def stand_in_launcher():
+  """A live process that listens nowhere, as the launcher of runs made by hand."""
+  process = subprocess.Popen(
+    [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+  )
+  yield process.pid
+  process.kill()
+  process.wait(TIMEOUT)
+
+
+def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_live_one(
+  lp, lp_env, stand_in_launcher
+):
   process, pids = start_servers(lp)
   runs_dir = pathlib.Path(lp_env["LAUNCHPAD_HOME"]) / "runs"
   [live] = [p.name for p in runs_dir.iterdir()]
@@ -678,8 +693,8 @@ def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_liv
     black_hole.bind(("127.0.0.1", 0))
     black_hole.listen(16)
     hole = f"127.0.0.1:{black_hole.getsockname()[1]}"
-    # The launchers of these runs "live": the test process stands for them.
-    launcher = {"launcher_pid": os.getpid()}
+    # The launchers of these runs live, and do not listen at their coordinators' addresses.
+    launcher = {"launcher_pid": stand_in_launcher}
     fake_run(runs_dir, "a-coordinator-gone", {"coordinator": gone, **launcher})
     fake_run(runs_dir, "b-black-hole", {"coordinator": hole, **launcher})
     fake_run(runs_dir, "c-no-token", {"coordinator": hole, **launcher}, token=False)
@@ -688,7 +703,9 @@ def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_liv
     os.chmod(runs_dir / "e-open-to-all", 0o777)
     fake_run(runs_dir, "f-ended", {"coordinator": hole, **launcher, "ended": time.time()})
 
+    start = time.monotonic()
     result = run_lp(lp_env, "status", timeout=30.0)
+    elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -702,14 +719,17 @@ def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_liv
       live: "program=serving",
     }, result.stdout
     assert heads[live][2] == "running", result.stdout
-    assert heads["a-coordinator-gone"][2:] == ["launcher", f"pid={os.getpid()}"]
+    assert heads["a-coordinator-gone"][2:] == ["launcher", f"pid={stand_in_launcher}"]
     assert heads["d-bad-json"][2:] == ["launcher", "pid=-"]
     # Below each row that cannot be queried, why.
     details = {lines[i - 1].split()[0]: line.strip() for i, line in enumerate(lines) if i}
     assert details["a-coordinator-gone"].startswith(
       f"nothing answers at the coordinator's address {gone}"
     )
-    assert details["b-black-hole"].startswith(f"the coordinator at {hole} did not answer within")
+    first = runs.FIRST_QUERY_SECONDS
+    assert details["b-black-hole"].startswith(
+      f"the coordinator at {hole} did not answer within {first:g} s"
+    )
     assert details["c-no-token"].startswith(f"{runs_dir / 'c-no-token' / 'token'} is missing")
     assert details["d-bad-json"].startswith(f"{runs_dir / 'd-bad-json' / 'run.json'} cannot be")
     assert details["e-open-to-all"].startswith(
@@ -718,6 +738,12 @@ def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_liv
     # The live run's table is whole.
     nodes = {line.split()[0]: line.split() for line in lines if line.startswith("  server[")}
     assert {name: row[1] for name, row in nodes.items()} == dict.fromkeys(pids, "running")
+    # The broken runs cost about the black hole's first bound beside the live
+    # run's own query, not the QUERY_SECONDS that a run looking alive may take.
+    start = time.monotonic()
+    assert run_lp(lp_env, "status", live).returncode == 0
+    alone = time.monotonic() - start
+    assert elapsed < alone + (first + runs.QUERY_SECONDS) / 2, (elapsed, alone)
 
     # Commands about one of them say what is wrong, and exit 1.
     result = run_lp(lp_env, "stop", "b-black-hole", timeout=30.0)
