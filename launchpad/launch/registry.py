@@ -68,10 +68,8 @@ def flag(
   see: str = "",
   in_sweeps: bool = True,
 ) -> dict[str, Flag]:
-  """The metadata of an options field that `lp launch` sets with a flag:
-
-  queue: str = dataclasses.field(default="default", metadata=registry.flag("the queue"))
-  """
+  """The metadata of an options field that `lp launch` sets with a flag, as
+  in `dataclasses.field(default="default", metadata=registry.flag("the queue"))`."""
   return {
     FLAG_METADATA: Flag(
       help, type=type, metavar=metavar, required=required, see=see, in_sweeps=in_sweeps
@@ -81,18 +79,13 @@ def flag(
 
 def _flag_of(field: dataclasses.Field) -> Flag:
   """The field's declared Flag, with its name, kind and option filled in."""
+  declared = field.metadata[FLAG_METADATA]
   stem = field.name.replace("_", "-")
   if isinstance(field.default, bool):
-    return dataclasses.replace(
-      field.metadata[FLAG_METADATA],
-      name=f"--no-{stem}" if field.default else f"--{stem}",
-      switch=not field.default,
-      option=field.name,
-    )
-  declared = field.metadata[FLAG_METADATA]
-  return dataclasses.replace(
-    declared, name=f"--{stem}", metavar=declared.metavar or field.name.upper(), option=field.name
-  )
+    name = f"--no-{stem}" if field.default else f"--{stem}"
+    return dataclasses.replace(declared, name=name, switch=not field.default, option=field.name)
+  metavar = declared.metavar or field.name.upper()
+  return dataclasses.replace(declared, name=f"--{stem}", metavar=metavar, option=field.name)
 
 
 @dataclasses.dataclass(frozen=True)
