@@ -404,7 +404,7 @@ class _SyncConnection:
     self.lock = threading.Lock()
     # Closes once, by hand or when collected.
     self.close = weakref.finalize(self, shared_memory.close_connection, sock, shared)
-    self._reader = protocol.FrameReader(sock, shared)
+    self._reader = protocol.FrameReader(sock, shared, serialization.load_stream)
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
@@ -645,7 +645,7 @@ class _PipelinedConnection:
       _complete(future, error=error)
 
   def _read_loop(self) -> None:
-    reader = protocol.FrameReader(self.sock, self.shared)
+    reader = protocol.FrameReader(self.sock, self.shared, serialization.load_stream)
     error: BaseException | None = None
     try:
       while True:

@@ -25,7 +25,8 @@ import os
 import socket
 import struct
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from launchpad import errors
 from launchpad.courier import bounded_io, shared_memory, tls_socket
@@ -61,6 +62,11 @@ _IOV_MAX = 512
 MAX_BATCH_FRAMES = 64
 MAX_BATCH_BYTES = 64 * 1024
 MAX_BATCHED_PAYLOAD = 4096
+# A frame without out-of-band buffers whose pickle is at least this large is
+# unpickled as it arrives (FrameReader's `load`): the large `bytes` values in
+# it go from the kernel straight into their own memory, with no copy of the
+# whole pickle first (see docs/design.md for the figures that set this).
+STREAMED_PAYLOAD = 1 << 20
 
 # How long a reader polls a socket before it sleeps in the kernel. On virtual
 # machines waking a sleeping thread costs 50-150 us, several times a whole
@@ -175,7 +181,7 @@ def send_frame(
   kind: int,
   flags: int,
   call_id: int,
-  payload: bytes,
+  payload: bytes | PayloadParts,
   buffers: list[memoryview],
   deadline: Deadline | None = None,
   shared: shared_memory.Channel | None = None,
@@ -206,12 +212,28 @@ def send_frame(
     buffers = shared.send(call_id, sizes, buffers, deadline)
   header = HEADER.pack(kind, flags, len(sizes), call_id, len(payload))
   lengths = struct.pack(f"<{len(sizes)}Q", *sizes)
-  parts = [memoryview(header + lengths), memoryview(payload), *buffers]
+  pickled = payload.parts if isinstance(payload, PayloadParts) else [payload]
+  parts = [memoryview(header + lengths), *map(memoryview, pickled), *buffers]
   parts = [p.cast("B") if p.format != "B" or p.ndim != 1 else p for p in parts if p.nbytes]
   if isinstance(sock, tls_socket.TlsSocket):
     sock.sendmsg(parts, deadline, _SENDING)
   else:
     bounded_io.send_parts(sock, parts, deadline, _SENDING, _IOV_MAX)
+
+
+class PayloadParts:
+  """A pickle in pieces, as serialization.dumps makes it for values that
+  hold large `bytes`: each of those is a piece of its own, written from its
+  own memory instead of being copied into the pickle first."""
+
+  __slots__ = ("parts", "size")
+
+  def __init__(self, parts: list[bytes]):
+    self.parts = parts
+    self.size = sum(len(part) for part in parts)
+
+  def __len__(self) -> int:
+    return self.size
 
 
 class FrameBatch:
@@ -292,11 +314,23 @@ class Polling:
 
 class FrameReader:
   """Reads frames from a blocking socket, many small frames per system call;
-  with a `shared` channel (Unix sockets), buffers in shared memory too."""
+  with a `shared` channel (Unix sockets), buffers in shared memory too.
 
-  def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
+  With `load`, a frame whose pickle is large (STREAMED_PAYLOAD) and has no
+  out-of-band buffers is unpickled as it is read: `load` gets the pickle as
+  a file (PayloadStream) and returns what the frame's payload is to be
+  (serialization.load_stream); the whole frame is read when `read` returns.
+  """
+
+  def __init__(
+    self,
+    sock: socket.socket,
+    shared: shared_memory.Channel | None = None,
+    load: Callable[[PayloadStream], Any] | None = None,
+  ):
     self._sock = sock
     self._shared = shared
+    self._load = load
     self.polling = Polling()
     self._buffer = bytearray(_CHUNK)
     self._view = memoryview(self._buffer)
@@ -327,6 +361,8 @@ class FrameReader:
       self._wait(deadline, spin)
     kind, flags, nbuffers, call_id, size = HEADER.unpack(self._take(HEADER.size, deadline))
     lengths = struct.unpack(f"<{nbuffers}Q", self._take(8 * nbuffers, deadline)) if nbuffers else ()
+    if self._load is not None and not nbuffers and size >= STREAMED_PAYLOAD:
+      return Frame(kind, flags, call_id, self._load_streamed(size, deadline), [])
     payload = self._take(size, deadline)
     if flags & SHARED:
       return Frame(kind, flags, call_id, payload, self._read_shared(call_id, lengths, deadline))
@@ -352,15 +388,29 @@ class FrameReader:
     malloc reuses freed memory, while a fresh map faults in every page.)
     """
     out = bytearray(n)
-    have = min(n, self._end - self._start)
-    out[:have] = self._view[self._start : self._start + have]
-    self._start += have
-    if (
-      have < n
-      and bounded_io.recv_all(self._sock, memoryview(out)[have:], deadline, _STALLED) < n - have
-    ):
-      raise EOFError("connection closed in the middle of a frame")
+    self.read_into(memoryview(out), deadline)
     return out
+
+  def read_into(self, view: memoryview, deadline: Deadline | None) -> None:
+    """Fills `view` with the next bytes of the connection: what is read
+    already, then straight from the kernel."""
+    n = len(view)
+    have = min(n, self._end - self._start)
+    view[:have] = self._view[self._start : self._start + have]
+    self._start += have
+    if have < n and bounded_io.recv_all(self._sock, view[have:], deadline, _STALLED) < n - have:
+      raise EOFError("connection closed in the middle of a frame")
+
+  def read_bytes(self, n: int, deadline: Deadline | None) -> bytes:
+    """The next `n` bytes of the connection."""
+    data = self._take(n, deadline)
+    return data if type(data) is bytes else bytes(data)
+
+  def _load_streamed(self, size: int, deadline: Deadline | None) -> Any:
+    stream = PayloadStream(self, size, deadline)
+    loaded = self._load(stream)
+    stream.skip_rest()  # what a failed unpickling left: the next frame starts after it
+    return loaded
 
   def _wait(self, deadline: Deadline | None, spin: float) -> None:
     """Reads at least one byte, polling for `spin` seconds first (unless
@@ -410,6 +460,50 @@ class FrameReader:
       if not got:
         raise EOFError("connection closed")
       self._end += got
+
+
+class PayloadStream:
+  """The pickle of a frame being read, as the file an Unpickler reads.
+
+  `failed` is the error the connection gave, if reading it did fail (then
+  the connection is broken, whatever the unpickling says).
+  """
+
+  def __init__(self, reader: FrameReader, size: int, deadline: Deadline | None):
+    self._reader = reader
+    self._deadline = deadline
+    self.left = size
+    self.failed: BaseException | None = None
+
+  def read(self, n: int = -1) -> bytes:
+    n = self.left if n < 0 else min(n, self.left)
+    data = self._guarded(self._reader.read_bytes, n)
+    self.left -= n
+    return data
+
+  def readinto(self, buffer: Any) -> int:
+    view = memoryview(buffer).cast("B")
+    n = min(len(view), self.left)
+    self._guarded(self._reader.read_into, view[:n])
+    self.left -= n
+    return n
+
+  def readline(self) -> bytes:  # only text opcodes (pickle protocol 0) read lines
+    line = bytearray()
+    while self.left and not line.endswith(b"\n"):
+      line += self.read(1)
+    return bytes(line)
+
+  def skip_rest(self) -> None:
+    while self.left:
+      self.read(min(self.left, _CHUNK // 4))
+
+  def _guarded(self, read: Callable[..., Any], arg: Any) -> Any:
+    try:
+      return read(arg, self._deadline)
+    except BaseException as e:
+      self.failed = e
+      raise
 
 
 UNIX_PREFIX = "unix:"

@@ -25,7 +25,7 @@ import pickle
 import sys
 import types
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import cloudpickle
 
@@ -33,6 +33,10 @@ from launchpad import errors
 from launchpad.courier import protocol, tensors
 
 PROTOCOL = 5
+# A `bytes` value at least this large, the value itself or an item of it or
+# of its items (a call's arguments, a result's fields), travels as a piece of
+# its own pickle (protocol.PayloadParts), written from its own memory.
+LARGE_BYTES = 1 << 20
 # The Python whose bytecode pickled code carries; code runs only under the same.
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -59,7 +63,9 @@ def dumps(
 
   callback = keep if out_of_band else None
   try:
-    data = fast_dumps(obj, callback)
+    data = dumps_in_parts(obj, callback) if out_of_band and _holds_large_bytes(obj) else None
+    if data is None:
+      data = fast_dumps(obj, callback)
   except Exception:  # noqa: BLE001 - any failure of the fast path gets a second try
     buffers.clear()
     try:
@@ -91,8 +97,65 @@ def fast_dumps(
     return file.getvalue()
 
 
-def loads(data: bytes | memoryview, buffers: list[Any]) -> Any:
+def _holds_large_bytes(obj: Any, depth: int = 2) -> bool:
+  """Whether `obj`, or an item of it or of its items (tuples, lists, dict
+  values), is a `bytes` of at least LARGE_BYTES: a cheap look, not a walk."""
+  kind = type(obj)
+  if kind is bytes:
+    return len(obj) >= LARGE_BYTES
+  if not depth or not obj:
+    return False
+  if kind is tuple or kind is list:
+    return any(_holds_large_bytes(item, depth - 1) for item in obj)
+  if kind is dict:
+    return any(_holds_large_bytes(item, depth - 1) for item in obj.values())
+  return False
+
+
+def dumps_in_parts(
+  obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None
+) -> protocol.PayloadParts | None:
+  """The pickle of `obj` in pieces: the C pickler hands a large `bytes` to
+  its file's write as it is, so the pickle holds no copy of it. None when
+  torch or JAX is imported (fast_dumps' pickler then; nothing is lost but
+  the copy)."""
+  if tensors.pickler() is not None:
+    return None
+  parts: list[bytes] = []
+  file = types.SimpleNamespace(write=parts.append)
+  pickle.Pickler(file, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+  return protocol.PayloadParts(parts)
+
+
+class Loaded(NamedTuple):
+  """What a pickle read from its connection (load_stream) held, or why it
+  could not be unpickled."""
+
+  value: Any
+  error: BaseException | None
+
+
+def load_stream(stream: protocol.PayloadStream) -> Loaded:
+  """Unpickles a frame's pickle as it arrives (protocol.FrameReader's
+  `load`): its large `bytes` are read straight into their own memory.
+
+  An error of the connection propagates; one of the unpickling is kept, to
+  be raised where the value is asked for (`loads`), as for any frame.
+  """
+  try:
+    return Loaded(pickle.Unpickler(stream).load(), None)
+  except Exception as e:  # noqa: BLE001 - handed to whoever asks for the value
+    if stream.failed is not None:
+      raise stream.failed from None
+    return Loaded(None, e.with_traceback(None))
+
+
+def loads(data: bytes | memoryview | Loaded, buffers: list[Any]) -> Any:
   """Inverse of `dumps`: the unpickled object adopts `buffers` without copies."""
+  if type(data) is Loaded:
+    if data.error is not None:
+      raise data.error
+    return data.value
   return pickle.loads(data, buffers=buffers)
 
 

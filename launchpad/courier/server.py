@@ -325,7 +325,7 @@ class _Connection:
   def __init__(self, sock: socket.socket, shared: shared_memory.Channel | None = None):
     self.sock = sock
     self.shared = shared
-    self.reader = protocol.FrameReader(sock, shared)
+    self.reader = protocol.FrameReader(sock, shared, serialization.load_stream)
     self.write_lock = threading.Lock()
     self.batch = protocol.FrameBatch()
     self.lock = threading.Lock()
