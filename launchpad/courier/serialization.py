@@ -97,18 +97,28 @@ def fast_dumps(
     return file.getvalue()
 
 
-def _holds_large_bytes(obj: Any, depth: int = 2) -> bool:
+def _holds_large_bytes(obj: Any) -> bool:
   """Whether `obj`, or an item of it or of its items (tuples, lists, dict
-  values), is a `bytes` of at least LARGE_BYTES: a cheap look, not a walk."""
+  values), is a `bytes` of at least LARGE_BYTES: a look of ~0.3 us at a
+  call's request, not a walk, written out for the small call's sake."""
   kind = type(obj)
   if kind is bytes:
     return len(obj) >= LARGE_BYTES
-  if not depth or not obj:
-    return False
   if kind is tuple or kind is list:
-    return any(_holds_large_bytes(item, depth - 1) for item in obj)
-  if kind is dict:
-    return any(_holds_large_bytes(item, depth - 1) for item in obj.values())
+    items = obj
+  elif kind is dict:
+    items = obj.values()
+  else:
+    return False
+  for item in items:
+    kind = type(item)
+    if kind is bytes:
+      if len(item) >= LARGE_BYTES:
+        return True
+    elif kind is tuple or kind is list or kind is dict:
+      for inner in item.values() if kind is dict else item:
+        if type(inner) is bytes and len(inner) >= LARGE_BYTES:
+          return True
   return False
 
 
