@@ -171,7 +171,11 @@ def ours_overhead(home: pathlib.Path, trials: int, run: int) -> tuple[list[float
 
 
 def ray_overhead(trials: int, storage: pathlib.Path) -> tuple[list[float], list[float]]:
-  import ray
+  # Ray imported through launchpad's Ray launcher, which sets Ray's loopback
+  # switch for the import: the instance below listens on loopback only.
+  from launchpad.launch import ray as ray_launcher
+
+  ray = ray_launcher.ray
   from ray import tune
 
   times: dict[str, dict] = {}

@@ -20,6 +20,7 @@ removed when the program ends.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -55,21 +57,41 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # servers listen on every interface, and rewrites a loopback address to join
 # (127.0.0.1:PORT) to that IP. With this variable at 0, meant for macOS and
 # Windows, it uses 127.0.0.1 for both, and its servers listen on loopback
-# only. Read when Ray is imported, like the one above.
+# only.
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-os.environ.setdefault(LOOPBACK_SWITCH, "0")
-try:
-  import ray
-  from ray.util.placement_group import (
-    placement_group,
-    placement_group_table,
-    remove_placement_group,
-  )
-  from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-except ImportError as e:
-  raise ImportError(
-    "launch_type='ray' needs Ray: install it with pip install 'launchpad-rl[ray]'."
-  ) from e
+
+
+@contextlib.contextmanager
+def _set_unless_set(name: str, value: str) -> Iterator[None]:
+  """os.environ[name] = value for the block, unless the user set it.
+
+  Ray reads LOOPBACK_SWITCH once, as it is imported (ray._private.ray_constants),
+  so the import is all that needs it; children of this process (a node that
+  runs `ray start --address=...` on a cluster of many hosts, which the switch
+  at 0 refuses) get the environment the user gave."""
+  if name in os.environ:
+    yield
+    return
+  os.environ[name] = value
+  try:
+    yield
+  finally:
+    os.environ.pop(name, None)
+
+
+with _set_unless_set(LOOPBACK_SWITCH, "0"):
+  try:
+    import ray
+    from ray.util.placement_group import (
+      placement_group,
+      placement_group_table,
+      remove_placement_group,
+    )
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+  except ImportError as e:
+    raise ImportError(
+      "launch_type='ray' needs Ray: install it with pip install 'launchpad-rl[ray]'."
+    ) from e
 
 log = logging.getLogger(__name__)
 

@@ -41,6 +41,8 @@ from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import FINISHED
 from launchpad.launch import ray as ray_launcher
 from tests import ray_cluster
+from tests.launch.programs import absl_logs
+from tests.launch.test_absl_logging import DEBUG, INFO, WARNING
 from tests.launching import launching
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -68,16 +70,10 @@ def load_example(name: str) -> types.ModuleType:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-  """One local Ray instance for the module, listening on loopback only; its address."""
-  ray.init(num_cpus=2, resources={"widget": 2}, include_dashboard=False)
-  try:
-    # This process and its children: Ray's, and any other test server still up.
-    listening = ray_cluster.listening_sockets(os.getpid())
-    outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
-    assert not outside, f"the test's Ray instance listens beyond loopback: {outside}"
-    yield ray.get_runtime_context().gcs_address
-  finally:
-    ray.shutdown()  # a later test module may start a Ray instance of its own
+  """One local Ray instance for the module, listening on loopback only; its
+  address. It is shut down at the end: a later module may start its own."""
+  with ray_cluster.local_ray(num_cpus=2, resources={"widget": 2}, include_dashboard=False) as gcs:
+    yield gcs
 
 
 # lp.launch in ray mode on `cluster`; every program launched is stopped at teardown.
@@ -207,16 +203,30 @@ def test_each_node_is_an_actor_named_after_it_with_its_group_resources(launched,
   assert not {"heavy[0]", "light[0]"} & named
 
 
-def _wait_for_output(capsys, pattern: re.Pattern) -> None:
-  """Waits for a line of this process's output (Ray prints actors' lines
-  from a thread of its own, when they arrive) that matches `pattern`."""
+def _wait_for_output(capsys, pattern: re.Pattern, stream: str = "out") -> str:
+  """Waits for a line of this process's stdout (or stderr: `stream="err"`)
+  that matches `pattern`: Ray prints actors' lines from a thread of its own,
+  when they arrive. Returns what it read of the stream."""
   seen = ""
   deadline = time.monotonic() + TIMEOUT
   while not pattern.search(seen):
     if time.monotonic() > deadline:
       pytest.fail(f"no output line matched {pattern.pattern!r} in {TIMEOUT} s; got:\n{seen}")
-    seen += capsys.readouterr().out
+    seen += getattr(capsys.readouterr(), stream)
     time.sleep(0.05)
+  return seen
+
+
+def test_absl_logging_of_a_node_reaches_the_launchers_output_at_info(launched, capsys):
+  controller = launched(absl_logs.make_program())
+  assert controller.wait(TIMEOUT) is True
+  # absl writes to the actor's stderr; Ray relays each line to the launcher's
+  # stderr after the actor's name (in colour). The node logs DEBUG, INFO,
+  # WARNING in turn.
+  actor = r"\(talker\[0\] pid=\d+[^)]*\)(\x1b\[0m)? "
+  seen = _wait_for_output(capsys, re.compile(actor + WARNING.pattern), stream="err")
+  assert re.search(actor + INFO.pattern, seen), seen
+  assert not re.search(DEBUG.pattern, seen), seen
 
 
 def test_stop_ends_nodes_gracefully_and_kills_those_that_ignore_it(launched):
@@ -352,8 +362,9 @@ _OWN_CLUSTER_SCRIPT = textwrap.dedent(
   """
   import threading
   import psutil
-  import ray
   import launchpad as lp
+  import launchpad.launch.ray  # first: it imports Ray with Ray's loopback switch set
+  import ray
 
   class Service:
     pass
@@ -415,23 +426,29 @@ def test_a_cluster_started_by_the_launcher_checks_requests_and_ends_with_the_pro
 
 # Launches a program on a new local cluster and prints, as JSON, every TCP
 # socket that the launcher and its descendants (Ray's processes, the node's
-# actor) listen on while the program runs.
+# actor) listen on while the program runs, and Ray's loopback switch as the
+# launcher's environment and the node's have it.
 _LISTENING_SCRIPT = textwrap.dedent(
   """
   import json
   import os
   import launchpad as lp
+  from launchpad.launch import ray as ray_launcher
   from tests import ray_cluster
 
   class Service:
-    def ping(self):
-      return "pong"
+    def switch(self):
+      return os.environ.get(ray_launcher.LOOPBACK_SWITCH)
 
   program = lp.Program("listening")
   service = program.add_node(lp.CourierNode(Service), label="service")
   controller = lp.launch(program, launch_type="ray", grace_period=2.0)
-  assert service.dereference().with_timeout(30).ping() == "pong"
-  print(json.dumps(ray_cluster.listening_sockets(os.getpid())))
+  node_switch = service.dereference().with_timeout(30).switch()
+  print(json.dumps({
+    "listening": ray_cluster.listening_sockets(os.getpid()),
+    "launcher_switch": os.environ.get(ray_launcher.LOOPBACK_SWITCH),
+    "node_switch": node_switch,
+  }))
   controller.stop(timeout=30)
   """
 )
@@ -455,12 +472,16 @@ def test_a_cluster_started_by_the_launcher_listens_on_loopback_only(tmp_path):
     cwd=tmp_path,
   )
   assert result.returncode == 0, result.stderr
-  listening = json.loads(result.stdout.splitlines()[-1])
+  seen = json.loads(result.stdout.splitlines()[-1])
+  listening = seen["listening"]
   # Ray's servers, the coordinator in the launcher, the node's courier server in its actor.
   names = {name for name, _, _ in listening}
   assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::NodeActor") for n in names)
   outside = [entry for entry in listening if not ray_cluster.is_loopback(entry[1])]
   assert not outside, f"listening beyond loopback: {outside}"
+  # The switch was set for Ray's import only: the launcher's children (Ray's
+  # processes, the node's actor, a `ray start` a node might run) do not inherit it.
+  assert (seen["launcher_switch"], seen["node_switch"]) == (None, None), seen
 
 
 # With Ray imported before the launcher and the switch at 1, Ray would start

@@ -20,6 +20,7 @@ from launchpad import live_view
 from launchpad.control import control_pb2
 from launchpad.control.client import ControlClient
 from launchpad.control.coordinator import Coordinator
+from tests import ray_cluster
 from tests.launching import launching
 from tests.sshd import HOSTS, LoopbackSshd
 from tests.sweep.conftest import TIMEOUT
@@ -120,16 +121,13 @@ def test_ssh_launcher(sshd, tmp_path):
 
 
 def test_ray_launcher():
-  ray = pytest.importorskip("ray")
-  ray.init(num_cpus=2, include_dashboard=False)
-  try:
+  pytest.importorskip("launchpad.launch.ray", reason="needs ray")
+  with ray_cluster.local_ray(num_cpus=2, include_dashboard=False):  # checks: loopback only
     controller = lp.launch(program(), launch_type="ray", grace_period=2.0)
     try:
       check_reports(wait_for_all(controller))
     finally:
       controller.stop(timeout=TIMEOUT)
-  finally:
-    ray.shutdown()
 
 
 @pytest.mark.parametrize(
@@ -188,9 +186,9 @@ def test_a_sweep_of_trials_on_ssh_hosts(sshd, tmp_path):
 
 
 def test_a_sweep_of_trials_in_ray_actors():
-  ray = pytest.importorskip("ray")
-  ray.init(num_cpus=2, include_dashboard=False)  # one cluster for every trial
-  try:
+  pytest.importorskip("launchpad.launch.ray", reason="needs ray")
+  # One cluster for every trial; it checks that it listens on loopback only.
+  with ray_cluster.local_ray(num_cpus=2, include_dashboard=False):
     result = lp.sweep(
       scored,
       {"x": [1.0, 2.0]},
@@ -200,8 +198,6 @@ def test_a_sweep_of_trials_in_ray_actors():
       name="ray",
       launch_options={"grace_period": 2.0},
     )
-  finally:
-    ray.shutdown()
   check_sweep(result)
 
 
