@@ -1,6 +1,7 @@
 """Real Ray clusters on loopback, each in a directory of its own, for the
 Ray launcher's tests: two nodes (`start`), or one head started by `ray start`
-(`start_head`).
+(`start_head`); and a local Ray instance in the test's own process
+(`local_ray`).
 
 Run as a script, it starts a head node and a second node, both with node IP
 127.0.0.1 (on which Ray binds its servers to loopback only), each with a
@@ -18,18 +19,23 @@ RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which keeps 127.0.0.1, it refuses to
 start a second node. Ray's own test cluster (ray.cluster_utils.Cluster)
 takes the node IP as given, so it makes the nodes here.
 
-No Ray Client server: in Ray 2.60 its per-client server sometimes dies as
-it starts (about one connection in five here, before writing a line), so
-the tests do not join through it.
+The head also runs a Ray Client server (`client_address`, ray://127.0.0.1:PORT),
+with gRPC's fork handlers off (GRPC_ENABLE_FORK_SUPPORT=false in its
+environment): in Ray 2.60 it forks a server per client while its other
+threads are in gRPC calls, and with the handlers on (grpcio's default) that
+server sometimes died in gRPC's code before its exec (about one connection
+in twenty here, one in five under heavier load; docs/remote_ray.md).
 
     python tests/ray_cluster.py DIRECTORY
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -38,7 +44,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 
@@ -60,6 +68,7 @@ class RayCluster:
   """A running cluster: where to join it, and its nodes' ids."""
 
   address: str  # the head's GCS, 127.0.0.1:PORT
+  client_address: str  # its Ray Client server, ray://127.0.0.1:PORT
   head_id: str
   second_id: str
   pid: int  # of the process that owns the cluster
@@ -94,6 +103,34 @@ def is_loopback(ip: str) -> bool:
   address = ipaddress.ip_address(ip)
   mapped = getattr(address, "ipv4_mapped", None)
   return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def assert_loopback_only(pid: int, what: str) -> None:
+  """Fails unless Ray's servers (a GCS and a raylet) are among the sockets
+  `pid` and its descendants listen on, and every one of those is on loopback."""
+  listening = listening_sockets(pid)
+  names = {name for name, _, _ in listening}
+  assert {"gcs_server", "raylet"} <= names, f"{what}: no Ray servers listening: {listening}"
+  outside = [entry for entry in listening if not is_loopback(entry[1])]
+  assert not outside, f"{what} listens beyond loopback: {outside}"
+
+
+@contextlib.contextmanager
+def local_ray(**init_args: Any) -> Iterator[str]:
+  """A local Ray instance in this process, `ray.init(**init_args)`, on
+  loopback only whichever test module ran first: Ray is imported through
+  launchpad's Ray launcher, which sets Ray's loopback switch for the import
+  (Ray reads it then, once). Its sockets are checked; yields its GCS address;
+  shuts it down."""
+  from launchpad.launch import ray as ray_launcher  # imports Ray, its switch set
+
+  ray = ray_launcher.ray
+  ray.init(**init_args)
+  try:
+    assert_loopback_only(os.getpid(), "the test's Ray instance")
+    yield ray.get_runtime_context().gcs_address
+  finally:
+    ray.shutdown()
 
 
 def start(log: pathlib.Path, env: dict[str, str]) -> Iterator[RayCluster]:
@@ -240,16 +277,58 @@ def _free_port() -> int:
     return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _environment(settings: dict[str, str]) -> Iterator[None]:
+  """os.environ with `settings` for the block: what the processes started in it inherit."""
+  saved = {name: os.environ.get(name) for name in settings}
+  os.environ.update(settings)
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+
+
+def _wait_accepting(port: int, timeout: float) -> None:
+  """Returns once 127.0.0.1:port accepts connections; fails after `timeout`."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((LOOPBACK, port), timeout=1.0).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise RuntimeError(f"the Ray Client server on port {port} did not start: {e}") from e
+      time.sleep(0.1)
+
+
 def main(directory: pathlib.Path) -> None:
   from ray import cluster_utils
 
-  head_args = {**_node_args("head_node", directory / "head"), "include_dashboard": False}
-  cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head_args)
+  client_port = _free_port()
+  head_args = {
+    **_node_args("head_node", directory / "head"),
+    "include_dashboard": False,
+    "ray_client_server_port": client_port,
+  }
+  # For the head's processes only: its Ray Client server keeps the GCS
+  # address 127.0.0.1 (it would rewrite it to the outward IP), and forks its
+  # per-client servers without gRPC's fork handlers (see above).
+  with _environment({LOOPBACK_SWITCH: "0", "GRPC_ENABLE_FORK_SUPPORT": "false"}):
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=head_args)
+  _wait_accepting(client_port, START_SECONDS)
   # A log monitor of its own, as on a machine of its own: it streams the
   # output of the node's actors to their drivers.
   second_args = {**_node_args("second_node", directory / "second"), "include_log_monitor": True}
   second = cluster.add_node(**second_args)
-  info = {"address": cluster.address, "head_id": cluster.head_node.node_id}
+  info = {
+    "address": cluster.address,
+    "client_address": f"ray://{LOOPBACK}:{client_port}",
+    "head_id": cluster.head_node.node_id,
+  }
   print(json.dumps({**info, "second_id": second.node_id}), flush=True)
   stop = threading.Event()
   signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -142,13 +142,15 @@ def lp_launch(
   return Child([*command, *args], TIMEOUT, env=env, cwd=ROOT)
 
 
-@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS"])
+@pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS", "ray://"])
 def test_lp_launch_runs_the_example_on_a_cluster_it_joins(cluster, tmp_path, by):
   example = ["examples/consumer_producers.py", "--", "--num_steps=3"]
   if by == "--ray-address":
     launcher = lp_launch(tmp_path, f"--ray-address={cluster.address}", *example)
-  else:
+  elif by == "RAY_ADDRESS":
     launcher = lp_launch(tmp_path, *example, env={"RAY_ADDRESS": cluster.address})
+  else:  # through the head's Ray Client server: the launcher is no Ray node
+    launcher = lp_launch(tmp_path, f"--ray-address={cluster.client_address}", *example)
   assert launcher.finish() == 0, launcher.output()
   step = re.compile(r"\(consumer\[0\] pid=\d+[^)]*\).* Step 2: results \[0, 1\]")
   assert any(step.search(line) for line in launcher.stdout), launcher.output()
@@ -220,9 +222,15 @@ def test_joining_a_cluster_with_ray_token_authentication_takes_its_mode_and_toke
   assert "Step 2: results [0, 1]" in with_token.out(), with_token.output()
 
 
-def test_the_example_runs_in_actors_on_the_cluster(launched):
-  example = load_example("consumer_producers")
-  controller = launched(example.make_program(num_producers=2, num_steps=3))
+@pytest.mark.parametrize(
+  ("name", "arguments"),
+  [
+    ("consumer_producers", {"num_producers": 2, "num_steps": 3}),
+    ("replay_actors_learner", {"num_actors": 2, "num_steps": 5}),
+  ],
+)
+def test_the_example_runs_in_actors_on_the_cluster(launched, name, arguments):
+  controller = launched(load_example(name).make_program(**arguments))
   assert controller.wait(TIMEOUT) is True
   assert controller.failures() == []
 
@@ -285,6 +293,17 @@ def test_a_group_with_a_best_effort_placement_strategy_runs_in_its_bundles(
   [group] = placement_groups(label)
   assert (group["strategy"], group["state"]) == (strategy, "CREATED")
   assert set(group["bundles_to_node_id"].values()) == {cluster.second_id}
+
+
+def test_a_group_with_the_spread_strategy_spreads_over_both_ray_nodes(launched, cluster):
+  # Both Ray nodes have room for both bundles: best effort spreads them.
+  program, handles = group_of("wide", 2)
+  launched(program, local_resources={"wide": lp.RayResources(placement_strategy="SPREAD")})
+  where = [client(handle).node_id() for handle in handles]
+  assert sorted(where) == sorted([cluster.head_id, cluster.second_id])
+  [group] = placement_groups("wide")
+  assert (group["strategy"], group["state"]) == ("SPREAD", "CREATED")
+  assert sorted(group["bundles_to_node_id"].values()) == sorted(where)
 
 
 def test_a_group_that_cannot_be_placed_fails_the_launch_naming_it_and_its_strategy(cluster):
