@@ -3,10 +3,11 @@
 The module starts one cluster on loopback (tests/ray_cluster.py: a head
 node and a second node, each with a custom resource of its own) and joins
 it; programs run on it in this process (lp.launch) and from `lp launch`
-processes that join it by --ray-address=127.0.0.1:PORT or $RAY_ADDRESS,
-without Ray's loopback switch in their environment: the launcher
-sets it, or Ray would look for the cluster at this machine's outward
-address, where it does not listen.
+processes that join it by --ray-address=127.0.0.1:PORT, $RAY_ADDRESS or
+the head's Ray Client server (ray://127.0.0.1:PORT), without Ray's
+loopback switch in their environment: the launcher sets it, or Ray would
+look for the cluster at this machine's outward address, where it does not
+listen.
 """
 
 from __future__ import annotations
