@@ -224,6 +224,15 @@ class _Session:
         ray.shutdown()
 
 
+# Ray's option (off by default in 2.60) under which each worker is a subreaper
+# that kills what it started, orphans of its descendants included, when it
+# exits, and the raylet kills the descendants of a worker that died: a node's
+# daemons end with its actor, a killed actor's too, and so do those of a
+# cluster whose launcher was SIGKILLed. On in the clusters the launcher
+# starts, unless the user set RAY_<name>; a cluster it joins has its own.
+CHILD_CLEANUP = "kill_child_processes_on_worker_exit_with_raylet_subreaper"
+
+
 def _connect(address: str | None, num_cpus: float) -> tuple[_Cluster, bool]:
   """Joins or starts a cluster; True if this call opened the connection."""
   if ray.is_initialized():
@@ -237,7 +246,12 @@ def _connect(address: str | None, num_cpus: float) -> tuple[_Cluster, bool]:
     return _joined(), True
   _check_stays_on_loopback()
   # Enough CPUs for every node's request, a tenth of a core each by default.
-  ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)))
+  cleanup = None if f"RAY_{CHILD_CLEANUP}" in os.environ else {CHILD_CLEANUP: True}
+  ray.init(
+    address="local",
+    num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)),
+    _system_config=cleanup,
+  )
   return _Cluster(started=True, local=True, launcher_ip=LOOPBACK), True
 
 
