@@ -621,7 +621,13 @@ class _PipelinedConnection:
       for call_id, payload, buffers in backlog:
         if self.closed:
           break  # the reader fails what is left
-        self._send(call_id, payload, buffers)
+        if self._batches and protocol.FrameBatch.fits(payload, buffers):
+          self._hold(call_id, payload)
+        else:
+          self._write_batch()
+          self._send(call_id, payload, buffers)
+      if not self.closed:
+        self._write_batch()
     if self.closed:
       self.close()
 
