@@ -22,6 +22,7 @@ import pytest
 import launchpad as lp
 from launchpad import errors, replay
 from launchpad.replay import Table
+from tests.replay import episode_calls
 
 TIMEOUT = 60.0  # a loaded machine imports TensorFlow and Reverb slowly
 NUM_ITEMS = 5
@@ -405,3 +406,21 @@ def test_table_info_has_the_fields_of_reverbs():
     if not hasattr(ours, name)
   ]
   assert missing == []
+
+
+@needs_reverb
+def test_reverb_counts_episodes_as_the_figures_replay_tables_are_checked_against():
+  import reverb
+
+  tables = [
+    reverb.Table(
+      name, reverb.selectors.Fifo(), reverb.selectors.Fifo(), size, reverb.rate_limiters.MinSize(1)
+    )
+    for name, size in (("t", 3), ("u", 100))
+  ]
+  server = reverb.Server(tables)
+  try:
+    client = reverb.Client(f"localhost:{server.port}")
+    assert episode_calls.run(client) == episode_calls.REVERB_COUNTS
+  finally:
+    server.stop()

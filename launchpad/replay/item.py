@@ -1,22 +1,35 @@
 """Items: what a table holds for each item, and what sampling one gives back.
 
 An `Item` is a table's record of one item: key, priority, times sampled, the
-sequence numbers that order it (insertion, last update), its structure, and
-its data as references into chunks of the table's ChunkStore, whose arrays
-it holds (one store reference per chunk). `resolve()` gives its arrays,
-outside any lock: chunks are immutable. A `SampledItem` is what
-`Table.sample` returns for one draw.
+sequence numbers that order it (insertion, last update), its structure, the
+episodes its steps came from, and its data as references into chunks of the
+table's ChunkStore, whose arrays it holds (one store reference per chunk).
+`resolve()` gives its arrays, outside any lock: chunks are immutable. A
+`SampledItem` is what `Table.sample` returns for one draw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from launchpad.replay import chunk_store as chunk_store_lib
-from launchpad.replay.chunk_store import ChunkRef
+from launchpad.replay.chunk_store import ChunkRef, check_key
+
+
+def check_episodes(episodes: Any) -> tuple[int, ...]:
+  """An item's episode ids, checked: a non-empty sequence of uint64 ids, kept once each.
+
+  Raises:
+    ValueError: anything else.
+  """
+  if type(episodes) is tuple and len(episodes) == 1:  # a writer's item of one episode
+    return (check_key(episodes[0], "episode id"),)
+  if isinstance(episodes, str | bytes) or not isinstance(episodes, Sequence) or not episodes:
+    raise ValueError(f"episodes must be a non-empty sequence of episode ids, got {episodes!r}")
+  return tuple(dict.fromkeys(check_key(episode, "episode id") for episode in episodes))
 
 
 class SampledItem(NamedTuple):
@@ -47,6 +60,7 @@ class Item:
 
   __slots__ = (
     "chunks",
+    "episodes",
     "inserted_seq",
     "key",
     "priority",
@@ -58,7 +72,17 @@ class Item:
   )
 
   def __init__(
-    self, key, priority, times_sampled, refs, chunks, inserted_seq, updated_seq, structure, row=-1
+    self,
+    key,
+    priority,
+    times_sampled,
+    refs,
+    chunks,
+    inserted_seq,
+    updated_seq,
+    structure,
+    row=-1,
+    episodes=None,
   ):
     self.key: int = key
     self.priority: float = priority
@@ -69,6 +93,9 @@ class Item:
     self.updated_seq: int = updated_seq
     self.structure: Any = structure
     self.row: int = row
+    # The ids of the episodes its steps came from (a trajectory writer's);
+    # None: the item is an episode of its own (Client.insert, as in Reverb).
+    self.episodes: tuple[int, ...] | None = episodes
 
   def data_refs(self) -> dict[str, tuple[ChunkRef, ...]]:
     """The item's canonical data references, whichever form it is stored in."""

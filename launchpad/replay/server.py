@@ -206,7 +206,7 @@ class ReplayService:
     self,
     writer: int,
     chunks: Sequence[tuple[int, np.ndarray]],
-    items: Sequence[tuple[int, str, float, Mapping[str, Any], Any]],
+    items: Sequence[tuple[int, str, float, Mapping[str, Any], Any, Sequence[int]]],
     releases: Sequence[int] = (),
     timeout: float | None = None,
     held: Sequence[int] = (),
@@ -215,9 +215,10 @@ class ReplayService:
 
     In order: each new chunk is stored and `writer` holds one reference to
     it; each item (key, table, priority, column -> [(chunk_key, slice or
-    index), ...], structure) is inserted, taking its own references; then,
-    if every item went in, the writer's references to `releases` are
-    dropped. Chunks are stored once however many items share them.
+    index), ...], structure, the ids of the episodes its steps came from) is
+    inserted, taking its own references; then, if every item went in, the
+    writer's references to `releases` are dropped. Chunks are stored once
+    however many items share them.
 
     Leases: the writer's references last `writer_lease_seconds` after its
     last call ends, so a writer whose process dies does not keep its chunks
@@ -258,12 +259,14 @@ class ReplayService:
     try:
       for item in items:
         try:
-          if not isinstance(item, tuple | list) or len(item) != 5:
+          if not isinstance(item, tuple | list) or len(item) != 6:
             raise ValueError(
-              f"expected an item (key, table, priority, data refs, structure), got {item!r}"
+              "expected an item (key, table, priority, data refs, structure, episodes), got "
+              f"{item!r}"
             )
-          item_key, name, priority, refs, structure = item
-          self._table(name).insert(item_key, priority, refs, deadline.remaining(), structure)
+          item_key, name, priority, refs, structure, episodes = item
+          table = self._table(name)
+          table.insert(item_key, priority, refs, deadline.remaining(), structure, episodes)
         except ValueError as e:
           return {"inserted": inserted, "rejected": inserted, "error": e, "missing": []}
         except ReplayError as e:

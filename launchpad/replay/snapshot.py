@@ -18,7 +18,9 @@ A snapshot is a dict:
   items             in insertion order: key, priority, times_sampled, data
                     (column -> [(chunk_key, slice or index), ...]),
                     inserted_seq, updated_seq (which order FIFO/LIFO and heap
-                    ties), structure (structure.py, or None)
+                    ties), structure (structure.py, or None), episodes (the
+                    ids of the episodes its steps came from, or None: an
+                    episode of its own; absent in older snapshots: None)
   chunks            chunk_key -> array: every chunk the items reference, shared
                     not copied (they are read-only); equal keys hold equal data,
                     so a checkpoint merges the chunks of several tables by key
@@ -36,6 +38,7 @@ from launchpad.replay import rate_limiters, selectors
 from launchpad.replay import signature as signature_lib
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkRef, ColumnSpec, check_key
+from launchpad.replay.item import check_episodes
 
 FORMAT = "launchpad.replay.Table"
 VERSION = 1
@@ -52,6 +55,7 @@ class PreparedItem(NamedTuple):
   inserted_seq: int
   updated_seq: int
   structure: Any
+  episodes: tuple[int, ...] | None
 
 
 class Prepared(NamedTuple):
@@ -75,6 +79,7 @@ def item_entry(
   inserted_seq: int,
   updated_seq: int,
   structure: Any,
+  episodes: tuple[int, ...] | None,
 ) -> dict[str, Any]:
   """One item of a snapshot's "items"."""
   return {
@@ -85,6 +90,7 @@ def item_entry(
     "inserted_seq": inserted_seq,
     "updated_seq": updated_seq,
     "structure": structure,
+    "episodes": episodes,
   }
 
 
@@ -220,5 +226,10 @@ def _item(
   structure = entry.get("structure")
   if structure is not None:
     structure_lib.check(structure, refs)
-  item = PreparedItem(key, priority, times_sampled, refs, inserted_seq, updated_seq, structure)
+  episodes = entry.get("episodes")
+  if episodes is not None:
+    episodes = check_episodes(episodes)
+  item = PreparedItem(
+    key, priority, times_sampled, refs, inserted_seq, updated_seq, structure, episodes
+  )
   return item, specs

@@ -53,7 +53,7 @@ from launchpad.replay import snapshot as snapshot_lib
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key
 from launchpad.replay.errors import RateLimiterTimeoutError, TableClosedError
-from launchpad.replay.item import Item, SampledItem
+from launchpad.replay.item import Item, SampledItem, check_episodes
 from launchpad.replay.table_info import TableInfo
 from launchpad.timeouts import Timeout
 
@@ -162,9 +162,15 @@ class Table:
         "expired",
         "resets",
         "unique_samples",  # since the last reset
+        "deleted_episodes",  # since the last reset
       ),
       0,
     )
+    # Episodes the items came from (Reverb's num_episodes): episode id -> items
+    # of it here, for a trajectory writer's items; each other item is an
+    # episode of its own, only counted (no entry per item on the insert path).
+    self._episodes: dict[int, int] = {}
+    self._solo_episodes = 0
     self._call_stats = {"insert": _CallStats(), "sample": _CallStats()}
 
   @classmethod
@@ -256,6 +262,7 @@ class Table:
     data_refs: chunk_store_lib.DataRefs,
     timeout: Timeout = None,
     structure: Any = None,
+    episodes: Sequence[int] | None = None,
   ) -> None:
     """Inserts an item, waiting up to `timeout` for the rate limiter.
 
@@ -270,10 +277,13 @@ class Table:
       timeout: see `Timeout`.
       structure: how the item's columns nest (structure.py), given back with
         its samples; None: a flat dict of its columns.
+      episodes: the ids of the episodes the item's steps came from (a
+        trajectory writer's); None: the item is an episode of its own, as a
+        Reverb client's insert is. The table counts them (info().num_episodes).
 
     Raises:
-      ValueError: bad key, priority, data references, structure or signature
-        mismatch (nothing changes).
+      ValueError: bad key, priority, data references, structure, episode ids
+        or signature mismatch (nothing changes).
       RateLimiterTimeoutError: the limiter did not allow the insert in time.
       TableClosedError: the table is closed, or was closed while waiting.
     """
@@ -283,6 +293,8 @@ class Table:
     self.check_signature(specs)
     if structure is not None:
       self._checked(structure_lib.check, structure, refs)
+    if episodes is not None:
+      episodes = self._checked(check_episodes, episodes)
     seconds = timeouts.validate(timeout)
     chunk_keys = chunk_store_lib.chunk_keys(refs)
     with self._lock:
@@ -308,7 +320,9 @@ class Table:
         self._store.release(chunk_keys)
         raise
       seq = self._next_seq()
-      self._items[key] = Item(key, priority, 0, refs, chunks, seq, seq, structure)
+      item = Item(key, priority, 0, refs, chunks, seq, seq, structure, episodes=episodes)
+      self._items[key] = item
+      self._enter_episodes(item)
       self._limiter.record_insert()
       self._stats["inserts"] += 1
       self._evict()
@@ -459,6 +473,9 @@ class Table:
       self._limiter.reset()
       self._stats["resets"] += 1
       self._stats["unique_samples"] = 0
+      self._stats["deleted_episodes"] = 0
+      self._episodes = {}
+      self._solo_episodes = 0
       self._epoch += 1
       self._notify()
 
@@ -507,6 +524,8 @@ class Table:
         rate_limiter_info=limiter,
         signature=signature_lib.plain(self._signature),
         current_size=len(self._items),
+        num_episodes=len(self._episodes) + self._solo_episodes,
+        num_deleted_episodes=stats["deleted_episodes"],
         num_unique_samples=stats["unique_samples"],
         closed=self._closed,
         num_inserts=stats["inserts"],
@@ -539,6 +558,7 @@ class Table:
             item.inserted_seq,
             item.updated_seq,
             item.structure,
+            item.episodes,
           )
         )
         chunks.update(item.chunks)
@@ -580,9 +600,11 @@ class Table:
       self._sampler.clear()
       self._remover.clear()
       self._store.release(old)
+      self._episodes = {}
+      self._solo_episodes = 0
       for entry in prepared.items:
         arrays = self._store.acquire(chunk_store_lib.chunk_keys(entry.refs))
-        self._items[entry.key] = Item(
+        item = Item(
           entry.key,
           entry.priority,
           entry.times_sampled,
@@ -591,7 +613,10 @@ class Table:
           entry.inserted_seq,
           entry.updated_seq,
           entry.structure,
+          episodes=entry.episodes,
         )
+        self._items[entry.key] = item
+        self._enter_episodes(item)
       self._store.release(prepared.chunks)  # _store_all's references; the items hold their own
       self._rebuild_selectors()
       self._limiter.restore_counters(prepared.counters)
@@ -714,6 +739,7 @@ class Table:
         seq += 1
         items[key] = Item(key, priority, 0, columns, arrays, seq, seq, structure, row)
       self._seq = seq
+      self._solo_episodes += len(keys)  # each an episode of its own (see _episodes)
       self._limiter.record_insert(len(keys))
       self._stats["inserts"] += len(keys)
       self._evict()
@@ -749,8 +775,39 @@ class Table:
     self._remover.delete(item.key)
     if release:
       self._store.release(item.chunks)
+    self._leave_episodes(item)
     self._limiter.record_delete()
     self._stats[reason] += 1
+
+  def _enter_episodes(self, item: Item, returning: bool = False) -> None:
+    """(lock held) Counts a new item's episodes; `returning`: an undone sample brings it
+    back, so an episode it was the last item of is no longer deleted."""
+    if item.episodes is None:
+      self._solo_episodes += 1
+      back = 1
+    else:
+      back = 0
+      for episode in item.episodes:
+        count = self._episodes.get(episode, 0)
+        self._episodes[episode] = count + 1
+        back += count == 0
+    if returning:
+      self._stats["deleted_episodes"] -= back
+
+  def _leave_episodes(self, item: Item) -> None:
+    """(lock held) Uncounts a removed item's episodes: those it was the last item of are
+    deleted (Reverb's num_deleted_episodes)."""
+    if item.episodes is None:
+      self._solo_episodes -= 1
+      self._stats["deleted_episodes"] += 1
+      return
+    for episode in item.episodes:
+      count = self._episodes[episode] - 1
+      if count:
+        self._episodes[episode] = count
+      else:
+        del self._episodes[episode]
+        self._stats["deleted_episodes"] += 1
 
   def _rebuild_selectors(self) -> None:
     """(lock held) Refills both selectors from the items, in the order each restores from."""
@@ -855,6 +912,7 @@ class Table:
       if back:
         for item in back:
           self._items[item.key] = item
+          self._enter_episodes(item, returning=True)
         # Two runs in insertion order, merged by the sort in O(n).
         order = sorted(self._items.values(), key=operator.attrgetter("inserted_seq"))
         self._items = {item.key: item for item in order}

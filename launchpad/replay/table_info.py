@@ -7,14 +7,14 @@ Reverb's (name, sampler_options, remover_options, max_size,
 max_times_sampled, rate_limiter_info, signature, current_size, num_episodes,
 num_deleted_episodes, num_unique_samples, table_worker_time), and this
 table's own: whether it is closed, and lifetime counts of what happened to
-its items. Two of Reverb's report nothing here, and say so by being zero:
-
-- num_episodes and num_deleted_episodes: an item here does not record the
-  episode it came from (neither `Client.insert` nor the trajectory writer
-  sends one), so the table cannot count episodes;
-- table_worker_time: a table here has no worker thread (calls run in the
-  callers' threads, under the table's lock); how long calls waited for the
-  rate limiter is in rate_limiter_info's insert_stats and sample_stats.
+its items. Episodes are counted as Reverb counts them: a trajectory writer's
+steps belong to its current episode (end_episode starts the next), an item
+to the episodes of the steps it references, and each item `Client.insert`
+makes is an episode of its own. One of Reverb's fields reports nothing, and
+says so by being zero: table_worker_time, since a table here has no worker
+thread (calls run in the callers' threads, under the table's lock); how long
+calls waited for the rate limiter is in rate_limiter_info's insert_stats and
+sample_stats.
 
 The options and the limiter's state are dicts that are also read by
 attribute, as Reverb's protos are: `info.rate_limiter_info.min_size_to_sample`,
@@ -143,6 +143,11 @@ class TableInfo(Mapping[str, Any]):
   """column -> (dtype, shape) every item must match, or None."""
   current_size: int
   """Items in the table now."""
+  num_episodes: int
+  """Episodes that items in the table now come from (see the module docstring)."""
+  num_deleted_episodes: int
+  """Episodes whose last item left the table since the last reset (reset() zeroes it
+  and num_episodes, as in Reverb)."""
   num_unique_samples: int
   """Items sampled at least once since the last reset (reset() zeroes it, as in Reverb)."""
   closed: bool
@@ -158,10 +163,6 @@ class TableInfo(Mapping[str, Any]):
   num_expired: int
   """Items removed for having been sampled max_times_sampled times."""
   num_resets: int
-  num_episodes: int = 0
-  """Reverb's; 0 here: items do not record their episode (see the module docstring)."""
-  num_deleted_episodes: int = 0
-  """Reverb's; 0 here, as num_episodes."""
   table_worker_time: Fields = dataclasses.field(default_factory=no_worker_time)
   """Reverb's TableWorkerTime (running_ms, sampling_ms, ...); all 0: no worker thread here."""
 

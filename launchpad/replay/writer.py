@@ -17,6 +17,11 @@ and a slice keeps the step axis. Indexing returns a `TrajectoryColumn`, a
 reference to steps, not data; `create_item` turns references into an item
 (whose own column names are its trajectory's paths) and queues it.
 
+Episodes: steps belong to the writer's current episode, and `end_episode`
+starts the next one (with or without clearing the history); each item
+carries the ids of the episodes of the steps it references, so that tables
+count episodes as Reverb's do (TableInfo.num_episodes).
+
 Chunking: each column's steps are buffered client-side (copied once, into
 the chunk being filled) and sent as one chunk per column when a flush, an
 end of episode or a full chunk (`max_chunk_length` steps) sends them, so a
@@ -49,7 +54,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -265,7 +270,13 @@ class TrajectoryWriter:
     self._generation = 0  # bumped when the history is cleared: older references are stale
     self._buffers: dict[str, _Buffer] = {}
     self._outbox: list[tuple[int, np.ndarray]] = []  # chunks sealed, not known to be stored
-    self._queue: list[tuple[int, str, float, dict[str, list[ChunkRef]], Any]] = []
+    # Items created, not yet inserted: key, table, priority, refs, structure, episodes.
+    self._queue: list[tuple[int, str, float, dict[str, list[ChunkRef]], Any, tuple[int, ...]]] = []
+    # The current episode's id, as the one tuple its items share (pickled once per
+    # call); end_episode draws the next.
+    self._episode = (new_key(),)
+    # The episode of each step of the window, in step with it.
+    self._window_episodes: collections.deque[int] = collections.deque(maxlen=num_keep_alive_refs)
     # Chunks stored on the server that this writer references, kept to send
     # again should the writer's lease on them expire (see _send).
     self._held: dict[int, np.ndarray] = {}
@@ -311,6 +322,7 @@ class TrajectoryWriter:
       locations[column] = (buffer.key, buffer.add(array, self.max_chunk_length))
       full |= buffer.length >= self.max_chunk_length
     self._window.append(locations)
+    self._window_episodes.append(self._episode[0])
     self._num_steps += 1
     if full:
       self._send(self._timeout)
@@ -338,7 +350,8 @@ class TrajectoryWriter:
     else:
       columns, structure = structure_lib.flatten(trajectory, self._check_reference)
     refs = {column: self._refs(column, ref) for column, ref in columns.items()}
-    self._queue.append((new_key(), table, priority, refs, structure))
+    episodes = self._episodes_of(columns.values())
+    self._queue.append((new_key(), table, priority, refs, structure, episodes))
 
   def flush(self, timeout: Timeout = None) -> None:
     """Sends the buffered steps and queued items in one RPC; waits until they are inserted.
@@ -354,7 +367,8 @@ class TrajectoryWriter:
     self._send(self._timeout if timeout is None else timeouts.validate(timeout))
 
   def end_episode(self, clear_buffers: bool = True, timeout: Timeout = None) -> None:
-    """Flushes; with `clear_buffers`, empties the history first (references to it go stale).
+    """Ends the episode (the next step begins a new one) and flushes; with
+    `clear_buffers`, empties the history first (references to it go stale).
 
     Keep the history (clear_buffers=False) only for items that span episodes.
     Clearing it lets the flush release every chunk once the items are in.
@@ -362,8 +376,10 @@ class TrajectoryWriter:
     self._check_open()
     if clear_buffers:
       self._window.clear()
+      self._window_episodes.clear()
       self._num_steps = 0
       self._generation += 1
+    self._episode = (new_key(),)
     self.flush(timeout)
 
   def close(self) -> None:
@@ -376,6 +392,7 @@ class TrajectoryWriter:
     self._outbox.clear()
     self._buffers.clear()
     self._window.clear()
+    self._window_episodes.clear()
     if releases:
       try:
         self._client.insert_trajectories(self._id, [], [], releases, self._timeout)
@@ -444,6 +461,14 @@ class TrajectoryWriter:
     runs.append((start_key, slice(start_row, last_row + 1)))
     return runs
 
+  def _episodes_of(self, references: Iterable[TrajectoryColumn]) -> tuple[int, ...]:
+    """The ids of the episodes of the steps `references` (checked, in the window) cover."""
+    episodes = self._window_episodes
+    if episodes[0] == self._episode[0]:  # the common case: every kept step is of this episode
+      return self._episode
+    first = self._num_steps - len(episodes)
+    return tuple(dict.fromkeys(episodes[s - first] for ref in references for s in ref.steps))
+
   def _send(self, timeout: float | None) -> None:
     """One insert_trajectories call: sealed chunks, queued items, releases.
 
@@ -452,7 +477,7 @@ class TrajectoryWriter:
     again in a second call.
     """
     live = {key for step in self._window for key, _ in step.values()}
-    wanted = {key for *_, refs, _ in self._queue for runs in refs.values() for key, _ in runs}
+    wanted = {key for _, _, _, refs, *_ in self._queue for runs in refs.values() for key, _ in runs}
     for buffer in self._buffers.values():
       if buffer.key in live or buffer.key in wanted:  # else nothing can ever refer to it
         self._outbox.append((buffer.key, buffer.array[: buffer.length]))

@@ -12,6 +12,8 @@ from launchpad import replay
 from launchpad.replay import Table, TableInfo
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
+from launchpad.replay.chunk_store import new_key
+from tests.replay import episode_calls
 
 TIMEOUT = 10.0
 
@@ -93,7 +95,7 @@ def test_a_table_info_is_also_the_dict_server_info_returned_before(client):
   assert old["size"] == info.current_size == info["current_size"] == 1
   assert old["sampler"] is info.sampler_options and old["rate_limiter"] is info.rate_limiter_info
   assert info.get("num_inserts") == 1 and "size" in info and "current_size" in info
-  assert info.get("num_episodes") == 0 and info.get("bogus") is None
+  assert info.get("num_episodes") == 1 and info.get("bogus") is None
   with pytest.raises(KeyError, match="TableInfo has no 'bogus': its keys are name, size"):
     info["bogus"]
   with pytest.raises(dataclasses.FrozenInstanceError):
@@ -164,18 +166,88 @@ def test_each_selectors_options_read_as_reverbs(selector, flags):
   assert options.is_deterministic == (not isinstance(selector, sel.Uniform))
 
 
-def test_episodes_and_worker_time_are_reverbs_fields_reporting_zero(client):
-  with client.trajectory_writer(num_keep_alive_refs=2) as writer:
-    for _episode in range(2):
-      for step in range(2):
-        writer.append({"x": np.full(3, step, np.float32)})
-        writer.create_item("t", 1.0, {"x": writer.history["x"][-1]})
-      writer.end_episode()
-  info = client.server_info()["t"]
-  assert info.current_size == 4
-  # Items here do not record their episode, and a table has no worker thread.
-  assert (info.num_episodes, info.num_deleted_episodes) == (0, 0)
-  assert set(info.table_worker_time) == {
+def test_episodes_are_counted_as_reverb_counts_them():
+  tables = [Table(name, sel.Fifo(), sel.Fifo(), size, rl.MinSize(1)) for name, size in SIZES]
+  with replay.Server(tables) as server:
+    assert (
+      episode_calls.run(server.localhost_client(timeout=TIMEOUT)) == episode_calls.REVERB_COUNTS
+    )
+
+
+SIZES = [("t", 3), ("u", 100)]
+
+
+def stored(table: Table, rows: int) -> int:
+  """The key of a new chunk of `rows` steps in the table's store (the caller's reference)."""
+  key = new_key()
+  table.chunk_store.put(key, np.zeros((rows, 3), np.float32))
+  return key
+
+
+def write_episodes(table: Table, lengths: list[int]) -> None:
+  """Inserts, for episode e of each length, that many items of episode id e + 1."""
+  key = 0
+  for episode, length in enumerate(lengths):
+    for _ in range(length):
+      key += 1
+      chunk = stored(table, 1)
+      table.insert(key, 1.0, {"x": [(chunk, 0)]}, TIMEOUT, episodes=[episode + 1])
+      table.chunk_store.release([chunk])
+
+
+def episodes(table: Table) -> tuple[int, int]:
+  info = table.info()
+  return info.num_episodes, info.num_deleted_episodes
+
+
+def test_an_episode_is_deleted_when_its_last_item_leaves():
+  table = Table.queue("q", 10)  # each item leaves when sampled
+  write_episodes(table, [2, 1])
+  assert episodes(table) == (2, 0)
+  table.sample(1)
+  assert episodes(table) == (2, 0)  # episode 1 has an item left
+  table.sample(1)
+  assert episodes(table) == (1, 1)
+  table.sample(1)
+  assert episodes(table) == (0, 2)
+
+
+def test_an_undone_sample_brings_its_episodes_back():
+  table = Table.queue("q", 10)
+  write_episodes(table, [1, 1])
+  with pytest.raises(RuntimeError, match="reply lost"), table.sampling() as sampling:
+    sampling.sample(2)
+    assert episodes(table) == (0, 2)
+    raise RuntimeError("reply lost")
+  assert episodes(table) == (2, 0) and table.info().current_size == 2
+
+
+def test_a_snapshot_keeps_the_items_episodes():
+  table = Table.queue("q", 10)
+  write_episodes(table, [2, 3])
+  table.insert_many([100, 101], 1.0, {"x": stored(table, 2)})
+  table.sample(1)  # episode 1 keeps one item
+  assert episodes(table) == (4, 0)  # episodes 1 and 2, and two items of their own
+  snapshot = table.snapshot()
+  assert episodes(Table.from_snapshot(snapshot)) == (4, 0)
+  for entry in snapshot["items"]:  # as a snapshot taken before items had episodes
+    del entry["episodes"]
+  assert episodes(Table.from_snapshot(snapshot)) == (6, 0)  # each item an episode of its own
+
+
+@pytest.mark.parametrize("bad", [[], ["one"], [-1], "12", 7])
+def test_an_insert_with_bad_episode_ids_is_refused_naming_the_table(bad):
+  table = Table.queue("q", 10)
+  chunk = stored(table, 1)
+  with pytest.raises(ValueError, match=r"table 'q': .*episode"):
+    table.insert(1, 1.0, {"x": [(chunk, 0)]}, TIMEOUT, episodes=bad)
+  assert table.info().current_size == 0
+
+
+def test_table_worker_time_is_reverbs_all_zero(client):
+  # A table here has no worker thread.
+  worker_time = client.server_info()["t"].table_worker_time
+  assert set(worker_time) == {
     "running_ms",
     "sampling_ms",
     "inserting_ms",
@@ -183,4 +255,4 @@ def test_episodes_and_worker_time_are_reverbs_fields_reporting_zero(client):
     "waiting_for_sampling_ms",
     "waiting_for_inserts_ms",
   }
-  assert info.table_worker_time.running_ms == 0 and not any(info.table_worker_time.values())
+  assert worker_time.running_ms == 0 and not any(worker_time.values())
