@@ -120,3 +120,24 @@ def test_node_processes_get_grpc_from_the_fork_server(launched, tmp_path, monkey
   controller = launched(program)
   assert controller.wait(timeout=TIMEOUT), f"the program did not end within {TIMEOUT} s"
   assert seen.read_text() == "loaded"
+
+
+def test_reading_the_launchers_flags_imports_no_ray():
+  # `lp launch` and `lp sweep` read every launcher's flags; the Ray launcher's
+  # come from its options module, so a launch of any kind loads no Ray.
+  code = textwrap.dedent(
+    """
+    import sys
+    from launchpad import cli
+    try:
+      cli.main(["launch", "--help"])
+    except SystemExit:
+      pass
+    print("ray loaded" if "ray" in sys.modules else "no ray", file=sys.stderr)
+    """
+  )
+  done = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT
+  )
+  assert "--ray-address" in done.stdout, done.stderr  # the Ray launcher's flag is listed
+  assert done.stderr.strip().endswith("no ray"), done.stderr

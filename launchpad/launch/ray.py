@@ -43,8 +43,9 @@ from launchpad import resources as resources_lib
 from launchpad.control import control_pb2
 from launchpad.control.coordinator import FAILED, FINISHED, Coordinator
 from launchpad.courier import serialization
-from launchpad.launch import process_main, registry
+from launchpad.launch import process_main
 from launchpad.launch.plan import Plan
+from launchpad.launch.ray_options import RayOptions
 from launchpad.launch.session import Session
 from launchpad.resources import RayResources
 from launchpad.tls import TlsConfig
@@ -107,28 +108,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 PLACEMENT_POLL_SECONDS = 0.2
 # The host names Ray replaces by this machine's IP in an address to join.
 RAY_LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-@dataclasses.dataclass(frozen=True)
-class RayOptions:
-  """Options of the Ray launcher (`lp.launch` arguments of the same names).
-
-  Attributes:
-    local_resources: group label -> lp.RayResources(num_cpus=, num_gpus=,
-      resources=, placement_strategy=).
-    ray_address: the Ray cluster to join ('auto', 'ray://head:10001',
-      'host:6379'). Default: the cluster this process joined already
-      (ray.init), else the one $RAY_ADDRESS names, else a new local cluster
-      on loopback that ends with the program.
-    tls: encrypt traffic between nodes and with the coordinator: True makes a
-      certificate for this launch; or give lp.TlsConfig.from_files(...).
-  """
-
-  local_resources: dict[str, Any] | None = None
-  ray_address: str | None = dataclasses.field(
-    default=None, metadata=registry.flag("the cluster to join (default: start a local one)")
-  )
-  tls: bool | TlsConfig = False
 
 
 class RayLauncher:

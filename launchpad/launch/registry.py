@@ -99,6 +99,9 @@ class Entry:
   testing: bool = False  # no signal handling; the process is not held for the program
   summary: str = ""
   refusal: str = ""  # for Launchpad's types that cannot run here: what to use instead
+  # "module:attribute" of the options dataclass, where importing the
+  # launcher would be costly (its flags are read by every `lp launch`)
+  options: str = ""
 
   def load(self) -> Any:
     """The launcher object (importing its module)."""
@@ -112,7 +115,11 @@ class Entry:
 
   def flags(self) -> list[Flag]:
     """The options of this launch type that the `lp` command line sets (`flag()`)."""
-    options = self.load().options
+    if self.options and not self.refusal:
+      module, _, attribute = self.options.partition(":")
+      options = getattr(importlib.import_module(module), attribute)
+    else:
+      options = self.load().options
     return [_flag_of(f) for f in dataclasses.fields(options) if FLAG_METADATA in f.metadata]
 
 
@@ -146,7 +153,12 @@ BUILT_IN = (
     summary="processes, for tests: no signal handling",
   ),
   Entry("ssh", "launchpad.launch.ssh:LAUNCHER", summary="nodes on the hosts of a hosts file"),
-  Entry("ray", "launchpad.launch.ray:LAUNCHER", summary="every node a Ray actor"),
+  Entry(
+    "ray",
+    "launchpad.launch.ray:LAUNCHER",
+    summary="every node a Ray actor",
+    options="launchpad.launch.ray_options:RayOptions",
+  ),
   Entry("slurm", "launchpad.launch.slurm:LAUNCHER", summary="every node a Slurm task"),
   Entry(
     "vertex_ai",
