@@ -31,6 +31,7 @@ not match a table's signature raise ValueError and change nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -378,10 +379,15 @@ class Client:
     releases: Sequence[int],
     timeout: Timeout = None,
     held: Sequence[int] = (),
-  ) -> dict[str, Any]:
-    """The TrajectoryWriter's one RPC (see ReplayService.insert_trajectories); use the writer."""
+    wait: bool = True,
+  ) -> dict[str, Any] | Future:
+    """The TrajectoryWriter's one RPC (see ReplayService.insert_trajectories); use the writer.
+
+    With `wait` False, a Future of its reply (the writer's call for a full chunk)."""
     limit = self._limit(timeout)
-    return self._call(limit).insert_trajectories(writer, chunks, items, releases, limit, held)
+    courier = self._call(limit)
+    insert = courier.insert_trajectories if wait else courier.futures.insert_trajectories
+    return insert(writer, chunks, items, releases, limit, held)
 
   def with_timeout(self, timeout: Timeout) -> Client:
     """A client on the same connections whose calls default to `timeout`."""

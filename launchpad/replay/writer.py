@@ -30,8 +30,13 @@ it: overlapping windows share storage. An item is a list of (chunk_key,
 slice) runs per column, so it can span chunk boundaries.
 
 One RPC (`ReplayService.insert_trajectories`) sends the new chunks, the
-queued items and the releases, and waits until the items are inserted
-(rate limiters apply). The writer holds one server-side reference per chunk
+queued items and the releases; a flush waits until the items are inserted
+(rate limiters apply). The call a full chunk makes from `append` is left
+in flight while the writer fills the next chunk, so that the server stores
+one while the caller fills the other; the next call (a full chunk, a
+flush, `end_episode`, `close`) waits for it first and raises its error, as
+Reverb's writer raises errors at a later call. One call at most is in
+flight. The writer holds one server-side reference per chunk
 it sent; it releases a chunk in the first call after no step of the
 keep-alive window lives in it (the server drops the reference after that
 call's items took theirs), so a chunk lives exactly as long as the window or
@@ -55,7 +60,8 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -69,6 +75,16 @@ if TYPE_CHECKING:
   from launchpad.replay.client import Client
 
 log = logging.getLogger(__name__)
+
+
+class _Call(NamedTuple):
+  """What one insert_trajectories call sent: the heads of the outbox and queue."""
+
+  chunks: list[tuple[int, np.ndarray]]
+  items: list[tuple]
+  releases: list[int]
+  timeout: float | None
+
 
 _Location = tuple[int, int]
 """Where a step of a column is: (chunk_key, row in that chunk)."""
@@ -280,6 +296,9 @@ class TrajectoryWriter:
     # Chunks stored on the server that this writer references, kept to send
     # again should the writer's lease on them expire (see _send).
     self._held: dict[int, np.ndarray] = {}
+    # The call a full chunk started and nothing has waited for yet: its
+    # future and what it sent (see _send).
+    self._in_flight: tuple[Future, _Call] | None = None
     self._closed = False
     self.history: Mapping[str, _ColumnHistory] = _History(self)
     """column -> its last num_keep_alive_refs steps: `history["obs"][-3:]`."""
@@ -291,9 +310,10 @@ class TrajectoryWriter:
 
     A step may omit columns (their history has no data there); a column's
     dtype and shape must stay the same. When a column's buffer reaches
-    max_chunk_length steps, the buffers and queued items are sent (as
-    `flush`, so this may block on a rate limiter; if it raises, the step was
-    appended and the unsent items stay queued).
+    max_chunk_length steps, the buffers and queued items are sent, without
+    waiting (see the module docstring); this waits for the call the chunk
+    before made, so it may block on a rate limiter and raise that call's
+    error: the step was appended then, and the unsent items stay queued.
     """
     self._check_open()
     if _flat(step, np.ndarray) and not any(v.dtype.hasobject for v in step.values()):
@@ -325,7 +345,7 @@ class TrajectoryWriter:
     self._window_episodes.append(self._episode[0])
     self._num_steps += 1
     if full:
-      self._send(self._timeout)
+      self._send(self._timeout, wait=False)
 
   def create_item(self, table: str, priority: float, trajectory: Any) -> None:
     """Queues an item for `table`; it is sent with the next chunks (or flush).
@@ -387,6 +407,10 @@ class TrajectoryWriter:
     if self._closed:
       return
     self._closed = True
+    try:
+      self._finish_in_flight()
+    except Exception as e:  # noqa: BLE001 - what it sent is released below all the same
+      log.warning("trajectory writer: its last chunk's call failed as it closed: %r", e)
     releases = sorted(self._held.keys() | {key for key, _ in self._outbox})
     self._queue.clear()
     self._outbox.clear()
@@ -469,38 +493,73 @@ class TrajectoryWriter:
     first = self._num_steps - len(episodes)
     return tuple(dict.fromkeys(episodes[s - first] for ref in references for s in ref.steps))
 
-  def _send(self, timeout: float | None) -> None:
+  def _send(self, timeout: float | None, wait: bool = True) -> None:
     """One insert_trajectories call: sealed chunks, queued items, releases.
 
-    If the server lost chunks this writer held (its lease expired while the
-    writer made no call and no item kept them), it says which, and they go
-    again in a second call.
+    With `wait` False (a chunk just filled), the call is left in flight
+    while the caller goes on filling the next chunk: the server stores one
+    while the writer fills the other. Whatever sends next waits for it
+    first, and its errors are raised there (as Reverb's writer raises them
+    at a later call or flush); only one call is ever in flight.
     """
-    live = {key for step in self._window for key, _ in step.values()}
-    wanted = {key for _, _, _, refs, *_ in self._queue for runs in refs.values() for key, _ in runs}
+    live = self._live()
+    wanted = self._wanted()
     for buffer in self._buffers.values():
       if buffer.key in live or buffer.key in wanted:  # else nothing can ever refer to it
         self._outbox.append((buffer.key, buffer.array[: buffer.length]))
     self._buffers.clear()
+    self._finish_in_flight()  # if it raises, the chunks just sealed go with the next call
     releases = sorted((self._held.keys() | {key for key, _ in self._outbox}) - live)
     if not self._outbox and not self._queue and not releases:
       return
-    while True:
-      reply = self._client.insert_trajectories(
-        self._id, self._outbox, self._queue, releases, timeout, list(self._held)
-      )
-      if not reply["missing"]:
-        break
+    call = _Call(list(self._outbox), list(self._queue), releases, timeout)
+    if wait:
+      self._finish(self._insert(call), call)
+    else:
+      self._in_flight = (self._insert(call, wait=False), call)
+
+  def _insert(self, call: _Call, wait: bool = True) -> Any:
+    return self._client.insert_trajectories(
+      self._id, call.chunks, call.items, call.releases, call.timeout, list(self._held), wait
+    )
+
+  def _finish_in_flight(self) -> None:
+    """Waits for the call in flight, if any, and takes in its reply."""
+    if self._in_flight is None:
+      return
+    future, call = self._in_flight
+    self._in_flight = None
+    self._finish(future.result(), call)  # a failed call leaves all it sent to be sent again
+
+  def _finish(self, reply: dict[str, Any], call: _Call) -> None:
+    """Takes in the reply of `call`; the outbox and queue begin with what it sent.
+
+    If the server lost chunks this writer held (its lease expired while the
+    writer made no call and no item kept them), it says which, and they go
+    again in a second call, with everything that waits to be sent.
+    """
+    while reply["missing"]:
+      live, wanted = self._live(), self._wanted()
       for key in reply["missing"]:
         array = self._held.pop(key)
         if key in live or key in wanted:
           self._outbox.append((key, array))
-    self._held.update(self._outbox)  # stored, whatever happened to the items
-    self._outbox = []
+      call = _Call(list(self._outbox), list(self._queue), call.releases, call.timeout)
+      reply = self._insert(call)
+    self._held.update(call.chunks)  # stored, whatever happened to the items
+    del self._outbox[: len(call.chunks)]
     del self._queue[: reply["inserted"]]
     if reply["rejected"] is not None:
       del self._queue[0]  # the server rejected it: it can never go in
     if reply["error"] is not None:  # the items not inserted stay queued
       raise reply["error"]
-    for key in releases:
+    for key in call.releases:
       self._held.pop(key, None)
+
+  def _live(self) -> set[int]:
+    """The chunks of the steps in the keep-alive window."""
+    return {key for step in self._window for key, _ in step.values()}
+
+  def _wanted(self) -> set[int]:
+    """The chunks the queued items refer to."""
+    return {key for _, _, _, refs, *_ in self._queue for runs in refs.values() for key, _ in runs}

@@ -320,6 +320,37 @@ def test_a_rejected_item_is_dropped_and_the_others_stay(servers):
   assert server.chunk_store.info()["num_chunks"] == 0
 
 
+def test_a_full_chunk_is_stored_while_the_writer_fills_the_next(servers):
+  server, client = servers([Table.queue("q", 1)])
+  with client.trajectory_writer(1, max_chunk_length=3) as writer:
+    for t in range(3):  # the third step fills the chunk: its call goes out, with both items
+      writer.append(step(t))
+      if t < 2:
+        writer.create_item("q", 1.0, {"t": writer.history["info/t"][-1]})
+    # The queue holds one: the second item waits on the server, not in append.
+    assert [int(s.data["t"]) for s in drain(client, "q", 1)] == [0]
+    writer.append(step(3))
+    writer.flush()  # waits for the call in flight: the second item went in once there was room
+    assert writer.num_queued_items == 0
+    assert [int(s.data["t"]) for s in drain(client, "q", 1)] == [1]
+  assert server.chunk_store.info()["num_chunks"] == 0
+
+
+def test_the_error_of_a_chunks_call_is_raised_by_the_next_send(servers):
+  server, client = servers([Table.queue("q", 10)])
+  with client.trajectory_writer(1, max_chunk_length=2) as writer:
+    writer.append(step(0))
+    writer.create_item("nope", 1.0, {"t": writer.history["info/t"][-1]})
+    writer.create_item("q", 1.0, {"t": writer.history["info/t"][-1]})
+    writer.append(step(1))  # fills the chunk; the call in flight will be refused
+    with pytest.raises(ValueError, match="no table named 'nope'"):
+      writer.flush()
+    assert writer.num_queued_items == 1  # the item after the refused one waits
+    writer.flush()
+    assert [int(s.data["t"]) for s in drain(client, "q", 1)] == [0]
+  assert server.chunk_store.info()["num_chunks"] == 0
+
+
 def test_a_call_whose_reply_was_lost_is_resent_without_duplicates(servers, monkeypatch):
   server, client = servers([Table.queue("q", 100)])
   send = client.insert_trajectories
