@@ -4,10 +4,7 @@ process's listener) is shed, and a reader that comes after it is served."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import resource
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +16,7 @@ from launchpad.broadcast import layout, wire
 from launchpad.broadcast.service import BroadcastService
 from launchpad.courier import protocol
 from launchpad.timeouts import Deadline
+from tests.crowded import crowded_child, limit_descriptors
 
 TIMEOUT = 60.0
 NODE = "params[0]"
@@ -29,8 +27,7 @@ def serve_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
   only `spare` more descriptors."""
   service = BroadcastService(NODE, secret)
   service.versions.put(layout.write({"w": np.arange(4)}, NODE))
-  hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-  resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+  limit_descriptors(spare)
   pipe.send(service.fd_address)
   try:
     while pipe.recv() == "shed":
@@ -41,21 +38,11 @@ def serve_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
 
 @pytest.fixture
 def crowded_service() -> Iterator[tuple[str, bytes, object, int]]:
-  context = multiprocessing.get_context("spawn")
-  ours, theirs = context.Pipe()
   secret = os.urandom(32)
-  process = context.Process(
-    target=serve_with_few_descriptors, args=(theirs, secret, 40), daemon=True
-  )
-  process.start()
-  theirs.close()
-  try:
-    assert ours.poll(TIMEOUT), "the crowded broadcast service did not start"
-    yield ours.recv(), secret, ours, process.pid
-  finally:
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(TIMEOUT)
-    ours.close()
+  with crowded_child(
+    serve_with_few_descriptors, secret, 40, timeout=TIMEOUT, what="crowded broadcast service"
+  ) as (pipe, pid):
+    yield pipe.recv(), secret, pipe, pid
 
 
 def newest_version(address: str, secret: bytes) -> int:

@@ -9,10 +9,8 @@ only bounded from above, generously (a call's timeout plus MARGIN).
 from __future__ import annotations
 
 import glob
-import multiprocessing
 import os
 import platform
-import resource
 import select
 import signal
 import socket
@@ -30,6 +28,7 @@ from launchpad.courier.client import Client
 from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
+from tests.crowded import crowded_child, limit_descriptors
 
 from .conftest import CHILD_LABEL, TIMEOUT, Service, free_port, in_thread, pick
 
@@ -382,8 +381,7 @@ def serve_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
   """Child process: a server that may open only `spare` more descriptors."""
   server = Server(Service(), secret=secret, label="crowded[0]", handshake_timeout=120)
   server.start()
-  hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-  resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+  limit_descriptors(spare)
   pipe.send((server.address, server.local_address))
   try:
     while pipe.recv() == "shed":
@@ -394,22 +392,13 @@ def serve_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
 
 @pytest.fixture
 def crowded_server() -> Iterator[tuple[str, str, bytes, object]]:
-  context = multiprocessing.get_context("spawn")
-  ours, theirs = context.Pipe()
   secret = os.urandom(32)
-  process = context.Process(
-    target=serve_with_few_descriptors, args=(theirs, secret, 40), daemon=True
-  )
-  process.start()
-  theirs.close()
-  try:
-    assert ours.poll(60), "the crowded server did not start"
-    address, local_address = ours.recv()
-    yield address, local_address, secret, ours
-  finally:
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(TIMEOUT)
-    ours.close()
+  with crowded_child(serve_with_few_descriptors, secret, 40, timeout=60, what="crowded server") as (
+    pipe,
+    _,
+  ):
+    address, local_address = pipe.recv()
+    yield address, local_address, secret, pipe
 
 
 def test_accept_loop_survives_running_out_of_descriptors(crowded_server):

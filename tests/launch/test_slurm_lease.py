@@ -9,10 +9,8 @@ its process ran out of file descriptors.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
-import resource
 import select
 import signal
 import socket
@@ -26,6 +24,7 @@ import pytest
 
 from launchpad.courier import protocol
 from launchpad.launch import slurm_lease
+from tests.crowded import crowded_child, limit_descriptors
 
 TIMEOUT = 60.0
 # How far past its deadline a handshake may be cut on a loaded machine.
@@ -239,8 +238,7 @@ def test_a_dribbled_handshake_is_cut_at_its_deadline(secret, recorded):
 def serve_leases_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
   """Child process: Leases that may open only `spare` more descriptors."""
   leases = slurm_lease.Leases(secret, lambda job, name: None, lambda job: None)
-  hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-  resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + spare, hard))
+  limit_descriptors(spare)
   pipe.send(leases.port)
   try:
     while (request := pipe.recv()) is not None:
@@ -251,20 +249,10 @@ def serve_leases_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
 
 @pytest.fixture
 def crowded_leases(secret) -> Iterator[tuple[int, object]]:
-  context = multiprocessing.get_context("spawn")
-  ours, theirs = context.Pipe()
-  process = context.Process(
-    target=serve_leases_with_few_descriptors, args=(theirs, secret, 40), daemon=True
-  )
-  process.start()
-  theirs.close()
-  try:
-    assert ours.poll(TIMEOUT), "the crowded lease listener did not start"
-    yield ours.recv(), ours
-  finally:
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(TIMEOUT)
-    ours.close()
+  with crowded_child(
+    serve_leases_with_few_descriptors, secret, 40, timeout=TIMEOUT, what="crowded lease listener"
+  ) as (pipe, _):
+    yield pipe.recv(), pipe
 
 
 def ask(pipe, request: str):
