@@ -466,6 +466,7 @@ class _PipelinedConnection:
     self._write_lock = threading.Lock()
     self._condition = threading.Condition()  # its futures'
     self._batch = protocol.FrameBatch()
+    self._batch_expires: float | None = None  # the earliest deadline of the batch's calls
     self._unsent = b""  # the end of a batch the socket did not take at once
     self._batches = False  # whether requests may wait in the batch (once connected)
     threading.Thread(
@@ -489,15 +490,19 @@ class _PipelinedConnection:
       if self.sock is None:
         self._backlog.append((call_id, payload, buffers))
       elif len(self._pending) > 1 and self._batches and protocol.FrameBatch.fits(payload, buffers):
-        self._hold(call_id, payload)
+        self._hold(call_id, payload, deadline)
       else:
         self._write_batch()
         self._send(call_id, payload, buffers)
     return future
 
-  def _hold(self, call_id: int, payload: bytes) -> None:
+  def _hold(self, call_id: int, payload: bytes, deadline: Deadline) -> None:
     """Puts a request in the batch (the write lock held); writes a full one."""
     first = not self._batch
+    if deadline.at is not None and (
+      self._batch_expires is None or deadline.at < self._batch_expires
+    ):
+      self._batch_expires = deadline.at
     if self._batch.add(protocol.REQUEST, protocol.CONCURRENT, call_id, payload):
       self._write_batch()
     elif first:
@@ -508,7 +513,11 @@ class _PipelinedConnection:
     earlier write left, then the requests whose deadline has not passed."""
     pending = self._pending
     self._sending = self._batch.call_ids
-    data = self._batch.take(lambda i: i in pending and not pending[i][2].expired())
+    if self._batch_expires is not None and self._batch_expires <= time.monotonic():
+      data = self._batch.take(lambda i: i in pending and not pending[i][2].expired())
+    else:  # none can have expired
+      data = self._batch.take()
+    self._batch_expires = None
     if self._unsent:
       data, self._unsent = self._unsent + data, b""
     return data
@@ -544,7 +553,8 @@ class _PipelinedConnection:
         return
       if sent < len(data):
         self._unsent = data[sent:]
-        _deadlines.flush_later(self)
+        if self._pending:  # else the next request's write takes the rest
+          _deadlines.flush_later(self)
     finally:
       self._write_lock.release()
 
@@ -622,7 +632,9 @@ class _PipelinedConnection:
         if self.closed:
           break  # the reader fails what is left
         if self._batches and protocol.FrameBatch.fits(payload, buffers):
-          self._hold(call_id, payload)
+          entry = self._pending.get(call_id)
+          if entry is not None:  # else its deadline passed: the watcher failed it
+            self._hold(call_id, payload, entry[2])
         else:
           self._write_batch()
           self._send(call_id, payload, buffers)

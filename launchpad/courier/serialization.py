@@ -53,30 +53,41 @@ def dumps(
       are stored or forwarded as one byte string (exceptions, reports).
   """
   buffers: list[pickle.PickleBuffer] = []
-
-  def keep(buffer: pickle.PickleBuffer) -> bool:
-    """Out of band (False) while a frame can list the buffers; in band after."""
-    if len(buffers) < protocol.MAX_BUFFERS:
-      buffers.append(buffer)
-      return False
-    return True
-
-  callback = keep if out_of_band else None
+  callback = buffers.append if out_of_band else None
   try:
     data = dumps_in_parts(obj, callback) if out_of_band and _holds_large_bytes(obj) else None
     if data is None:
       data = fast_dumps(obj, callback)
+    if len(buffers) > protocol.MAX_BUFFERS:  # more than a frame lists: the rest in band
+      buffers.clear()
+      data = fast_dumps(obj, _up_to(buffers, protocol.MAX_BUFFERS))
   except Exception:  # noqa: BLE001 - any failure of the fast path gets a second try
     buffers.clear()
     try:
-      data = cloudpickle_dumps(obj, buffer_callback=callback)
+      keep = _up_to(buffers, protocol.MAX_BUFFERS) if out_of_band else None
+      data = cloudpickle_dumps(obj, buffer_callback=keep)
     except Exception as e:
       raise errors.SerializationError(
         f"cannot serialize the {what}: {type(e).__name__}: {e}. Pass only "
         "picklable values (numpy arrays, builtins, dataclasses, module-level "
         "classes) through RPC calls."
       ) from e
+  if not buffers:
+    return data, []
   return data, [b.raw() for b in buffers]
+
+
+def _up_to(buffers: list, limit: int) -> Callable[[pickle.PickleBuffer], bool]:
+  """A buffer callback that keeps buffers out of band (in `buffers`) while
+  there are fewer than `limit`, and in band after."""
+
+  def keep(buffer: pickle.PickleBuffer) -> bool:
+    if len(buffers) < limit:
+      buffers.append(buffer)
+      return False
+    return True
+
+  return keep
 
 
 def fast_dumps(
