@@ -759,7 +759,8 @@ def test_status_shows_every_run_it_cannot_query_in_a_row_of_its_own_beside_a_liv
   assert result.returncode == 128 + signal.SIGPIPE, result.stderr
   assert result.stderr == ""
   # Beside the live run, the broken runs cost about the black hole's first
-  # bound, not the QUERY_SECONDS that a run looking alive may take.
-  assert elapsed < alone + (first + runs.QUERY_SECONDS) / 2, (elapsed, alone)
+  # bound, not the QUERY_SECONDS that a run looking alive may take (the
+  # margin is for a loaded machine: the old bound took all of QUERY_SECONDS).
+  assert elapsed < alone + (first + 3 * runs.QUERY_SECONDS) / 4, (elapsed, alone)
   os.kill(process.pid, signal.SIGTERM)
   assert process.finish() == 143, process.output()
