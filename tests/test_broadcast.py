@@ -275,7 +275,9 @@ def test_sigkill_of_a_reader_and_of_the_publisher_leaks_nothing(launched):
   # The survivor still reads; the node is back to one memfd and its own fds.
   client = params.dereference()
   version, _ = client.latest(timeout=TIMEOUT)
-  assert survivor.read(version)["version"] == version
+  # >=: a SIGKILL is delivered some time after os.kill returns, and the
+  # learner may publish once more before it dies.
+  assert survivor.read(version)["version"] >= version
   wait_until(lambda: node_fds(node) <= fds_before + 2, "the node closing the dead peers' fds")
   assert len(held_memfds(node)) == 1
   assert client.live_versions() == 1
