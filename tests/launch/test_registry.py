@@ -142,9 +142,15 @@ def test_an_installed_package_adds_a_launcher_with_options_of_its_own(plugin_pat
   assert "answer 42" in result.stdout
 
 
-def test_lp_launch_runs_a_plugin_launcher_by_its_name(plugin_path, tmp_path):
+def relayed_script(tmp_path) -> pathlib.Path:
+  """The test program, for a launch whose banner comes from elsewhere."""
   script = tmp_path / "relayed.py"
   script.write_text(PROGRAM.replace("{banner}", "unused"))
+  return script
+
+
+def test_lp_launch_runs_a_plugin_launcher_by_its_name(plugin_path, tmp_path):
+  script = relayed_script(tmp_path)
   result = _lp(plugin_path, tmp_path, "launch", "--mode=relay", f"{script}:make_program")
   assert result.returncode == 0, result.stderr
   assert "relay: launching relayed" in result.stdout
@@ -152,8 +158,7 @@ def test_lp_launch_runs_a_plugin_launcher_by_its_name(plugin_path, tmp_path):
 
 
 def test_lp_launch_gives_a_plugin_launcher_its_own_option(plugin_path, tmp_path):
-  script = tmp_path / "relayed.py"
-  script.write_text(PROGRAM.replace("{banner}", "unused"))
+  script = relayed_script(tmp_path)
   result = _lp(
     plugin_path,
     tmp_path,
@@ -168,8 +173,7 @@ def test_lp_launch_gives_a_plugin_launcher_its_own_option(plugin_path, tmp_path)
 
 
 def test_a_mistyped_option_is_refused_naming_the_mode_and_the_option(plugin_path, tmp_path):
-  script = tmp_path / "relayed.py"
-  script.write_text(PROGRAM.replace("{banner}", "unused"))
+  script = relayed_script(tmp_path)
   result = _lp(
     plugin_path, tmp_path, "launch", "--mode=relay", "--baner=hi", f"{script}:make_program"
   )
