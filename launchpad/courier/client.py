@@ -15,6 +15,8 @@ nothing.
 
 from __future__ import annotations
 
+import collections
+import functools
 import heapq
 import itertools
 import pickle
@@ -22,12 +24,13 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, Protocol
 
 from launchpad import errors, timeouts
 from launchpad.courier import protocol, serialization, shared_memory, tls_socket
-from launchpad.courier.future import CallFuture
+from launchpad.courier.future import CallFuture, complete_all
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
 
@@ -159,6 +162,9 @@ def _valid(timeout: float | None, label: str) -> float | None:
 MAX_REMEMBERED_METHODS = 256
 # Views a client keeps, by timeout (a replay client makes one per call).
 MAX_REMEMBERED_VIEWS = 64
+# Timeouts whose calls' deadlines a futures connection keeps in order
+# (_DeadlineQueue); the deadlines of calls of further timeouts are watched one by one.
+MAX_DEADLINE_QUEUES = 64
 
 
 def _remember(owner: Any, method: _Method) -> _Method:
@@ -170,7 +176,7 @@ def _remember(owner: Any, method: _Method) -> _Method:
 class _Method:
   """One remote method of a client view, with the texts its errors use."""
 
-  __slots__ = ("arguments", "as_future", "channel", "name", "operation", "timeout")
+  __slots__ = ("arguments", "as_future", "channel", "name", "never", "operation", "timeout")
 
   def __init__(self, channel: _Channel, name: str, timeout: float | None, as_future: bool):
     self.channel = channel
@@ -178,6 +184,14 @@ class _Method:
     self.timeout = timeout
     self.as_future = as_future
     self.operation, self.arguments = channel.texts(name)
+    # Without a timeout every call's deadline is the same: made once.
+    self.never = Deadline(None, self.operation, ADVICE) if timeout is None else None
+
+  def deadline(self) -> Deadline:
+    """The deadline of a call starting now."""
+    if self.never is not None:
+      return self.never
+    return Deadline(self.timeout, self.operation, ADVICE)
 
   def __call__(self, *args: Any, **kwargs: Any) -> Any:
     if self.as_future:
@@ -255,7 +269,7 @@ class _Channel:
     return texts
 
   def call(self, method: _Method, args: tuple, kwargs: dict) -> Any:
-    deadline = Deadline(method.timeout, method.operation, ADVICE)
+    deadline = method.deadline()
     conn = getattr(self._local, "conn", None)
     if conn is None:
       conn = self._open_sync(deadline, method.name)
@@ -280,14 +294,35 @@ class _Channel:
     return decode_reply(frame, self.label)
 
   def submit(self, method: _Method, args: tuple, kwargs: dict) -> Future:
-    deadline = Deadline(method.timeout, method.operation, ADVICE)
+    deadline = method.deadline()
     with self._lock:
       if self.closed:
         raise self.closed_error(method.name)
       conn = self._pipelined
       if conn is None or conn.closed:
-        conn = self._pipelined = _PipelinedConnection(self, deadline, method.name)
+        conn = self._pipelined = _PipelinedConnection(
+          self, deadline, method.name, self._take_idle_sync()
+        )
     return conn.submit(method, args, kwargs, deadline)
+
+  def _take_idle_sync(self) -> tuple[socket.socket, str, shared_memory.Channel | None] | None:
+    """The calling thread's synchronous connection, if it has one that is
+    idle, handed over (self._lock held) to become the futures' connection:
+    it is authenticated already, so the futures need not wait for a
+    handshake (made in another thread, it waited for the caller to let go
+    of the interpreter: ~20 ms of a burst of 2,000 futures; docs/design.md).
+    The thread's next synchronous call connects anew."""
+    conn = getattr(self._local, "conn", None)
+    if conn is None or not conn.lock.acquire(blocking=False):
+      return None
+    try:
+      taken = conn.detach()
+    finally:
+      conn.lock.release()
+    if taken is not None:
+      self._local.conn = None
+      self._sync.discard(conn)
+    return taken
 
   def close(self) -> None:
     """Closes every connection: idle ones here, busy ones by their callers,
@@ -421,6 +456,15 @@ class _SyncConnection:
       raise EOFError(f"reply to call {frame.call_id} while waiting for {call_id}")
     return frame
 
+  def detach(self) -> tuple[socket.socket, str, shared_memory.Channel | None] | None:
+    """Gives up the socket (and shared-memory channel) for another owner,
+    which closes them; None (and keeps them) if a byte of an unread frame
+    is buffered. Its lock is held by the caller."""
+    if self._reader.buffered() or not self.close.alive:
+      return None
+    self.close.detach()
+    return self.sock, self.address, self.shared
+
   def wake(self) -> None:
     """Ends the connection under a call in progress, which then fails."""
     try:
@@ -432,8 +476,10 @@ class _SyncConnection:
 class _PipelinedConnection:
   """A connection shared by a client's futures.
 
-  A thread connects it; then a reader thread completes futures as replies
-  arrive. Calls submitted before the connection is up wait in a backlog, so
+  It takes over the calling thread's idle synchronous connection if there
+  is one (authenticated already); else a thread connects it. Then a reader
+  thread completes futures as replies arrive, all that one read brought at
+  once. Calls submitted before the connection is up wait in a backlog, so
   submitting a future never blocks on the server starting. Each future has
   its call's deadline: the deadline watcher fails it when it passes. A
   request is only sent before it, with a plain blocking write (as fast as
@@ -450,7 +496,13 @@ class _PipelinedConnection:
   not stop reading replies, nor the watcher stop watching deadlines).
   """
 
-  def __init__(self, channel: _Channel, deadline: Deadline, method: str):
+  def __init__(
+    self,
+    channel: _Channel,
+    deadline: Deadline,
+    method: str,
+    connected: tuple[socket.socket, str, shared_memory.Channel | None] | None = None,
+  ):
     self.sock: socket.socket | None = None
     self.shared: shared_memory.Channel | None = None
     self.address = "(connecting)"
@@ -458,6 +510,7 @@ class _PipelinedConnection:
     self._channel = channel
     # call id -> (future, method name, deadline)
     self._pending: dict[int, tuple[Future, str, Deadline]] = {}
+    self._deadline_queues: dict[float, _DeadlineQueue] = {}  # by timeout
     self._backlog: list[tuple[int, bytes, list[memoryview]]] = []
     self._error: BaseException | None = None  # why connecting failed
     self._cut: str | None = None  # why this client closed the connection itself
@@ -469,9 +522,12 @@ class _PipelinedConnection:
     self._batch_expires: float | None = None  # the earliest deadline of the batch's calls
     self._unsent = b""  # the end of a batch the socket did not take at once
     self._batches = False  # whether requests may wait in the batch (once connected)
-    threading.Thread(
-      target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
-    ).start()
+    if connected is not None:
+      self._start(*connected)
+    else:
+      threading.Thread(
+        target=self._connect, args=(deadline, method), name=f"{channel.label}-connect", daemon=True
+      ).start()
 
   def submit(self, method: _Method, args: tuple, kwargs: dict, deadline: Deadline) -> Future:
     future = CallFuture(self._condition)
@@ -486,7 +542,7 @@ class _PipelinedConnection:
       call_id = next(self._ids) & 0xFFFFFFFF
       self._pending[call_id] = (future, method.name, deadline)
       if deadline.at is not None:  # before sending: the watcher may have to cut a stuck write
-        _deadlines.add(deadline, self, call_id)
+        self._watch(deadline, call_id)
       if self.sock is None:
         self._backlog.append((call_id, payload, buffers))
       elif len(self._pending) > 1 and self._batches and protocol.FrameBatch.fits(payload, buffers):
@@ -495,6 +551,16 @@ class _PipelinedConnection:
         self._write_batch()
         self._send(call_id, payload, buffers)
     return future
+
+  def _watch(self, deadline: Deadline, call_id: int) -> None:
+    """Has the watcher fail the call when its deadline passes (the write lock held)."""
+    queue = self._deadline_queues.get(deadline.timeout)
+    if queue is None:
+      if len(self._deadline_queues) >= MAX_DEADLINE_QUEUES:  # timeouts made up per call
+        _deadlines.schedule(deadline.at, functools.partial(self.expire, call_id))
+        return
+      queue = self._deadline_queues[deadline.timeout] = _DeadlineQueue(self)
+    queue.add(deadline.at, call_id, self._pending)
 
   def _hold(self, call_id: int, payload: bytes, deadline: Deadline) -> None:
     """Puts a request in the batch (the write lock held); writes a full one."""
@@ -618,6 +684,10 @@ class _PipelinedConnection:
           self._fail_pending(e)
           return
         deadline = later
+    self._start(sock, address, shared)
+
+  def _start(self, sock: socket.socket, address: str, shared: shared_memory.Channel | None) -> None:
+    """Starts reading replies on a connection that is up, and sends what waited for it."""
     with self._write_lock:
       self.sock, self.address, self.shared = sock, address, shared
       # TLS writes go through one object under its own lock, not MSG_DONTWAIT.
@@ -665,19 +735,16 @@ class _PipelinedConnection:
   def _read_loop(self) -> None:
     reader = protocol.FrameReader(self.sock, self.shared, serialization.load_stream)
     error: BaseException | None = None
+    frames: list[protocol.Frame] = []
     try:
       while True:
-        frame = reader.read()
+        frames.append(reader.read())
+        reader.read_ready(frames)
         if (self._batch or self._unsent) and not reader.has_frame():
           self.flush()  # every reply that came is read: the server has room for more
-        entry = self._pending.pop(frame.call_id, None)
-        if entry is not None:  # else expired or cancelled
-          try:
-            _complete(entry[0], result=decode_reply(frame, self._channel.label))
-          except Exception as e:  # noqa: BLE001 - the remote exception, or a decode failure
-            _complete(entry[0], error=e)
-        # Not kept while waiting for the next: the reply's memory (maybe shared) is the caller's.
-        frame = entry = None
+        self._complete_replies(frames)
+        # Not kept while waiting for the next: the replies' memory (maybe shared) is the callers'.
+        frames.clear()
     except (EOFError, OSError) as e:
       # Only its text is used. Its traceback would keep this frame (and those
       # of a frame cut short, whose shared memory may be mapped) in a cycle
@@ -690,6 +757,22 @@ class _PipelinedConnection:
         pending, self._pending = self._pending, {}
       for future, method, _ in pending.values():
         _complete(future, error=self._lost(method, error))
+
+  def _complete_replies(self, frames: list[protocol.Frame]) -> None:
+    """Completes the futures the replies in `frames` answer (those not
+    expired or cancelled), all at once (future.complete_all)."""
+    pending, label = self._pending, self._channel.label
+    outcomes = []
+    for frame in frames:
+      entry = pending.pop(frame.call_id, None)
+      if entry is None:
+        continue  # expired or cancelled
+      try:
+        outcomes.append((entry[0], decode_reply(frame, label), None))
+      except Exception as e:  # noqa: BLE001 - the remote exception, or a decode failure
+        outcomes.append((entry[0], None, e))
+    if outcomes:
+      complete_all(self._condition, outcomes)
 
   def _lost(self, method: str, cause: BaseException | None) -> BaseException:
     """Why a future pending when the connection ended failed."""
@@ -720,31 +803,76 @@ def _complete(future: Future, result: Any = None, error: BaseException | None = 
       future.set_running_or_notify_cancel()
 
 
-class _DeadlineWatcher:
-  """Fails futures whose call's deadline passes, and writes batches that
-  wait too long (FLUSH_SECONDS); one thread, started on demand.
+class _DeadlineQueue:
+  """The deadlines of one connection's calls of one timeout, in the order
+  they were made: calls with the same timeout expire in that order, so only
+  the head's time is in the watcher's heap, not one entry per call (a heap
+  push per future was ~7% of a caller's CPU with a timeout; docs/design.md).
 
-  Its entries hold no Deadline (the pending call does): they outlive the
-  calls until their time comes, and fewer objects keep the collector fast.
+  Answered calls leave the head as the next call joins; the watcher takes
+  the calls whose time has come from the head and fails those still pending.
+  (Calls of two threads may join in the other order than their deadlines
+  were fixed in; the one that joined second then fails that much late, at
+  most the time it took from its start to joining: pickling its arguments
+  and taking the write lock.)
   """
 
+  __slots__ = ("conn", "items", "lock", "scheduled")
+
+  def __init__(self, conn: _PipelinedConnection):
+    self.conn = conn
+    self.items: collections.deque[tuple[float, int]] = collections.deque()  # (when, call id)
+    self.lock = threading.Lock()
+    self.scheduled = False  # whether the head's time is in the watcher's heap
+
+  def add(self, at: float, call_id: int, pending: dict) -> None:
+    """Adds a call of the connection, whose calls still waiting are `pending`."""
+    with self.lock:
+      items = self.items
+      while items and items[0][1] not in pending:
+        items.popleft()  # answered
+      items.append((at, call_id))
+      if self.scheduled:
+        return
+      self.scheduled = True
+    _deadlines.schedule(at, self.expire_due)
+
+  def expire_due(self) -> None:
+    """Fails the calls whose deadline has passed; schedules the next one's."""
+    now = time.monotonic()
+    due = []
+    with self.lock:
+      items = self.items
+      while items and items[0][0] <= now:
+        due.append(items.popleft()[1])
+      later = items[0][0] if items else None
+      self.scheduled = later is not None
+    for call_id in due:
+      self.conn.expire(call_id)
+    if later is not None:
+      _deadlines.schedule(later, self.expire_due)
+
+
+class _DeadlineWatcher:
+  """Runs what must happen at a time: fails futures whose call's deadline
+  passes (_DeadlineQueue), writes batches that wait too long (FLUSH_SECONDS);
+  one thread, started on demand."""
+
   def __init__(self):
-    # (when, order, connection, call id; None to write the connection's batch)
-    self._heap: list[tuple[float, int, _PipelinedConnection, int | None]] = []
+    # (when, order, what to call then)
+    self._heap: list[tuple[float, int, Callable[[], None]]] = []
     self._order = itertools.count()
     self._wake = threading.Condition()
     self._thread: threading.Thread | None = None
 
-  def add(self, deadline: Deadline, conn: _PipelinedConnection, call_id: int) -> None:
-    self._push(deadline.at, conn, call_id)
-
   def flush_later(self, conn: _PipelinedConnection) -> None:
-    self._push(time.monotonic() + FLUSH_SECONDS, conn, None)
+    self.schedule(time.monotonic() + FLUSH_SECONDS, conn.flush)
 
-  def _push(self, at: float, conn: _PipelinedConnection, call_id: int | None) -> None:
+  def schedule(self, at: float, action: Callable[[], None]) -> None:
+    """Calls `action` in the watcher's thread once time.monotonic() reaches `at`."""
     with self._wake:
       order = next(self._order)
-      heapq.heappush(self._heap, (at, order, conn, call_id))
+      heapq.heappush(self._heap, (at, order, action))
       if self._thread is None:
         self._thread = threading.Thread(target=self._run, name="courier-deadlines", daemon=True)
         self._thread.start()
@@ -756,11 +884,8 @@ class _DeadlineWatcher:
       with self._wake:
         while not self._heap or self._heap[0][0] > time.monotonic():
           self._wake.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
-        _, _, conn, call_id = heapq.heappop(self._heap)
-      if call_id is None:
-        conn.flush()
-      else:
-        conn.expire(call_id)
+        action = heapq.heappop(self._heap)[2]
+      action()
 
 
 _deadlines = _DeadlineWatcher()

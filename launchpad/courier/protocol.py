@@ -337,6 +337,10 @@ class FrameReader:
     self._start = 0
     self._end = 0
 
+  def buffered(self) -> int:
+    """How many bytes were read from the socket and not yet returned."""
+    return self._end - self._start
+
   def has_frame(self) -> bool:
     """Whether a whole frame without buffers is already read (the next
     `read` returns it without a system call)."""
@@ -345,6 +349,21 @@ class FrameReader:
       return False
     _, _, nbuffers, _, size = HEADER.unpack_from(self._buffer, self._start)
     return not nbuffers and have >= HEADER.size + size
+
+  def read_ready(self, frames: list[Frame]) -> None:
+    """Appends to `frames` the frames without buffers that are read whole
+    already (at most STREAMED_PAYLOAD each), with no system call: a reader
+    of many small replies takes all that one `recv` brought in one go."""
+    buffer, view, start, end = self._buffer, self._view, self._start, self._end
+    unpack_from, header = HEADER.unpack_from, HEADER.size
+    while end - start >= header:
+      kind, flags, nbuffers, call_id, size = unpack_from(buffer, start)
+      stop = start + header + size
+      if nbuffers or stop > end or size >= STREAMED_PAYLOAD:
+        break
+      frames.append(Frame(kind, flags, call_id, bytes(view[start + header : stop]), []))
+      start = stop
+    self._start = start
 
   def read(self, deadline: Deadline | None = None, spin: float = 0.0) -> Frame:
     """Reads a whole frame; EOFError when the peer closed.

@@ -334,6 +334,52 @@ def test_a_future_waiting_for_the_connection_keeps_its_own_deadline():
     server.stop()
 
 
+def test_futures_of_two_timeouts_on_one_connection_each_fail_at_their_own_deadline(local_server):
+  """Calls of one timeout expire in the order they were made (one queue per
+  timeout): a short call made after a long one is not held behind it."""
+  client = local_server.client(timeout=TIMEOUT)
+  assert client.futures.echo("connected").result(TIMEOUT) == "connected"
+  long, short = 3.0, 0.3
+  start = time.monotonic()
+  slow = client.with_timeout(long).futures.block("long", TIMEOUT + MARGIN)
+  quick = client.with_timeout(short).futures.block("short", TIMEOUT + MARGIN)
+  check_timeout_error(quick.exception(TIMEOUT), "call local_svc.block")
+  assert time.monotonic() - start >= short
+  assert not slow.done()  # its deadline is 2.7 s later
+  check_timeout_error(slow.exception(long + MARGIN), "call local_svc.block")
+  assert time.monotonic() - start >= long
+  local_server.service.release_all()
+  assert client.futures.echo("serves on").result(TIMEOUT) == "serves on"
+
+
+def test_a_timeout_whose_calls_all_ended_still_fails_its_next_call(local_server):
+  """After its queue of deadlines empties (calls answered or expired), a
+  later call of the same timeout is watched again, behind many answered ones."""
+  client = local_server.client(timeout=0.3)
+  assert [f.result(TIMEOUT) for f in [client.futures.echo(i) for i in range(1000)]] == list(
+    range(1000)
+  )
+  for name in ("first", "second"):
+    start = time.monotonic()
+    future = client.futures.block(name, TIMEOUT + MARGIN)
+    check_timeout_error(future.exception(TIMEOUT), "call local_svc.block")
+    assert time.monotonic() - start >= 0.3
+  local_server.service.release_all()
+
+
+def test_futures_of_many_timeouts_each_fail_at_their_own_deadline(local_server):
+  """Past the timeouts a connection keeps queues for, calls are watched one by one."""
+  client = local_server.client(timeout=TIMEOUT)
+  assert client.futures.echo("connected").result(TIMEOUT) == "connected"
+  timeouts = [0.3 + i / 1000 for i in range(80)]  # more than MAX_DEADLINE_QUEUES
+  start = time.monotonic()
+  futures = [client.with_timeout(t).futures.block(f"b{t}", TIMEOUT + MARGIN) for t in timeouts]
+  for future in futures:
+    check_timeout_error(future.exception(TIMEOUT + MARGIN), "call local_svc.block")
+  assert time.monotonic() - start >= max(timeouts)
+  local_server.service.release_all()
+
+
 # --- timeout=0 and bad timeouts ------------------------------------------------------
 
 

@@ -119,3 +119,58 @@ def test_a_wait_with_a_timeout_lasts_its_time_while_other_futures_complete(local
     other.join(TIMEOUT)
   local_server.service.release("waited")
   assert getattr(blocked, wait)(TIMEOUT) in (True, None)
+
+
+def test_a_threads_idle_connection_becomes_the_futures_one(local_server, transport):
+  client = local_server.client(transport, timeout=LONG)
+  assert client.echo("sync") == "sync"
+  assert len(local_server.server.connections()) == 1
+  # The futures take over this thread's authenticated connection: no new
+  # connection (and no handshake in another thread) before the first reply.
+  assert [f.result(TIMEOUT) for f in [client.futures.echo(i) for i in range(100)]] == list(
+    range(100)
+  )
+  assert len(local_server.server.connections()) == 1
+  assert client.echo("again") == "again"  # this thread's next call connects anew
+  assert len(local_server.server.connections()) == 2
+  assert client.futures.echo("still").result(TIMEOUT) == "still"
+
+
+def test_a_connection_in_use_by_another_thread_is_not_taken(local_server):
+  client = local_server.client(timeout=LONG)
+  assert client.echo(0) == 0
+  blocked = threading.Thread(target=client.block, args=("other", LONG), daemon=True)
+  blocked.start()  # that thread's sync connection is busy in its call
+  assert local_server.service.wait_started("other")
+  assert client.futures.echo(1).result(TIMEOUT) == 1
+  local_server.service.release("other")
+  blocked.join(TIMEOUT)
+  assert client.echo(2) == 2
+
+
+def test_replies_completed_together_notify_every_waiter_and_callback(child_server, transport):
+  client = Client(
+    pick(child_server, transport), secret=child_server.secret, label="child_svc", timeout=LONG
+  )
+  futures = [client.futures.add(i) for i in range(500)]
+  called = []
+  for future in futures:
+    future.add_done_callback(called.append)
+  done = list(concurrent.futures.as_completed(futures, TIMEOUT))
+  assert sorted(f.result() for f in done) == list(range(500))
+  assert len(called) == 500 and set(called) == set(futures)
+
+
+def test_a_future_cancelled_before_its_reply_is_notified_when_the_reply_comes(local_server):
+  client = local_server.client(timeout=LONG)
+  blocked = client.futures.block("to-cancel", LONG)
+  assert local_server.service.wait_started("to-cancel")
+  assert blocked.cancel()
+  # Not yet notified: `wait` sees it done only once the reply marks it so.
+  waited = concurrent.futures.ThreadPoolExecutor(1).submit(
+    concurrent.futures.wait, [blocked], TIMEOUT
+  )
+  local_server.service.release("to-cancel")
+  done, not_done = waited.result(TIMEOUT + 5)
+  assert done == {blocked} and not not_done
+  assert client.futures.echo("after").result(TIMEOUT) == "after"
