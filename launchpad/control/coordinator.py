@@ -197,13 +197,18 @@ class Coordinator:
       record.host_id = host_id
       self._changed.notify_all()
 
-  def report(self, event: control_pb2.NodeEvent) -> None:
+  def report(self, event: control_pb2.NodeEvent, run: int | None = None) -> None:
     """Records how a node is doing. A failed node's record changes only when
     its launcher restarts it (`node_restarted`): later reports of the run that
-    failed are retries of the failure's report, or come too late."""
+    failed are retries of the failure's report, or come too late.
+
+    `run` is the node's `restarts` when the process the event is about
+    started; a launcher reporting a process's exit gives it, so that the exit
+    of a run the node has since been restarted from is dropped, not taken
+    for a failure of the new run."""
     with self._changed:
       record = self._record(event.node)
-      if record.state == FAILED:
+      if record.state == FAILED or (run is not None and run != record.restarts):
         return
       record.pid, record.host = event.pid, event.host
       if event.kind == control_pb2.NodeEvent.STARTED:

@@ -9,9 +9,11 @@ connection dropped), the agent kills every node it started, and the fork
 server every process those started, removes the code and exits: nothing
 outlives the launch on any host.
 
-Launcher -> agent: ("setup", Setup), then ("start", name, payload) and
+Launcher -> agent: ("setup", Setup), then ("start", name, run, payload) and
 ("kill", [names]). Agent -> launcher: ("ready", info), ("output", name, bytes),
-("exited", name, pid, returncode, oom_killed).
+("exited", name, run, pid, returncode, oom_killed). `run` is the node's
+restart count at that start, so a launcher can tell a restarted node's old
+process's exit from the new one's.
 """
 
 from __future__ import annotations
@@ -132,9 +134,9 @@ class _Agent:
     workdir.mkdir(parents=True, exist_ok=True)
     bundle.extract(setup.files, workdir)
     os.chdir(workdir)
-    self._names: dict[int, str] = {}  # the fork server's key of each start -> node
+    self._starts: dict[int, tuple[str, int]] = {}  # the fork server's key -> node, run
     self._keys = itertools.count()
-    self._closed: dict[str, threading.Event] = {}
+    self._closed: dict[int, threading.Event] = {}  # key -> its output was all sent
     self._lock = threading.Lock()
     self._selector = selectors.DefaultSelector()
     self._wake_r, self._wake_w = socket.socketpair()
@@ -161,36 +163,37 @@ class _Agent:
       except (EOFError, OSError):
         return
       if message[0] == "start":
-        self._start(message[1], message[2])
+        self._start(*message[1:])
       elif message[0] == "kill":
         for name in message[1]:
           self._kill(name)
 
-  def _start(self, name: str, payload: bytes) -> None:
+  def _start(self, name: str, run: int, payload: bytes) -> None:
     ours, theirs = socket.socketpair()
     key = next(self._keys)
     with self._lock:
-      self._names[key] = name
-      self._closed[name] = threading.Event()
+      self._starts[key] = (name, run)
+      self._closed[key] = threading.Event()
     self._fork_server.start(key, payload, theirs)
     theirs.close()
-    self._selector.register(ours, selectors.EVENT_READ, name)
+    self._selector.register(ours, selectors.EVENT_READ, (key, name))
     self._wake_w.send(b"x")
 
   def _kill(self, name: str) -> None:
     with self._lock:
-      keys = [key for key, n in self._names.items() if n == name]
+      keys = [key for key, (n, _) in self._starts.items() if n == name]
     for key in keys:
       self._fork_server.kill(key)
 
   def _exited(self, key: int, pid: int, returncode: int, oom_killed: bool) -> None:
     with self._lock:
-      name = self._names.pop(key, None)
-      closed = self._closed.get(name)
-    if name is None:
+      start = self._starts.pop(key, None)
+      closed = self._closed.get(key)
+    if start is None:
       return
-    closed.wait(OUTPUT_DRAIN_SECONDS)  # its last lines go first: they explain the exit
-    self._send(("exited", name, pid, returncode, oom_killed))
+    if closed is not None:  # its last lines go first: they explain the exit
+      closed.wait(OUTPUT_DRAIN_SECONDS)
+    self._send(("exited", *start, pid, returncode, oom_killed))
 
   def _forward_output(self) -> None:
     while True:
@@ -198,14 +201,15 @@ class _Agent:
         if key.data is None:
           self._wake_r.recv(4096)
           continue
+        start, name = key.data
         data = key.fileobj.recv(65536)
         if data:
-          self._send(("output", key.data, data))
+          self._send(("output", name, data))
           continue
         self._selector.unregister(key.fileobj)
         key.fileobj.close()
         with self._lock:
-          self._closed[key.data].set()
+          self._closed.pop(start).set()
 
   def _send(self, message: object) -> None:
     try:

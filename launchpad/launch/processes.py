@@ -123,9 +123,10 @@ def _child_environment() -> dict[str, str]:
 class _Child:
   """One start of a node's process."""
 
-  def __init__(self, name: str, key: int):
+  def __init__(self, name: str, key: int, run: int):
     self.name = name
     self.key = key  # the fork server's name for this start
+    self.run = run  # the node's restarts at this start
     self.pid = 0  # until the fork server has forked it
     self.killed = False
     self.returncode: int | None = None
@@ -175,7 +176,7 @@ class _Processes:
       command = [interpreter, "-c", process_main.COMMAND, *resource.args]
       fresh_env = {**_child_environment(), **resource.env}
     output = self._output.attach(name, index)
-    child = _Child(name, next(self._keys))
+    child = _Child(name, next(self._keys), self.coordinator.nodes[name].restarts)
     with self._changed:
       self._children[name] = self._by_key[child.key] = child
     try:
@@ -235,6 +236,7 @@ class _Processes:
         returncode,
         oom_killed,
         self._output,
+        child.run,
       )
 
 
@@ -257,18 +259,21 @@ def report_exit(
   returncode: int,
   oom_killed: bool,
   output: OutputMux,
+  run: int,
 ) -> None:
   """Reports how node `name`'s process ended if the node itself did not
   say: status 0 is a node that finished (it called os._exit(0), say), any
   other status or a signal a failure (`oom_killed`: the out-of-memory
-  killer was at work meanwhile)."""
+  killer was at work meanwhile). `run` is the node's restarts when this
+  process started: the exit of a run the node was restarted from is old news."""
   if returncode != 0:
     report_unannounced_exit(
-      coordinator, name, pid, host, exit_reason(returncode, oom_killed), output
+      coordinator, name, pid, host, exit_reason(returncode, oom_killed), output, run
     )
   elif coordinator.nodes[name].state not in (FINISHED, FAILED):
     coordinator.report(
-      control_pb2.NodeEvent(node=name, kind=control_pb2.NodeEvent.FINISHED, pid=pid, host=host)
+      control_pb2.NodeEvent(node=name, kind=control_pb2.NodeEvent.FINISHED, pid=pid, host=host),
+      run,
     )
 
 
@@ -279,10 +284,11 @@ def report_unannounced_exit(
   host: str,
   description: str,
   output: OutputMux,
+  run: int,
 ) -> None:
   """Reports node `name` FAILED if its process ended before the node itself
   reported how it ended (it crashed, or was killed by someone else), with
-  the last lines it wrote."""
+  the last lines it wrote; `run` as in `report_exit`."""
   if coordinator.nodes[name].state in (FINISHED, FAILED):
     return
   coordinator.report(
@@ -293,7 +299,8 @@ def report_unannounced_exit(
       host=host,
       description=description,
       traceback=output.tail(name, OUTPUT_END_SECONDS),
-    )
+    ),
+    run,
   )
 
 

@@ -37,6 +37,7 @@ from concurrent import futures
 from typing import Any
 
 import cloudpickle
+import psutil
 
 from launchpad import errors, runs
 from launchpad import resources as resources_lib
@@ -104,6 +105,8 @@ ANY_INTERFACE = "0.0.0.0"
 OUTPUT_LINGER_SECONDS = 1.0
 # Bound on the check that the cluster's address accepts connections.
 CONNECT_TIMEOUT_SECONDS = 10.0
+# Bound on killing what a node left behind when it has ended.
+DESCENDANTS_END_SECONDS = 10.0
 # How often a launch looks again at a placement group Ray has not placed yet.
 PLACEMENT_POLL_SECONDS = 0.2
 # The host names Ray replaces by this machine's IP in an address to join.
@@ -351,8 +354,26 @@ class NodeActor:
     spec: process_main.WorkerSpec = cloudpickle.loads(payload)
     if bind_node_ip:
       os.environ[process_main.HOST_VARIABLE] = ray.util.get_node_ip_address()
-    spec.run()
+    # Under CHILD_CLEANUP this worker is a subreaper: the node's orphans,
+    # daemons included, are its children. Ray kills them from the raylet
+    # every 10 s, which a program that ends sooner has shut down by then.
+    try:
+      spec.run()
+    finally:
+      _end_descendants(DESCENDANTS_END_SECONDS)
     ray.actor.exit_actor()
+
+
+def _end_descendants(timeout: float) -> None:
+  """SIGKILL to every descendant of this process, over again for the orphans
+  re-parented here meanwhile, until none is left or `timeout` has passed.
+  Ray's worker may reap them too: psutil waits either way."""
+  deadline = time.monotonic() + timeout
+  while (left := psutil.Process().children(recursive=True)) and time.monotonic() < deadline:
+    for process in left:
+      with contextlib.suppress(psutil.Error):
+        process.kill()
+    psutil.wait_procs(left, timeout=max(0.0, min(1.0, deadline - time.monotonic())))
 
 
 _RemoteNodeActor = ray.remote(NodeActor)
@@ -459,7 +480,8 @@ class _Actors:
         host=record.host,
         description=description,
         traceback=details,
-      )
+      ),
+      actor.restarts,
     )
 
   def join(self, timeout: float) -> bool:

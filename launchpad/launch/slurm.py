@@ -216,6 +216,7 @@ class _Step:
 
   name: str
   process: subprocess.Popen
+  run: int  # the node's restarts at this start
   ended: bool = False
 
 
@@ -369,7 +370,7 @@ class _SlurmWorkers:
       start_new_session=True,  # a Ctrl-C in the terminal is the launcher's to handle
     )
     stream.close()
-    step = _Step(name, process)
+    step = _Step(name, process, self._coordinator.nodes[name].restarts)
     with self._changed:
       self._steps[name] = step
       self._alive.append(step)
@@ -399,9 +400,9 @@ class _SlurmWorkers:
       current = self._steps.get(step.name) is step
       killed = step.name in self._killed
     if current and not killed:
-      self._exited(step.name, returncode)
+      self._exited(step.name, returncode, step.run)
 
-  def _exited(self, name: str, returncode: int) -> None:
+  def _exited(self, name: str, returncode: int, run: int) -> None:
     """Reports how a node's step ended if the node itself did not say."""
     job = self._by_node[name]
     record = self._coordinator.nodes[name]
@@ -414,11 +415,11 @@ class _SlurmWorkers:
         lost = f"Slurm ended job {job.job_id} of {job.what} ({slurm_jobs.job_record(job.job_id)})"
     if lost is not None and returncode != 0:
       processes.report_unannounced_exit(
-        self._coordinator, name, record.pid, host, lost, self._output
+        self._coordinator, name, record.pid, host, lost, self._output, run
       )
       return
     processes.report_exit(
-      self._coordinator, name, record.pid, host, _returncode(returncode), False, self._output
+      self._coordinator, name, record.pid, host, _returncode(returncode), False, self._output, run
     )
 
   def join(self, timeout: float) -> bool:

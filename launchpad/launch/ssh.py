@@ -149,7 +149,7 @@ class _RemoteWorkers:
     self._nodes = {node.name: node for node in plan.workers}
     self._order = list(self._nodes)
     self._streams: dict[str, Any] = {}
-    self._running: set[str] = set()
+    self._running: dict[str, int] = {}  # node -> the run (its restarts) started last
     self._killed: set[str] = set()
     self._changed = threading.Condition()
 
@@ -179,12 +179,16 @@ class _RemoteWorkers:
       {},
       self._tls,
     )
+    run = self._coordinator.nodes[name].restarts
     stream = self._output.attach(name, self._order.index(name), f"{name}@{connection.host.name}")
     with self._changed:
-      self._running.add(name)
+      self._running[name] = run
       self._killed.discard(name)
+      old = self._streams.pop(name, None)
+      if old is not None:  # the run restarted from has not reported its exit yet
+        old.close()
       self._streams[name] = stream
-    connection.send(("start", name, serialization.cloudpickle_dumps(spec)))
+    connection.send(("start", name, run, serialization.cloudpickle_dumps(spec)))
 
   def join(self, timeout: float) -> bool:
     with self._changed:
@@ -216,8 +220,10 @@ class _RemoteWorkers:
     if stream is not None:
       stream.sendall(data)
 
-  def exited(self, name: str, pid: int, returncode: int, oom_killed: bool) -> None:
+  def exited(self, name: str, run: int, pid: int, returncode: int, oom_killed: bool) -> None:
     with self._changed:
+      if self._running.get(name) != run:
+        return  # a run the node was restarted from: the new run goes on
       killed = name in self._killed
       self._ended(name)
     if not killed:
@@ -229,22 +235,23 @@ class _RemoteWorkers:
         returncode,
         oom_killed,
         self._output,
+        run,
       )
 
   def lost(self, connection: _HostConnection, reason: str) -> None:
     """The connection ended while its nodes ran: they are gone with it."""
     with self._changed:
-      names = [n.name for n in connection.nodes if n.name in self._running]
-      for name in names:
+      runs = {n.name: self._running[n.name] for n in connection.nodes if n.name in self._running}
+      for name in runs:
         self._ended(name)
-    for name in names:
+    for name, run in runs.items():
       processes.report_unannounced_exit(
-        self._coordinator, name, 0, connection.host.name, reason, self._output
+        self._coordinator, name, 0, connection.host.name, reason, self._output, run
       )
 
   def _ended(self, name: str) -> None:
     """Caller holds self._changed."""
-    self._running.discard(name)
+    self._running.pop(name, None)
     stream = self._streams.pop(name, None)
     if stream is not None:
       stream.close()

@@ -223,6 +223,22 @@ def test_on_failure_returning_true_prevents_the_stop(make_running):
   assert states(status)["actor[0]"] == "failed"
 
 
+def test_the_exit_of_a_run_the_node_was_restarted_from_is_dropped(make_running):
+  # A launcher learns that the failed run's process exited only after it may
+  # have restarted the node: that exit is no failure of the new run.
+  failed = []
+  running = make_running(on_failure=lambda record: failed.append(record.restarts) or True)
+  coordinator = running.coordinator
+  running.client().report(Event(node="actor[0]", kind=Event.FAILED, description="ValueError"))
+  coordinator.node_restarted("actor[0]")
+  exit_event = Event(node="actor[0]", kind=Event.FAILED, description="exited with status 1")
+  coordinator.report(exit_event, run=0)
+  assert failed == [0]
+  assert states(running.client().status())["actor[0]"] == "pending"
+  coordinator.report(exit_event, run=1)  # the new run's own exit counts
+  assert failed == [0, 1]
+
+
 def test_on_failure_returning_false_stops(make_running):
   running = make_running(on_failure=lambda record: False)
   client = running.client()
