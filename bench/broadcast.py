@@ -1,6 +1,10 @@
 """Broadcast of 64 MB of parameters to 8 and 32 actors of this host.
 
-Three ways, each run `--runs` times per actor count, medians reported:
+Three ways, `--runs` rounds each per actor count, medians reported. All
+three run at once (their actors idle between rounds) and take turns, so
+that each sees the same minutes of a shared machine: each turn is an
+untimed round, which takes the work the other side's last round left
+behind (Ray's frees, the broadcast node's), then a timed one:
   courier    today's path: a CourierNode whose get_params() returns the
              arrays; every actor calls it (one pickled copy per actor).
   broadcast  lp.BroadcastNode: the learner publishes once (a sealed memfd),
@@ -11,11 +15,20 @@ Three ways, each run `--runs` times per actor count, medians reported:
 A round's time runs from the publish (courier: the learner's new arrays are
 in place; broadcast: publish(); ray: ray.put) until every actor holds the
 version; actors are told to fetch through courier futures, all at once. The
-actors do not read the arrays in the timed part. Afterwards each actor
-touches every page of the version it holds and the total growth of the
-actors' PSS is compared with one copy.
+actors do not read the arrays in the timed part. The publish alone and the
+delivery after it (every actor's fetch) are reported too. Afterwards each
+actor touches every page of the version it holds and the total growth of
+the actors' PSS is compared with one copy.
 
-Usage: python bench/broadcast.py [--runs 5] [--actors 8,32] [--mb 64] [--no-ray]
+The PSS baseline is taken after a first, untimed round of a tiny version
+through the same path: an actor's first fetch adds ~1 MB of its own (two
+threads: the reader of the connection the futures open, and courier's
+watchdog, with their stacks and allocator arenas; fork-server pages it
+writes to), whatever the version's size; that is not the cost of holding
+a version.
+
+Usage: python bench/broadcast.py [--runs 5] [--actors 8,32] [--mb 64]
+                                [--kinds courier,broadcast,ray]
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -59,11 +73,10 @@ class ParamServer:
   """Today's path: the learner serves its arrays through courier."""
 
   def __init__(self, size: int):
-    self._size = size
     self._params = make_params(0, size)
 
-  def set_version(self, version: int) -> None:
-    self._params = make_params(version, self._size)
+  def set_version(self, version: int, size: int) -> None:
+    self._params = make_params(version, size)
 
   def get_params(self) -> dict:
     return self._params
@@ -119,38 +132,95 @@ def launch(kind: str, actors: int, size: int):
   return controller, source.dereference(), [h.dereference() for h in handles]
 
 
-def run_lp(kind: str, actors: int, size: int, runs: int) -> tuple[list[float], int]:
-  controller, source, clients = launch(kind, actors, size)
-  try:
-    for c in clients:
+# The untimed first round's version: 8 floats, the same path as the rest.
+WARM_UP_SIZE = 8 * 4
+
+
+class Times:
+  """Per round: the publish alone, and the delivery to every actor after it."""
+
+  def __init__(self):
+    self.publish: list[float] = []
+    self.delivery: list[float] = []
+
+  def add(self, start: float, published: float, delivered: float) -> None:
+    self.publish.append(published - start)
+    self.delivery.append(delivered - published)
+
+  @property
+  def rounds(self) -> list[float]:
+    return [p + d for p, d in zip(self.publish, self.delivery, strict=True)]
+
+
+class LaunchpadSide:
+  """courier or broadcast: a program of a source node and the actors."""
+
+  def __init__(self, kind: str, actors: int, size: int):
+    self.kind = kind
+    self._size = size
+    self._controller, self._source, self._clients = launch(kind, actors, size)
+    for c in self._clients:
       c.pss()  # connected and serving
-    base = [c.pss() for c in clients]
-    times = []
-    for version in range(1, runs + 1):
-      if kind == "courier":
-        source.set_version(version)  # outside the timing: the learner's own update
-      start = time.perf_counter()
-      if kind == "broadcast":
-        source.publish(make_params(version, size), timeout=TIMEOUT)
-      futures = [c.futures.fetch(version) for c in clients]
-      assert [f.result(TIMEOUT) for f in futures] == [version] * actors
-      times.append(time.perf_counter() - start)
-    for c in clients:
+    self.times = Times()
+    self._version = 0
+    self.round(WARM_UP_SIZE)  # version 1, untimed; the broadcast node numbers from 1
+    self._base = [c.pss() for c in self._clients]
+
+  def round(self, size: int | None = None, timed: bool = True) -> None:
+    self._version += 1
+    version, size = self._version, size or self._size
+    if self.kind == "courier":
+      self._source.set_version(version, size)  # outside the timing: the learner's update
+    params = make_params(version, size) if self.kind == "broadcast" else None
+    start = time.perf_counter()
+    if self.kind == "broadcast":
+      self._source.publish(params, timeout=TIMEOUT)
+    published = time.perf_counter()
+    futures = [c.futures.fetch(version) for c in self._clients]
+    assert [f.result(TIMEOUT) for f in futures] == [version] * len(self._clients)
+    if timed and version > 1:
+      self.times.add(start, published, time.perf_counter())
+
+  def grown(self) -> int:
+    """The actors' PSS growth since the warm-up, once each touched its version."""
+    for c in self._clients:
       c.touch()
-    grown = sum(c.pss() - b for c, b in zip(clients, base, strict=True))
-    if kind == "broadcast":
-      mapped = sum(c.mapped_pss() for c in clients)
-      print(f"    the version's own pages in the {actors} actors' PSS: {mapped / MB:.0f} MB")
-    return times, grown
-  finally:
-    controller.stop(timeout=60)
+    grown = sum(c.pss() - b for c, b in zip(self._clients, self._base, strict=True))
+    if self.kind == "broadcast":
+      mapped = sum(c.mapped_pss() for c in self._clients)
+      print(f"    the version's own pages in the actors' PSS: {mapped / MB:.0f} MB")
+    return grown
+
+  def close(self) -> None:
+    self._controller.stop(timeout=60)
 
 
-def run_ray(actors: int, size: int, runs: int) -> tuple[list[float], int]:
-  import ray
+def start_ray():
+  """Ray, imported through launchpad's Ray launcher (which sets Ray's loopback
+  switch for the import, as the tests' local_ray does), started on loopback
+  only: its raylet and GCS listen on 127.0.0.1."""
+  from launchpad.launch import ray as ray_launcher
 
-  ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
-  try:
+  ray = ray_launcher.ray
+  ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
+  ip = ray.util.get_node_ip_address()
+  if not ip.startswith("127."):
+    ray.shutdown()
+    raise SystemExit(
+      f"Ray's node address is {ip}, not loopback: Ray was imported before launchpad's Ray "
+      "launcher; run the bench in a fresh process."
+    )
+  return ray
+
+
+class RaySide:
+  """ray.put once in the driver, every actor ray.get()s it."""
+
+  kind = "ray"
+
+  def __init__(self, actors: int, size: int):
+    self._ray = ray = start_ray()
+    self._size = size
 
     @ray.remote(num_cpus=0)
     class RayActor:
@@ -167,22 +237,34 @@ def run_ray(actors: int, size: int, runs: int) -> tuple[list[float], int]:
       def pss(self) -> int:
         return pss()
 
-    handles = [RayActor.remote() for _ in range(actors)]
-    base = ray.get([h.pss.remote() for h in handles], timeout=TIMEOUT)
-    times = []
-    for version in range(1, runs + 1):
-      params = make_params(version, size)
-      start = time.perf_counter()
-      ref = ray.put(params)
-      got = ray.get([h.fetch.remote([ref], version) for h in handles], timeout=TIMEOUT)
-      assert got == [version] * actors
-      times.append(time.perf_counter() - start)
-      del ref
-    ray.get([h.touch.remote() for h in handles], timeout=TIMEOUT)
-    after = ray.get([h.pss.remote() for h in handles], timeout=TIMEOUT)
-    return times, sum(a - b for a, b in zip(after, base, strict=True))
-  finally:
-    ray.shutdown()
+    self._handles = [RayActor.remote() for _ in range(actors)]
+    ray.get([h.pss.remote() for h in self._handles], timeout=TIMEOUT)  # every actor started
+    self.times = Times()
+    self._version = 0
+    self.round(WARM_UP_SIZE)  # untimed, as for launchpad
+    self._base = ray.get([h.pss.remote() for h in self._handles], timeout=TIMEOUT)
+
+  def round(self, size: int | None = None, timed: bool = True) -> None:
+    ray = self._ray
+    self._version += 1
+    version = self._version
+    params = make_params(version, size or self._size)
+    start = time.perf_counter()
+    ref = ray.put(params)
+    published = time.perf_counter()
+    got = ray.get([h.fetch.remote([ref], version) for h in self._handles], timeout=TIMEOUT)
+    assert got == [version] * len(self._handles)
+    if timed and version > 1:
+      self.times.add(start, published, time.perf_counter())
+
+  def grown(self) -> int:
+    ray = self._ray
+    ray.get([h.touch.remote() for h in self._handles], timeout=TIMEOUT)
+    after = ray.get([h.pss.remote() for h in self._handles], timeout=TIMEOUT)
+    return sum(a - b for a, b in zip(after, self._base, strict=True))
+
+  def close(self) -> None:
+    self._ray.shutdown()
 
 
 def main() -> None:
@@ -190,28 +272,44 @@ def main() -> None:
   parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--actors", default="8,32")
   parser.add_argument("--mb", type=int, default=64)
-  parser.add_argument("--no-ray", action="store_true")
+  parser.add_argument("--kinds", default="courier,broadcast,ray", help="which of the three to run")
   args = parser.parse_args()
-  os.environ.setdefault("LAUNCHPAD_HOME", os.path.join(os.getcwd(), ".bench-home"))
+  home = tempfile.TemporaryDirectory(prefix="bench-broadcast-")  # the programs' run directories
+  os.environ.setdefault("LAUNCHPAD_HOME", home.name)
   size = args.mb * MB
   print(f"{args.mb} MB of parameters, {args.runs} runs each; load average {os.getloadavg()[0]:.1f}")
   for actors in (int(n) for n in args.actors.split(",")):
-    results = {}
-    for kind in ("courier", "broadcast", *(() if args.no_ray else ("ray",))):
-      times, grown = (
-        run_ray(actors, size, args.runs) if kind == "ray" else run_lp(kind, actors, size, args.runs)
-      )
-      results[kind] = statistics.median(times)
+    sides = []
+    try:
+      for kind in args.kinds.split(","):
+        sides.append(RaySide(actors, size) if kind == "ray" else LaunchpadSide(kind, actors, size))
+      for _ in range(args.runs):
+        for side in sides:
+          side.round(timed=False)  # takes the tail of the other side's last round
+          side.round()
+      results = {}
+      for side in sides:
+        times, grown = side.times, side.grown()
+        rounds = times.rounds
+        results[side.kind] = statistics.median(rounds)
+        print(
+          f"{actors:3d} actors  {side.kind:9s}  median {results[side.kind] * 1000:8.1f} ms  "
+          f"(min {min(rounds) * 1000:.1f}, max {max(rounds) * 1000:.1f}; publish "
+          f"{statistics.median(times.publish) * 1000:.1f}, delivery "
+          f"{statistics.median(times.delivery) * 1000:.1f})  "
+          f"actors' PSS +{grown / MB:.0f} MB = {grown / size:.2f}x one copy"
+        )
+    finally:
+      for side in sides:
+        side.close()
+    if "broadcast" in results and len(results) > 1:
+      ours = results.pop("broadcast")
+      ratios = ", ".join(f"{results[kind] / ours:.1f}x {kind}" for kind in results)
       print(
-        f"{actors:3d} actors  {kind:9s}  median {results[kind] * 1000:8.1f} ms  "
-        f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})  "
-        f"actors' PSS +{grown / MB:.0f} MB = {grown / size:.2f}x one copy"
+        f"{actors:3d} actors  broadcast is {ratios}  (goals at 32 actors: >= 8x courier, "
+        ">= 1.5x ray; PSS <= 2x one copy)"
       )
-    ours = results["broadcast"]
-    line = f"{actors:3d} actors  broadcast is {results['courier'] / ours:.1f}x courier"
-    if "ray" in results:
-      line += f", {results['ray'] / ours:.1f}x ray"
-    print(line + "  (goals at 32 actors: >= 8x courier, >= 1.5x ray; PSS <= 2x one copy)")
+    print(f"    load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

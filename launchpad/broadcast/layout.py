@@ -20,6 +20,7 @@ import mmap
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from launchpad import errors, memfd
@@ -35,10 +36,17 @@ def _aligned(n: int) -> int:
   return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def write(params: Any, what: str) -> int:
+def fresh(size: int) -> int:
+  """A new memfd of `size` zero bytes, for `write`."""
+  return memfd.create(MEMFD_NAME, size)
+
+
+def write(params: Any, what: str, create: Callable[[int], int] = fresh) -> int:
   """A sealed memfd holding `params`; the caller owns (and closes) the fd.
 
-  `what` names the broadcast in errors ("broadcast params[0]").
+  `what` names the broadcast in errors ("broadcast params[0]"); `create(size)`
+  gives the memfd to fill, of that size and not yet sealed (a publisher's
+  spare, spare.py).
   """
   buffers: list[pickle.PickleBuffer] = []
   try:
@@ -54,7 +62,7 @@ def write(params: Any, what: str) -> int:
   for raw in raws:
     table.append((offset, raw.nbytes))
     offset = _aligned(offset + raw.nbytes)
-  fd = memfd.create(MEMFD_NAME, offset)
+  fd = create(offset)
   try:
     head = HEADER.pack(MAGIC, len(meta), len(raws)) + b"".join(ENTRY.pack(*e) for e in table)
     memfd.write_all(fd, memoryview(head + meta), 0)
