@@ -26,6 +26,7 @@ Usage: python bench/replay.py [--runs 3] [--batch 256] [--peer-python PATH]
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import pathlib
 import time
@@ -70,8 +71,13 @@ def make_table() -> Table:
 
 
 def serve(queue) -> None:
-  """Child-process entry point: a replay server of one table until the parent says stop."""
+  """Child-process entry point: a replay server of one table until the parent says stop.
+
+  Like a ReplayNode's process, it freezes what imports and setup made
+  (process_main: WorkerSpec.run), so full collections walk only the items.
+  """
   server = replay.Server([make_table()])
+  gc.freeze()
   queue.put((server.address, server.secret))
   queue.get()  # serve until the parent says stop (or dies)
   server.stop()

@@ -5,9 +5,12 @@ fills one table (Uniform sampler, Fifo remover, MinSize(1)) with 10,000
 Atari-sized items (84x84x4 uint8); a learner in another process draws
 batches of 32 and does nothing else with them. Reported in batches/s:
   ours    a launchpad.replay.Server in a spawned child process; the client in
-          this process, over loopback TCP (as the peer's gRPC), through
-          `client.stream(...)` (each --in-flight and --workers setting) and,
-          for reference, one `client.sample_batch` per batch
+          this process, through `client.stream(...)` (each in-flight and
+          workers setting) and, for reference, one `client.sample_batch` per
+          batch. `unix_` figures connect to the server's Unix socket, as a
+          same-host learner of a program reaches its replay node: streams
+          there get their batches through shared memory (replay/ring.py);
+          `tcp_` figures connect over loopback TCP (as the peer's gRPC)
   peer    the anchor script in the reference environment (dm-reverb 0.7.2):
           `TrajectoryDataset.from_table_signature(...).batch(32)
           .as_numpy_iterator()` with 64 and 256 samples in flight per
@@ -53,7 +56,7 @@ def _serve(queue) -> None:
       [{"obs": rng.integers(0, 255, SHAPE, dtype=np.uint8)} for _ in range(500)], {"t": 1.0}
     )
   client.close()
-  queue.put((server.address, server.secret))
+  queue.put((server.address, server.local_address, server.secret))
   queue.get()  # serve until the parent says stop (or dies)
   server.stop()
 
@@ -66,29 +69,40 @@ def measure_ours() -> dict[str, float]:
   child.start()
   figures = {}
   try:
-    address, secret = queue.get(timeout=TIMEOUT)
-    client = replay.Client(address, secret=secret, timeout=TIMEOUT)
-    for in_flight, workers in STREAMS:
-      with client.stream(
-        "t", BATCH, max_in_flight_batches=in_flight, num_workers=workers
-      ) as stream:
-        figures[f"stream_inflight{in_flight}_workers{workers}"] = _rate(
-          lambda: next(stream), BATCHES
-        )
-    figures["sample_batch"] = _rate(lambda: client.sample_batch("t", BATCH), PLAIN_BATCHES)
-    # A learner that trains between batches on another device (a sleep: the CPU is free).
-    with client.stream("t", BATCH) as stream:
-      figures["stream_train_2ms"] = _rate(lambda: next(stream), TRAIN_BATCHES, train=True)
-    figures["sample_batch_train_2ms"] = _rate(
-      lambda: client.sample_batch("t", BATCH), TRAIN_BATCHES, train=True
-    )
-    client.close()
+    tcp, unix, secret = queue.get(timeout=TIMEOUT)
+    for transport, address in (("unix", unix), ("tcp", tcp)):
+      figures.update(
+        _measure_client(transport, replay.Client(address, secret=secret, timeout=TIMEOUT))
+      )
     queue.put("stop")
     child.join(TIMEOUT)
   finally:
     if child.is_alive():
       child.kill()
       child.join(10)
+  return figures
+
+
+def _measure_client(transport: str, client: replay.Client) -> dict[str, float]:
+  """batches/s of each stream setting and of sample_batch through `client`; closes it."""
+  figures = {}
+  for in_flight, workers in STREAMS:
+    with client.stream("t", BATCH, max_in_flight_batches=in_flight, num_workers=workers) as stream:
+      figures[f"{transport}_stream_inflight{in_flight}_workers{workers}"] = _rate(
+        lambda: next(stream), BATCHES
+      )
+  figures[f"{transport}_sample_batch"] = _rate(
+    lambda: client.sample_batch("t", BATCH), PLAIN_BATCHES
+  )
+  # A learner that trains between batches on another device (a sleep: the CPU is free).
+  with client.stream("t", BATCH) as stream:
+    figures[f"{transport}_stream_train_2ms"] = _rate(
+      lambda: next(stream), TRAIN_BATCHES, train=True
+    )
+  figures[f"{transport}_sample_batch_train_2ms"] = _rate(
+    lambda: client.sample_batch("t", BATCH), TRAIN_BATCHES, train=True
+  )
+  client.close()
   return figures
 
 

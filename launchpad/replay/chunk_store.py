@@ -68,6 +68,10 @@ def new_keys(count: int) -> list[int]:
 
 def chunk_keys(refs: Mapping[str, Sequence[ChunkRef]]) -> list[int]:
   """The distinct chunks an item's (canonical) references use, in order of first use."""
+  if len(refs) == 1:
+    (entries,) = refs.values()
+    if len(entries) == 1:  # the common item: one column, one run
+      return [entries[0][0]]
   return list(dict.fromkeys(key for entries in refs.values() for key, _ in entries))
 
 
@@ -106,7 +110,7 @@ def normalize_refs(
       chunk, a slice outside its chunk or selecting nothing, or columns that
       join chunks of different dtypes or step shapes.
   """
-  if not isinstance(data_refs, Mapping) or not data_refs:
+  if (type(data_refs) is not dict and not isinstance(data_refs, Mapping)) or not data_refs:
     raise ValueError(
       "data must be a non-empty mapping column -> [(chunk_key, slice or index), ...], "
       f"got {data_refs!r}"
@@ -116,8 +120,9 @@ def normalize_refs(
   for column, entries in data_refs.items():
     if not isinstance(column, str):
       raise ValueError(f"column names must be strings, got {column!r}")
+    kind = type(entries)  # a list or tuple skips the slower check of an abstract Sequence
     if (
-      not isinstance(entries, Sequence)
+      (kind is not list and kind is not tuple and not isinstance(entries, Sequence))
       or isinstance(entries, str)
       or (len(entries) == 2 and not isinstance(entries[0], tuple | list))
     ):
@@ -147,7 +152,9 @@ def normalize_refs(
         if where.step not in (None, 1):
           raise ValueError(f"column {column!r}: slices must have no step, got {where!r}")
         for bound in (where.start, where.stop):
-          if bound is not None and (
+          if bound is None or (type(bound) is int and -length <= bound <= length):
+            continue  # the common case, quickly
+          if (
             isinstance(bound, bool)
             or not isinstance(bound, int | np.integer)
             or not -length <= bound <= length
@@ -262,12 +269,14 @@ class ChunkStore:
     """
     keys = list(keys)
     with self._lock:
-      missing = [k for k in keys if k not in self._chunks]
-      if missing:
-        raise KeyError(f"chunks not stored: {missing}")
+      chunks, refs = self._chunks, self._refs
+      try:
+        arrays = {key: chunks[key] for key in keys}
+      except KeyError:
+        raise KeyError(f"chunks not stored: {[k for k in keys if k not in chunks]}") from None
       for key in keys:
-        self._refs[key] += count
-      return {key: self._chunks[key] for key in keys}
+        refs[key] += count
+      return arrays
 
   def release(self, keys: Iterable[int]) -> None:
     """Drops one reference to each chunk (all or none); frees those left with none.
@@ -310,8 +319,11 @@ class ChunkStore:
     with self._lock:
       return normalize_refs(data_refs, self._chunks.get)
 
-  def rows(self, columns: Any, count: int) -> tuple[dict[int, np.ndarray], dict[str, ColumnSpec]]:
-    """Checks a batch's columns (column -> chunk key, each chunk `count` rows).
+  def rows(
+    self, columns: Any, count: int | None
+  ) -> tuple[dict[int, np.ndarray], dict[str, ColumnSpec]]:
+    """Checks a batch's columns (column -> chunk key, each chunk `count` rows,
+    or any number with `count` None).
 
     Returns:
       (chunk key -> array, column -> the dtype and shape of one row).
@@ -332,7 +344,7 @@ class ChunkStore:
         array = self._chunks.get(chunk_key)
         if array is None:
           raise ValueError(f"column {column!r} references chunk {chunk_key}, which is not stored")
-        if array.shape[0] != count:
+        if count is not None and array.shape[0] != count:
           raise ValueError(
             f"column {column!r}: chunk {chunk_key} has {array.shape[0]} rows, not one per item "
             f"of the batch ({count})"

@@ -18,7 +18,9 @@ for the whole batch, which the server inserts under one lock hold per table
 
 Streams: `stream(table, batch_size)` keeps sample_batch calls in flight
 (stream.py), over connections of its own, so a learner gets batches without
-waiting a round trip for each.
+waiting a round trip for each. A stream of a server on the same host (a
+'unix:' address, or a ReplayNode's handle) gets its batches through shared
+memory (ring.py): read-only arrays of a ring of slots the server fills.
 
 Timeouts: every call that may block on a rate limiter takes `timeout`
 (seconds or a timedelta; None waits as long as it takes), defaulting to the
@@ -30,6 +32,7 @@ not match a table's signature raise ValueError and change nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -38,6 +41,9 @@ import numpy as np
 
 from launchpad import timeouts
 from launchpad.courier import client as courier_client
+from launchpad.courier import protocol
+from launchpad.replay import ring as ring_lib
+from launchpad.replay import stacking
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.stream import Stream
 from launchpad.replay.table import MAX_SAMPLES_PER_CALL
@@ -120,7 +126,7 @@ def _groups(
     if end - start == 1:
       stacked = {c: a[np.newaxis] for c, a in columns.items()}
     else:
-      stacked = {c: _stack([item[0][c] for item in items[start:end]]) for c in columns}
+      stacked = {c: stacking.stack([item[0][c] for item in items[start:end]]) for c in columns}
     if shared:
       run_priorities: dict[str, Any] = dict(priorities)
     else:
@@ -128,16 +134,6 @@ def _groups(
     groups.append((structure, stacked, run_priorities))
     start = end
   return groups
-
-
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-  """np.stack of arrays of one dtype and shape; contiguous ones are joined as bytes, 2-10x faster."""
-  first = arrays[0]
-  try:
-    joined = b"".join(arrays)  # one C loop of copies, without numpy's per-array overhead
-    return np.frombuffer(joined, first.dtype).reshape(len(arrays), *first.shape)
-  except (TypeError, ValueError, BufferError):  # not C-contiguous, or a dtype without a buffer
-    return np.stack(arrays)
 
 
 def _priorities(priorities: Any) -> dict[str, float]:
@@ -159,6 +155,11 @@ class Client:
       connections of their own; given an address, the client makes its own.
       Without it, a client made from a courier Client streams over that
       client's one connection for futures.
+
+  Streams offer the server a ring of shared batch slots (ring.py) unless
+  the client was given a TCP address: a server on the same host takes it
+  (a courier Client, e.g. a ReplayNode's handle, reaches a same-host node
+  over its Unix socket), one elsewhere cannot reach the stream's socket.
   """
 
   def __init__(
@@ -171,6 +172,7 @@ class Client:
   ):
     if isinstance(address_or_client, courier_client.Client):
       self._courier = address_or_client
+      self._rings = True
     elif isinstance(address_or_client, str):
       if secret is None:
         raise ValueError("a replay Client given an address needs the server's secret")
@@ -180,6 +182,7 @@ class Client:
         return courier_client.Client(address, secret=secret, label="replay", tls=tls)
 
       self._courier = connect()
+      self._rings = address.startswith(protocol.UNIX_PREFIX)
     else:
       raise TypeError(f"expected a server address or a courier Client, got {address_or_client!r}")
     self._connect = connect
@@ -272,15 +275,18 @@ class Client:
         not answered, and batches received and not yet taken.
       num_workers: connections the calls are spread over (at most
         max_in_flight_batches), each with its own reader on the server;
-        None: 2 (measured best on two cores, bench/replay_stream.py), or 1
-        for a client made from a courier Client without `connect`.
+        None: 1 for a stream that offers the server a ring (ring.py: its
+        calls are short, and a second connection's thread only contends
+        for the server's GIL) or for a client made from a courier Client
+        without `connect`, else 2 (measured best on two cores over TCP,
+        bench/replay_stream.py).
       timeout: the longest each next() waits for a batch (CallTimeoutError
         naming the table); None: the client's default.
     """
     _count(batch_size, "batch_size")
     _count(max_in_flight_batches, "max_in_flight_batches")
     if num_workers is None:
-      num_workers = 1 if self._connect is None else min(2, max_in_flight_batches)
+      num_workers = 1 if self._connect is None or self._rings else min(2, max_in_flight_batches)
     _count(num_workers, "num_workers")
     if batch_size > MAX_SAMPLES_PER_CALL:
       raise ValueError(
@@ -301,19 +307,26 @@ class Client:
     limit = self._limit(timeout)
     rpc = None if limit is None else limit + RPC_MARGIN_SECONDS
     if self._connect is None:
-      connections, on_close = [self._courier], lambda: None  # not the stream's to close
+      connections, owned = [self._courier], []  # not the stream's to close
     else:
-      connections = [self._connect() for _ in range(num_workers)]
-      on_close = _closer(connections)
-    return Stream(
-      table,
-      batch_size,
-      [c.with_timeout(rpc).futures.sample for c in connections],
-      batch_from_reply,
-      max_in_flight_batches,
-      limit,
-      on_close,
-    )
+      connections = owned = [self._connect() for _ in range(num_workers)]
+    reader = self._ring_reader(table, max_in_flight_batches)
+    if reader is not None:
+      submitters = [_ring_submitter(c.with_timeout(rpc), reader) for c in connections]
+      decode, on_close = functools.partial(_batch_from_ring, reader), _closer(owned, reader)
+    else:
+      submitters = [c.with_timeout(rpc).futures.sample for c in connections]
+      decode, on_close = batch_from_reply, _closer(owned)
+    return Stream(table, batch_size, submitters, decode, max_in_flight_batches, limit, on_close)
+
+  def _ring_reader(self, table: str, max_in_flight_batches: int) -> ring_lib.Reader | None:
+    """The ring a new stream offers its server (ring.py), or None: in band only."""
+    if not self._rings:
+      return None
+    try:
+      return ring_lib.Reader(table, max_in_flight_batches + ring_lib.EXTRA_SLOTS)
+    except OSError:  # no descriptor for its socket: the stream's batches come in the replies
+      return None
 
   def mutate_priorities(
     self,
@@ -391,7 +404,9 @@ class Client:
 
   def with_timeout(self, timeout: Timeout) -> Client:
     """A client on the same connections whose calls default to `timeout`."""
-    return Client(self._courier, timeout=timeout, connect=self._connect)
+    client = Client(self._courier, timeout=timeout, connect=self._connect)
+    client._rings = self._rings
+    return client
 
   def close(self) -> None:
     """Closes the connections, those of every thread; later calls raise ClientClosedError."""
@@ -417,9 +432,38 @@ def _count(value: Any, name: str) -> None:
     raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _closer(connections: list[courier_client.Client]) -> Callable[[], None]:
+def _closer(
+  connections: list[courier_client.Client], reader: ring_lib.Reader | None = None
+) -> Callable[[], None]:
   def close() -> None:
+    if reader is not None:
+      reader.close()
     for connection in connections:
       connection.close()
 
   return close
+
+
+def _ring_submitter(
+  courier: courier_client.Client, reader: ring_lib.Reader
+) -> Callable[..., Future]:
+  """A stream's submitter of sample calls that carry its ring's request (ring.py)."""
+  sample = courier.futures.stream_sample
+
+  def submit(table: str, num_samples: int, timeout: float | None, stack: bool) -> Future:
+    return sample(table, num_samples, timeout, reader.request())
+
+  return submit
+
+
+def _batch_from_ring(reader: ring_lib.Reader, reply: Mapping[str, Any]) -> ReplaySample:
+  """The ReplaySample of a stream_sample reply: read-only views of a slot, or the reply's arrays.
+
+  Those are made read-only too, so that a learner finds its batches the same
+  whichever way they came (in the reply when no slot was free)."""
+  if "slot" not in reply:
+    for array in reply["data"].values():
+      array.flags.writeable = False
+    return batch_from_reply(reply)
+  data, info = reader.arrays(reply["slot"], reply["rows"], reply["layout"], reply["info_layout"])
+  return ReplaySample(SampleInfo(**info), structure_lib.unflatten(reply["structure"], data))

@@ -202,7 +202,9 @@ class Uniform(ItemSelector):
     if not n:
       raise self._empty()
     keys = self._keys
-    return [(keys[i], 1.0 / n) for i in self._np_rng.integers(0, n, num_samples).tolist()]
+    # floor(u * n) of uniform floats: half the time of Generator.integers for a batch.
+    positions = np.minimum(self._np_rng.random(num_samples) * n, n - 1).astype(np.intp)
+    return [(keys[i], 1.0 / n) for i in positions.tolist()]
 
   def insert_unchecked(self, keys: Sequence[int], priorities: Sequence[float]) -> None:
     start = len(self._keys)

@@ -41,7 +41,8 @@ import numpy as np
 from launchpad import timeouts
 from launchpad.courier import server as courier_server
 from launchpad.replay import checkpoint as checkpoint_lib
-from launchpad.replay import selectors
+from launchpad.replay import ring as ring_lib
+from launchpad.replay import row_runs, selectors, stacking
 from launchpad.replay import structure as structure_lib
 from launchpad.replay.chunk_store import ChunkStore, ColumnSpec, check_key, new_key, new_keys
 from launchpad.replay.client import Client
@@ -133,6 +134,7 @@ class ReplayService:
     self._checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
     self._checkpoint_lock = threading.Lock()
     self._restored_from: str | None = None
+    self._rings = ring_lib.Rings()  # of same-host streams (ring.py)
     if self._checkpoint_dir is not None:
       checkpoint_lib.remove_stale_temp_files(self._checkpoint_dir)  # crashes' leftovers
       self._restore_latest()
@@ -256,17 +258,18 @@ class ReplayService:
     if missing:
       return {"inserted": 0, "rejected": None, "error": None, "missing": missing}
     inserted = 0
+    by_item = 0  # items before this go one by one: their run was refused
     try:
-      for item in items:
+      while inserted < len(items):
         try:
-          if not isinstance(item, tuple | list) or len(item) != 6:
-            raise ValueError(
-              "expected an item (key, table, priority, data refs, structure, episodes), got "
-              f"{item!r}"
-            )
-          item_key, name, priority, refs, structure, episodes = item
-          table = self._table(name)
-          table.insert(item_key, priority, refs, deadline.remaining(), structure, episodes)
+          run = row_runs.find(items, inserted) if inserted >= by_item else None
+          if run is not None:
+            done = self._insert_run(run, deadline)
+            if done:
+              inserted += done
+              continue
+            by_item = run.end  # Table.insert tells which item is wrong, and why
+          self._insert_item(items[inserted], deadline)
         except ValueError as e:
           return {"inserted": inserted, "rejected": inserted, "error": e, "missing": []}
         except ReplayError as e:
@@ -275,6 +278,32 @@ class ReplayService:
     finally:
       self._end_lease(writer, releases if inserted == len(items) else set())
     return {"inserted": inserted, "rejected": None, "error": None, "missing": []}
+
+  def _insert_item(self, item: Any, deadline: timeouts.Deadline) -> None:
+    """One item of insert_trajectories, with Table.insert."""
+    if not isinstance(item, tuple | list) or len(item) != 6:
+      raise ValueError(
+        f"expected an item (key, table, priority, data refs, structure, episodes), got {item!r}"
+      )
+    item_key, name, priority, refs, structure, episodes = item
+    self._table(name).insert(item_key, priority, refs, deadline.remaining(), structure, episodes)
+
+  def _insert_run(self, run: row_runs.RowRun, deadline: timeouts.Deadline) -> int:
+    """Inserts `run` with Table.insert_rows: how many of its items went in
+    (as many as the rate limiter allowed at once), 0 if it was refused
+    (ValueError: nothing changed)."""
+    try:
+      return self._table(run.table).insert_rows(
+        run.keys,
+        run.priorities,
+        run.rows,
+        run.columns,
+        deadline.remaining(),
+        run.structure,
+        run.episodes,
+      )
+    except ValueError:
+      return 0
 
   def sample(
     self, table: str, num_samples: int = 1, timeout: float | None = None, stack: bool = False
@@ -298,13 +327,46 @@ class ReplayService:
     target = self._table(table)
     deadline = timeouts.Deadline(timeouts.validate(timeout), "a replay call")
     with target.sampling() as sampling:
-      items = sampling.sample(num_samples, timeout=deadline.remaining())
-      while len(items) < num_samples:
-        try:
-          items += sampling.sample(num_samples - len(items), timeout=deadline.remaining())
-        except (RateLimiterTimeoutError, TableClosedError):
-          break  # the items already drawn have been counted as sampled: return them
+      items = _draw(sampling, num_samples, deadline)
       return _sample_reply(table, items) if stack else _sample_list(items)
+
+  def stream_sample(
+    self, table: str, num_samples: int, timeout: float | None, ring: Any
+  ) -> dict[str, Any]:
+    """A stream's `sample` with `stack`, its batch written into the stream's ring if it can be.
+
+    `ring` is the stream's ring.Reader.request(): it returns the slots the
+    learner dropped and, until the stream has a ring, says where to send it.
+    The reply is `sample`'s, except that a batch written into a free slot of
+    the ring, its info too, is not in it: "slot", "rows", "layout" and
+    "info_layout" (column, dtype, row shape, offset) say where it lies. With no ring or no slot free the batch is
+    in "data" as `sample` sends it (ring.py).
+    """
+    target = self._table(table)
+    deadline = timeouts.Deadline(timeouts.validate(timeout), "a replay call")
+    with target.sampling() as sampling:
+      items = _draw(sampling, num_samples, deadline)
+      specs = _stack_specs(table, items)
+      placed, data_end = ring_lib.layout(specs, len(items))
+      info_placed, end = ring_lib.layout(_INFO_SPECS, len(items), data_end)
+      full = ring_lib.layout(_INFO_SPECS, num_samples, ring_lib.layout(specs, num_samples)[1])
+      taken = self._rings.take(ring, full[1])
+      if taken is None or end > taken[0].slot_bytes:
+        return _sample_reply(table, items)
+      target_ring, slot = taken
+      try:
+        target_ring.write(slot, placed, {c: [i.data[c] for i in items] for c in specs})
+        target_ring.copy(slot, info_placed, _sample_info(items))
+      except BaseException:
+        target_ring.free.append(slot)
+        raise
+      return {
+        "structure": items[0].structure,
+        "slot": slot,
+        "rows": len(items),
+        "layout": placed,
+        "info_layout": info_placed,
+      }
 
   def mutate_priorities(
     self,
@@ -370,6 +432,7 @@ class ReplayService:
   def _close(self) -> None:
     """Closes every table: blocked and later inserts and samples get TableClosedError."""
     self._closing.set()
+    self._rings.close()
     for table in self._tables.values():
       table.close()
 
@@ -508,14 +571,25 @@ def _triple(group: Any) -> tuple[Any, Any, Any]:
   return tuple(group)
 
 
+# The info fields of sampled items: dtype and shape of one item's.
+_INFO_SPECS = {
+  "key": (np.dtype(np.uint64), ()),
+  "probability": (np.dtype(np.float64), ()),
+  "table_size": (np.dtype(np.int64), ()),
+  "priority": (np.dtype(np.float64), ()),
+  "times_sampled": (np.dtype(np.int64), ()),
+}
+
+
 def _sample_info(items: Sequence[SampledItem]) -> dict[str, np.ndarray]:
   """The sampled items' info fields, one array each."""
+  key, _, probability, table_size, priority, times_sampled, _ = zip(*items, strict=True)
   return {
-    "key": np.array([i.key for i in items], dtype=np.uint64),
-    "probability": np.array([i.probability for i in items], dtype=np.float64),
-    "table_size": np.array([i.table_size for i in items], dtype=np.int64),
-    "priority": np.array([i.priority for i in items], dtype=np.float64),
-    "times_sampled": np.array([i.times_sampled for i in items], dtype=np.int64),
+    "key": np.array(key, dtype=np.uint64),
+    "probability": np.array(probability, dtype=np.float64),
+    "table_size": np.array(table_size, dtype=np.int64),
+    "priority": np.array(priority, dtype=np.float64),
+    "times_sampled": np.array(times_sampled, dtype=np.int64),
   }
 
 
@@ -528,24 +602,51 @@ def _sample_list(items: Sequence[SampledItem]) -> dict[str, Any]:
   }
 
 
-def _sample_reply(table: str, items: Sequence[SampledItem]) -> dict[str, Any]:
-  """A `sample_batch` reply: the items' columns stacked, or ValueError if they differ."""
+def _draw(sampling: Any, num_samples: int, deadline: timeouts.Deadline) -> list[SampledItem]:
+  """Up to `num_samples` items of one sampling transaction: at least one, else the limiter's error."""
+  items = sampling.sample(num_samples, timeout=deadline.remaining())
+  while len(items) < num_samples:
+    try:
+      items += sampling.sample(num_samples - len(items), timeout=deadline.remaining())
+    except (RateLimiterTimeoutError, TableClosedError):
+      break  # the items already drawn have been counted as sampled: return them
+  return items
+
+
+def _stack_specs(
+  table: str, items: Sequence[SampledItem]
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+  """Column -> (dtype, row shape) of items that stack; ValueError if they differ."""
   first = items[0]
-  first_specs = {c: (a.dtype, a.shape) for c, a in first.data.items()}
+  specs = {c: (a.dtype, a.shape) for c, a in first.data.items()}
   for item in items[1:]:
     if item.structure is not first.structure and item.structure != first.structure:
       raise ValueError(
         f"table {table!r}: the sampled items do not all have the same structure, so they "
         "cannot be stacked; use sample()"
       )
-    specs = {c: (a.dtype, a.shape) for c, a in item.data.items()}
-    if specs != first_specs:
+    data = item.data
+    same = len(data) == len(specs)
+    for column, (dtype, shape) in specs.items():  # a plain loop: this runs for every item
+      array = data.get(column)
+      if (
+        array is None or array.shape != shape or (array.dtype is not dtype and array.dtype != dtype)
+      ):
+        same = False
+    if not same:
+      found = {c: (a.dtype, a.shape) for c, a in data.items()}
       raise ValueError(
         f"table {table!r}: the sampled items do not all have the same columns, dtypes and "
-        f"shapes ({first_specs} and {specs}), so they cannot be stacked; use sample()"
+        f"shapes ({specs} and {found}), so they cannot be stacked; use sample()"
       )
-  data = {c: np.stack([i.data[c] for i in items]) for c in first.data}
-  return {"info": _sample_info(items), "data": data, "structure": first.structure}
+  return specs
+
+
+def _sample_reply(table: str, items: Sequence[SampledItem]) -> dict[str, Any]:
+  """A `sample_batch` reply: the items' columns stacked, or ValueError if they differ."""
+  specs = _stack_specs(table, items)
+  data = {c: stacking.stack([i.data[c] for i in items]) for c in specs}
+  return {"info": _sample_info(items), "data": data, "structure": items[0].structure}
 
 
 class Server:
@@ -596,6 +697,14 @@ class Server:
   @property
   def chunk_store(self) -> ChunkStore:
     return self._service.chunk_store
+
+  @property
+  def local_address(self) -> str | None:
+    """The abstract Unix socket clients of this host may use ('unix:@...'), or None.
+
+    Streams over it get their batches through shared memory (ring.py).
+    """
+    return self._courier.local_address
 
   @property
   def restored_from(self) -> str | None:

@@ -17,6 +17,13 @@ before the learner sees them, and closing the stream drops those not taken,
 as Reverb's datasets do. Priorities a learner updates reach only the calls
 sent after the update.
 
+Same host: a stream of a server on this host (reached over its Unix socket)
+gets its batches through shared memory: the server writes them into a ring
+of slots the learner maps, and a batch's arrays are read-only views of its
+slot, given back when the learner drops them (ring.py). A learner that keeps
+more batches than the ring has slots gets the others in the replies, also
+read-only; copy a batch (np.array) to change it in place.
+
 Timeouts: `timeout` bounds each `next()`: with no batch by then it raises
 `lp.CallTimeoutError` naming the table, and the stream stays open (calling
 `next()` again waits again). Each call waits for the table's rate limiter

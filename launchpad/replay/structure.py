@@ -154,20 +154,22 @@ def unflatten(structure: Any, columns: Mapping[str, Any]) -> Any:
   """
   if structure is None:
     return dict(columns)
+  return _build(structure, "", columns)
 
-  def build(node: Any, path: str) -> Any:
-    if not node:  # LEAF
-      return columns[path or "data"]
-    kind, names, children, type_name = node
-    if kind == "dict":
-      return {k: build(c, _join(path, k)) for k, c in zip(names, children, strict=True)}
-    if kind == "namedtuple":
-      values = [build(c, _join(path, f)) for f, c in zip(names, children, strict=True)]
-      return _namedtuple_class(type_name, names)(*values)
-    values = [build(c, _join(path, str(i))) for i, c in enumerate(children)]
-    return values if kind == "list" else tuple(values)
 
-  return build(structure, "")
+def _build(node: Any, path: str, columns: Mapping[str, Any]) -> Any:
+  """The value of `node` at `path`. A module function: a nested recursive closure
+  would be a reference cycle holding `columns`, kept until the garbage collector runs."""
+  if not node:  # LEAF
+    return columns[path or "data"]
+  kind, names, children, type_name = node
+  if kind == "dict":
+    return {k: _build(c, _join(path, k), columns) for k, c in zip(names, children, strict=True)}
+  if kind == "namedtuple":
+    values = [_build(c, _join(path, f), columns) for f, c in zip(names, children, strict=True)]
+    return _namedtuple_class(type_name, names)(*values)
+  values = [_build(c, _join(path, str(i)), columns) for i, c in enumerate(children)]
+  return values if kind == "list" else tuple(values)
 
 
 def _join(path: str, name: str) -> str:

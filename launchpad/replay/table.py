@@ -362,21 +362,8 @@ class Table:
       RateLimiterTimeoutError, TableClosedError: the items before the one that
         could not go in are in the table (the error's notes say how many).
     """
-    keys = list(keys)
-    plain = all(type(key) is int for key in keys) and (
-      not keys or (min(keys) >= 0 and max(keys) < 2**64)
-    )
-    if not plain:  # check one by one, for the error message (and numpy integers)
-      keys = [self._checked(check_key, key, "item key") for key in keys]
+    keys, values, columns, arrays = self._checked_rows(keys, priorities, columns, structure, True)
     count = len(keys)
-    if len(set(keys)) != count:
-      raise ValueError(f"table {self._name!r}: the batch's item keys are not distinct")
-    values = self._checked(selectors.check_priorities, priorities, count)
-    arrays, specs = self._checked(self._store.rows, columns, count)
-    columns = {column: int(chunk) for column, chunk in columns.items()}  # checked by rows()
-    self.check_signature(specs)
-    if structure is not None:
-      self._checked(structure_lib.check, structure, columns)
     seconds = timeouts.validate(timeout)
     deadline = None if seconds is None else time.monotonic() + seconds
     done = 0
@@ -387,12 +374,82 @@ class Table:
           self._await("insert", self._can_insert, self._limiter.can_insert, remaining)
           allowed = self._limiter.inserts_allowed(count - done, len(self._items), self._max_size)
           end = done + allowed
-          self._insert_rows(keys[done:end], values[done:end], done, columns, arrays, structure)
+          rows = list(range(done, end))
+          self._insert_rows(keys[done:end], values[done:end], rows, columns, arrays, structure)
           done = end
     except (RateLimiterTimeoutError, TableClosedError, ValueError) as e:
       if done:
         e.add_note(f"table {self._name!r}: {done} of the batch's {count} items were inserted")
       raise
+
+  def insert_rows(
+    self,
+    keys: Sequence[int],
+    priorities: Sequence[float],
+    rows: Sequence[int],
+    columns: Mapping[str, int],
+    timeout: Timeout = None,
+    structure: Any = None,
+    episodes: Sequence[int] | None = None,
+  ) -> int:
+    """Inserts items that are each one row of stored chunks, in order, as
+    that many `insert` calls would: as many as the rate limiter allows at
+    once after waiting up to `timeout` for the first, under one lock hold.
+
+    Item i is row rows[i] of each column's chunk (no step axis), as the
+    `insert` of data_refs {column: [(chunk, rows[i])]} is: a trajectory
+    writer's items of one step each, which the server takes this way. It
+    checks the run once (nothing changes when it raises ValueError) and
+    keeps the items in insert_many's compact form. A key already in the
+    table only updates that item's priority.
+
+    Args:
+      keys: the items' distinct uint64 keys.
+      priorities: one per item.
+      rows: one row index per item, within every chunk of `columns`.
+      columns: column -> key of a stored chunk.
+      timeout: see `Timeout`.
+      structure: how each item's columns nest (structure.py); None: a flat dict.
+      episodes: the ids of the episodes every item's step came from; None:
+        each item an episode of its own.
+
+    Returns:
+      how many of the items went in (at least one): the caller inserts the
+      rest with a call of its own, which waits for the limiter again.
+
+    Raises:
+      ValueError: bad keys, priorities, rows, chunks, structure, episodes or
+        signature mismatch; or a selector refused a priority.
+      RateLimiterTimeoutError, TableClosedError: none went in.
+    """
+    count = len(keys)
+    if count < 1 or len(rows) != count:
+      raise ValueError(f"table {self._name!r}: expected one row per item, got {rows!r}")
+    keys, values, columns, arrays = self._checked_rows(keys, priorities, columns, structure, False)
+    shortest = min(array.shape[0] for array in arrays.values())
+    if not all(type(row) is int and 0 <= row < shortest for row in rows):
+      raise ValueError(f"table {self._name!r}: rows {rows!r} are not all rows of the chunks")
+    if episodes is not None:
+      episodes = self._checked(check_episodes, episodes)
+    seconds = timeouts.validate(timeout)
+    with self._lock:
+      if self._closed:
+        raise TableClosedError(self._name, "insert")
+      known = next((i for i, key in enumerate(keys) if key not in self._items), count)
+      if known:  # as insert does for each: no wait, only their priorities change
+        self._set_priorities([self._items[key] for key in keys[:known]], values[:known])
+        self._notify()
+        return known
+      self._await("insert", self._can_insert, self._limiter.can_insert, seconds)
+      allowed = self._limiter.inserts_allowed(count, len(self._items), self._max_size)
+      # The limiter's call statistics count each new item, as insert would.
+      fresh = sum(key not in self._items for key in keys[:allowed])
+      self._call_stats["insert"].completed += fresh - 1
+      rows = list(rows[:allowed])
+      self._insert_rows(
+        keys[:allowed], values[:allowed], rows, columns, arrays, structure, episodes
+      )
+    return allowed
 
   def sample(self, num_samples: int = 1, timeout: Timeout = None) -> list[SampledItem]:
     """Samples up to `num_samples` items (with replacement), as Reverb's flexible batches.
@@ -636,6 +693,34 @@ class Table:
 
   # Internals (the caller holds self._lock where noted).
 
+  def _checked_rows(
+    self,
+    keys: Sequence[int],
+    priorities: float | Sequence[float],
+    columns: Mapping[str, int],
+    structure: Any,
+    row_per_item: bool,
+  ) -> tuple[list[int], list[float], dict[str, int], dict[int, np.ndarray]]:
+    """The checks of a batch of items that are rows of stored chunks
+    (insert_many, insert_rows): (keys, priorities, column -> chunk key,
+    chunk key -> array). `row_per_item`: each chunk has one row per item."""
+    keys = list(keys)
+    plain = all(type(key) is int for key in keys) and (
+      not keys or (min(keys) >= 0 and max(keys) < 2**64)
+    )
+    if not plain:  # check one by one, for the error message (and numpy integers)
+      keys = [self._checked(check_key, key, "item key") for key in keys]
+    count = len(keys)
+    if len(set(keys)) != count:
+      raise ValueError(f"table {self._name!r}: the batch's item keys are not distinct")
+    values = self._checked(selectors.check_priorities, priorities, count)
+    arrays, specs = self._checked(self._store.rows, columns, count if row_per_item else None)
+    columns = {column: int(chunk) for column, chunk in columns.items()}  # checked by rows()
+    self.check_signature(specs)
+    if structure is not None:
+      self._checked(structure_lib.check, structure, columns)
+    return keys, values, columns, arrays
+
   def _checked(self, check: Callable[..., Any], *args: Any, context: str = "") -> Any:
     """Runs a check, prefixing its ValueError with the table's name."""
     try:
@@ -709,14 +794,15 @@ class Table:
     self,
     keys: list[int],
     priorities: list[float],
-    first_row: int,
+    rows: list[int],
     columns: Mapping[str, int],
     arrays: dict[int, np.ndarray],
     structure: Any,
+    episodes: tuple[int, ...] | None = None,
   ) -> None:
-    """(lock held) Inserts keys[i] as row first_row + i of the chunks; the limiter allowed them."""
+    """(lock held) Inserts keys[i] as row rows[i] of the chunks, of `episodes`
+    (None: each an episode of its own); the limiter allowed them."""
     items = self._items
-    rows = list(range(first_row, first_row + len(keys)))
     present = [i for i, key in enumerate(keys) if key in items]
     if present:  # only their priorities change
       self._set_priorities([items[keys[i]] for i in present], [priorities[i] for i in present])
@@ -737,9 +823,13 @@ class Table:
       seq = self._seq
       for row, key, priority in zip(rows, keys, priorities, strict=True):
         seq += 1
-        items[key] = Item(key, priority, 0, columns, arrays, seq, seq, structure, row)
+        items[key] = Item(key, priority, 0, columns, arrays, seq, seq, structure, row, episodes)
       self._seq = seq
-      self._solo_episodes += len(keys)  # each an episode of its own (see _episodes)
+      if episodes is None:
+        self._solo_episodes += len(keys)  # each an episode of its own (see _episodes)
+      else:  # as _enter_episodes for each item
+        for episode in episodes:
+          self._episodes[episode] = self._episodes.get(episode, 0) + len(keys)
       self._limiter.record_insert(len(keys))
       self._stats["inserts"] += len(keys)
       self._evict()
