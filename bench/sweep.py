@@ -35,7 +35,7 @@ side by side with Ray Tune.
    Ray is started (ray.init) before its clock starts; its start-up is not
    counted.
 
-Usage: python bench/sweep.py [--orders 5] [--variants none,median,asha] [--trials 20] [--runs 3]
+Usage: python bench/sweep.py [--orders 5] [--variants none,median,asha,asha2000,patient,hyperband] [--trials 20] [--runs 3]
                              [--skip-dqn] [--skip-ray]
 Needs the [sweep], [examples] and ray[tune] extras (pip install 'ray[tune]').
 """
@@ -74,6 +74,32 @@ PRUNERS = {
   "asha": [
     *("--pruner", "asha"),
     *("--pruner-arg", "min_resource=4000"),
+    *("--pruner-arg", "reduction_factor=3"),
+  ],
+  # The same with its first rung at 2,000 steps: the first two trials to get
+  # there are compared sooner, so a slot is freed sooner.
+  "asha2000": [
+    *("--pruner", "asha"),
+    *("--pruner-arg", "min_resource=2000"),
+    *("--pruner-arg", "reduction_factor=3"),
+  ],
+  # asha2000 with patience 1: a trial the rung would stop goes on while its
+  # best of its last two reports is as good as its best before them, so a
+  # good configuration that is still climbing is not stopped for an early
+  # noisy value, and a loser is stopped at its first report past its peak.
+  "patient": [
+    *("--pruner", "asha"),
+    *("--pruner-arg", "min_resource=2000"),
+    *("--pruner-arg", "reduction_factor=3"),
+    *("--pruner-arg", "patience=1"),
+  ],
+  # Hyperband over those rungs: brackets of successive halving from 2,000,
+  # 6,000 and 18,000 steps, each trial in one (compared only within it), so
+  # a noisy early rung stops only the trials of the first bracket.
+  "hyperband": [
+    *("--pruner", "hyperband"),
+    *("--pruner-arg", "min_resource=2000"),
+    *("--pruner-arg", "max_resource=20000"),
     *("--pruner-arg", "reduction_factor=3"),
   ],
 }

@@ -346,7 +346,8 @@ def _add_sweep_parser(commands: Any, launchers: bool) -> None:
       default=[],
       type=_keyword,
       metavar="KEY=VALUE",
-      help=f"an argument of the Optuna {what} (e.g. n_startup_trials=2); repeat for more",
+      help=f"an argument of the Optuna {what} (e.g. n_startup_trials=2); repeat for more"
+      + ("; patience=N wraps any pruner in Optuna's PatientPruner" if what == "pruner" else ""),
     )
   sweep.add_argument("--objective", default="return", help="the lp.report metric to optimize")
   sweep.add_argument("--direction", default="maximize", choices=study.DIRECTIONS)

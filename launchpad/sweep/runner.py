@@ -131,7 +131,8 @@ def sweep(
       TrialFailedError), instead of recording it and going on.
     sampler_seed: seeds the sampler (the grid's order, random and TPE draws).
     sampler_options, pruner_options: keyword arguments of the sampler's and
-      the pruner's Optuna class, with a name.
+      the pruner's Optuna class, with a name; `patience` (and `min_delta`)
+      among pruner_options wrap any pruner in Optuna's PatientPruner.
     trial_timeout: seconds a trial may run; then it is stopped and failed.
     launch_options: other keyword arguments of every trial's lp.launch
       (grace_period, hosts, ray_address, tls, local_resources, ...).

@@ -4,9 +4,10 @@ and the trials that a sweep which died left behind.
 Optuna is an optional dependency (`pip install 'launchpad-rl[sweep]'`),
 imported only when a sweep runs. Its samplers (GridSampler, RandomSampler,
 TPESampler) choose each trial's parameters and its pruners (MedianPruner,
-SuccessiveHalvingPruner, HyperbandPruner) decide which trials to stop; its
-RDB storage (SQLite in the sweep's directory unless another SQLAlchemy URL
-is given) keeps every trial, so a sweep run again picks up where it was.
+SuccessiveHalvingPruner, HyperbandPruner, and PatientPruner around any of
+them) decide which trials to stop; its RDB storage (SQLite in the sweep's
+directory unless another SQLAlchemy URL is given) keeps every trial, so a
+sweep run again picks up where it was.
 
 A trial left RUNNING by a sweep process that is gone (SIGKILL, a crash, a
 lost host) is stale: when the sweep runs again it is marked failed, its
@@ -19,6 +20,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,8 @@ from launchpad.sweep.space import SEED, Space
 EXTRA = "launchpad-rl[sweep]"
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
+# Options of any pruner: they wrap it in Optuna's PatientPruner (make_pruner).
+PATIENCE_OPTIONS = ("patience", "min_delta")
 DIRECTIONS = ("maximize", "minimize")
 # How long a call waits for an SQLite database another process holds locked.
 SQLITE_LOCK_SECONDS = 60.0
@@ -72,11 +76,41 @@ def make_sampler(choice: Any, space: Space, seed: int, options: Mapping[str, Any
 
 def make_pruner(choice: Any, options: Mapping[str, Any]) -> Any:
   """An Optuna pruner: one of PRUNERS by name (built with `options`), or a
-  pruner object given as is."""
+  pruner object given as is.
+
+  `patience` (and `min_delta`) among the options wrap it in Optuna's
+  PatientPruner: the pruner is asked about a trial only once its best value
+  of its last patience + 1 reports is worse than its best before them (by
+  more than min_delta), so a trial that is still improving goes on.
+  """
   optuna = import_optuna()
+  options = dict(options)
+  patience = {k: options.pop(k) for k in PATIENCE_OPTIONS if k in options}
+  if patience and "patience" not in patience:
+    raise SweepError("min_delta applies to patience: give patience=N (reports) with it.")
+  pruner = _named_pruner(optuna, choice, options)
+  if not patience:
+    return pruner
+  with warnings.catch_warnings():  # Optuna calls it experimental; the options here stay
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    try:
+      return optuna.pruners.PatientPruner(pruner, **patience)
+    except (TypeError, ValueError) as e:
+      raise SweepError(
+        f"pruner options {patience} refused: {e} Give patience as a whole number of reports "
+        ">= 0 and min_delta >= 0."
+      ) from None
+
+
+def _named_pruner(optuna: Any, choice: Any, options: Mapping[str, Any]) -> Any:
   if not isinstance(choice, str):
     if not isinstance(choice, optuna.pruners.BasePruner):
       raise SweepError(f"pruner={choice!r}: give one of {', '.join(PRUNERS)} or an Optuna pruner.")
+    if options:
+      raise SweepError(
+        f"pruner options {sorted(options)} apply to a pruner given by name; an Optuna pruner "
+        "object comes built."
+      )
     return choice
   classes = {
     "none": optuna.pruners.NopPruner,

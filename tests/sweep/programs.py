@@ -92,6 +92,22 @@ def make_pruned(x: float, runs_dir: str, seed: int) -> lp.Program:
   return program
 
 
+def rising(seed: int) -> None:
+  """Scores at steps 0-3: trial 0 (seed 0) 10 each time; later trials worse
+  than it at every step: odd seeds rising (0, 1, 2, 3), even ones falling
+  back after a peak (0, 3, 2, 1)."""
+  curve = [10.0] * 4 if seed == 0 else [0.0, 1.0, 2.0, 3.0] if seed % 2 else [0.0, 3.0, 2.0, 1.0]
+  for step, score in enumerate(curve):
+    lp.report(step=step, score=score)
+
+
+def make_rising(x: float, seed: int) -> lp.Program:
+  """One node (see `rising`)."""
+  program = lp.Program("rising")
+  program.add_node(lp.PyNode(rising, seed), label="worker")
+  return program
+
+
 def make_without_seed(x: float, runs_dir: str) -> lp.Program:
   """A factory without a seed parameter: trials do not pass one."""
   return make_program(x, runs_dir)

@@ -210,6 +210,16 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(lp, tmp_path, runs_dir, 
       r"a random sweep has no natural end: give trials=",
     ),
     ("x = [1.0]\nruns_dir = '/tmp'\n", ("--storage", "nosuchdb://x"), r"cannot open the storage"),
+    (
+      "x = [1.0]\nruns_dir = '/tmp'\n",
+      ("--pruner", "asha", "--pruner-arg", "min_delta=0.5"),
+      r"min_delta applies to patience: give patience=N",
+    ),
+    (
+      "x = [1.0]\nruns_dir = '/tmp'\n",
+      ("--pruner", "asha", "--pruner-arg", "patience=-1"),
+      r"pruner options \{'patience': -1\} refused: .*Give patience as a whole number",
+    ),
   ],
 )
 def test_bad_input_is_refused_before_any_trial_runs(lp, tmp_path, space_text, args, message):
@@ -219,6 +229,43 @@ def test_bad_input_is_refused_before_any_trial_runs(lp, tmp_path, space_text, ar
   assert re.search(message, sweep.err()), sweep.err()
   assert "Traceback" not in sweep.err()
   assert "started" not in sweep.out()
+
+
+def test_patience_keeps_a_trial_the_pruner_would_stop_while_it_improves():
+  median = {"n_startup_trials": 1, "n_warmup_steps": 0}
+  space = {"x": [1.0, 2.0, 3.0]}
+
+  def states(name: str, **options: float) -> list[str]:
+    result = lp.sweep(
+      programs.make_rising,
+      space,
+      pruner="median",
+      pruner_options={**median, **options},
+      objective="score",
+      launch_type="threads",
+      name=name,
+    )
+    return [t["state"] for t in sorted(result.trials, key=lambda t: t["number"])]
+
+  # The median pruner alone stops both later trials, below the first at every step.
+  assert states("impatient") == ["complete", "pruned", "pruned"]
+  # With patience 1 it stops only one whose last two reports are worse than
+  # its best before them: trial 2 (3, then 2 and 1), not the rising trial 1.
+  assert states("patient", patience=1) == ["complete", "complete", "pruned"]
+  # Worse by no more than min_delta counts as no worse.
+  assert states("tolerant", patience=1, min_delta=1.5) == ["complete", "complete", "complete"]
+
+
+def test_options_for_a_pruner_given_as_an_object_are_refused():
+  with pytest.raises(SweepError, match=r"pruner options \['n_startup_trials'\] apply to a pruner"):
+    lp.sweep(
+      programs.make_rising,
+      {"x": [1.0]},
+      pruner=optuna.pruners.MedianPruner(),
+      pruner_options={"n_startup_trials": 1},
+      launch_type="threads",
+      name="built",
+    )
 
 
 def test_a_factory_that_returns_no_program_fails_its_trials():
