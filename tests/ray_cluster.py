@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import ipaddress
 import json
 import os
@@ -178,6 +179,11 @@ def start_head(log: pathlib.Path, env: dict[str, str]) -> Iterator[RayHead]:
   (Ray's switch at 0: it listens on loopback only), in `env`, its output to
   `log`; yields it; ends it by SIGTERM to its pid (Ray then
   stops the node's processes), killing by pid whatever is left."""
+  with _reserved_port() as client_port:
+    yield from _run_head(log, env, client_port)
+
+
+def _run_head(log: pathlib.Path, env: dict[str, str], client_port: int) -> Iterator[RayHead]:
   directory = pathlib.Path(tempfile.mkdtemp(prefix="lpray-"))
   ray = pathlib.Path(sys.executable).with_name("ray")  # the CLI beside this Python
   command = [
@@ -185,7 +191,7 @@ def start_head(log: pathlib.Path, env: dict[str, str]) -> Iterator[RayHead]:
     "--include-dashboard=false",
     f"--node-ip-address={LOOPBACK}",
     "--port=0",  # Ray picks the GCS port, and writes the address below
-    f"--ray-client-server-port={_free_port()}",  # not 10001, which may be another head's
+    f"--ray-client-server-port={client_port}",  # not 10001, which may be another head's
     f"--num-cpus={NODE_CPUS}",
     f"--temp-dir={directory}",
   ]
@@ -269,12 +275,58 @@ def _node_args(resource: str, directory: pathlib.Path) -> dict:
   }
 
 
-def _free_port() -> int:
-  """A port free on loopback now, for Ray's Ray Client server, which takes
-  no port 0 (`ray start` starts one; Ray picks its other ports this way)."""
-  with socket.socket() as probe:
-    probe.bind((LOOPBACK, 0))
-    return probe.getsockname()[1]
+@contextlib.contextmanager
+def _reserved_port() -> Iterator[int]:
+  """A loopback port for Ray's Ray Client server, which takes no port 0
+  (`ray start` starts one), kept from other processes for the block.
+
+  A port found free and let go may be picked again by another cluster on
+  this machine (another Python's test run beside this one); its Ray Client
+  server, a gRPC server with SO_REUSEPORT (gRPC's default), would then share
+  the port silently, taking half the connections. So a socket with
+  SO_REUSEPORT stays bound to the port, not listening, until the block ends:
+  the kernel hands a bound port to no one's port-0 bind, while the gRPC
+  server (same option, same user) binds and listens beside it.
+  """
+  with socket.socket() as reservation:
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reservation.bind((LOOPBACK, 0))
+    yield reservation.getsockname()[1]
+
+
+# Ray 2.60's Ray Client server gives each client a server of its own on
+# the first port from 23000 that a plain bind finds free, then starts it in
+# a child, which binds it seconds later with SO_REUSEPORT (gRPC's default).
+# Two clusters on one machine (the test runs of other Pythons beside this
+# one) whose first clients come within those seconds both pick 23000, both
+# servers bind it, and a client may reach the other cluster's: "Version
+# mismatch: the cluster was started with Python 3.12" in the 3.13 run.
+RAY_CLIENT_TURN = pathlib.Path(tempfile.gettempdir()) / "launchpad-tests-ray-client.lock"
+TURN_SECONDS = 600.0  # bound on the wait for another run's join (a test's own bound is 120 s)
+
+
+@contextlib.contextmanager
+def ray_client_turn() -> Iterator[None]:
+  """Holds this machine's one turn to join a cluster through Ray Client
+  for the block (a lock file other test runs share), so that no two
+  clusters' Ray Client servers pick a per-client server's port at once
+  (see RAY_CLIENT_TURN); fails after TURN_SECONDS."""
+  with RAY_CLIENT_TURN.open("a") as lock:
+    deadline = time.monotonic() + TURN_SECONDS
+    while True:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+      except BlockingIOError:
+        if time.monotonic() > deadline:
+          raise RuntimeError(
+            f"another test run held {RAY_CLIENT_TURN} for more than {TURN_SECONDS:g} s"
+          ) from None
+        threading.Event().wait(0.1)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -306,9 +358,13 @@ def _wait_accepting(port: int, timeout: float) -> None:
 
 
 def main(directory: pathlib.Path) -> None:
+  with _reserved_port() as client_port:
+    _run_cluster(directory, client_port)
+
+
+def _run_cluster(directory: pathlib.Path, client_port: int) -> None:
   from ray import cluster_utils
 
-  client_port = _free_port()
   head_args = {
     **_node_args("head_node", directory / "head"),
     "include_dashboard": False,

@@ -12,6 +12,7 @@ listen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
@@ -146,13 +147,17 @@ def lp_launch(
 @pytest.mark.parametrize("by", ["--ray-address", "RAY_ADDRESS", "ray://"])
 def test_lp_launch_runs_the_example_on_a_cluster_it_joins(cluster, tmp_path, by):
   example = ["examples/consumer_producers.py", "--", "--num_steps=3"]
+  turn = contextlib.nullcontext()
   if by == "--ray-address":
-    launcher = lp_launch(tmp_path, f"--ray-address={cluster.address}", *example)
+    args, env = [f"--ray-address={cluster.address}", *example], None
   elif by == "RAY_ADDRESS":
-    launcher = lp_launch(tmp_path, *example, env={"RAY_ADDRESS": cluster.address})
+    args, env = example, {"RAY_ADDRESS": cluster.address}
   else:  # through the head's Ray Client server: the launcher is no Ray node
-    launcher = lp_launch(tmp_path, f"--ray-address={cluster.client_address}", *example)
-  assert launcher.finish() == 0, launcher.output()
+    args, env = [f"--ray-address={cluster.client_address}", *example], None
+    turn = ray_cluster.ray_client_turn()
+  with turn:
+    launcher = lp_launch(tmp_path, *args, env=env)
+    assert launcher.finish() == 0, launcher.output()
   step = re.compile(r"\(consumer\[0\] pid=\d+[^)]*\).* Step 2: results \[0, 1\]")
   assert any(step.search(line) for line in launcher.stdout), launcher.output()
 
