@@ -21,12 +21,15 @@ whole run (and ends them, by pid, when it ends), so both sides run on an
 oversubscribed machine. --no-spin runs ours with the courier's busy-poll
 off (LAUNCHPAD_COURIER_SPIN=0), to compare polling with plain blocking.
 
+--only program (or writer) runs only those rows.
+
 Usage: python bench/holds.py [--rounds 5] [--n 32] [--load] [--no-spin]
-                             [--anchors DIR] [--peer-python PATH]
+                             [--only program|writer] [--anchors DIR] [--peer-python PATH]
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pathlib
@@ -115,7 +118,12 @@ def writer_inserts(client: replay.Client, shape: tuple, dtype, steps: int) -> fl
 
 
 def run_replay() -> dict[str, float]:
-  """Our writer figures, a fresh server in a child process as the peer has a fresh one."""
+  """Our writer figures, a fresh server in a child process as the peer has a fresh one.
+
+  This process writes as an actor node's would, which has frozen what its
+  imports made (process_main: WorkerSpec.run) before it runs.
+  """
+  gc.freeze()
   figures = {}
   ctx = mp.get_context("spawn")
   for row, (shape, dtype, steps) in WRITER_ITEMS.items():
@@ -206,6 +214,9 @@ def main() -> None:
   parser.add_argument("--n", type=int, default=32, help="producers of the program bench")
   parser.add_argument("--load", action="store_true", help="two busy loops per core beside it")
   parser.add_argument("--no-spin", action="store_true", help="ours without the busy-poll")
+  parser.add_argument(
+    "--only", choices=("program", "writer"), help="only the program rows, or the writer rows"
+  )
   args = parser.parse_args()
 
   program_script = args.anchors / "lp_program_bench.py"
@@ -227,12 +238,16 @@ def main() -> None:
       if i % 2:
         sides.reverse()
       for name, results in sides:
+        figures = {}
         if name == "ours":
-          figures = run_program(sys.executable, program_script, args.n, our_env)
-          figures.update(run_replay())
+          if args.only != "writer":
+            figures.update(run_program(sys.executable, program_script, args.n, our_env))
+          if args.only != "program":
+            figures.update(run_replay())
         else:
-          figures = run_program(args.peer_python, program_script, args.n, dict(os.environ))
-          if replay_script.exists():
+          if args.only != "writer":
+            figures.update(run_program(args.peer_python, program_script, args.n, dict(os.environ)))
+          if args.only != "program" and replay_script.exists():
             figures.update(run_peer_replay(args.peer_python, replay_script))
         results.append(figures)
         print(f"round {i + 1}/{args.rounds} {name}: {launch.fmt(figures)}", flush=True)
