@@ -24,6 +24,7 @@ from launchpad.courier.client import Client as CourierClient
 from launchpad.replay import ChunkStore, Table, ring
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
+from tests.crowded import limit_descriptors
 from tests.replay.waits import pending_samples, wait_until
 
 TIMEOUT = 30.0  # bound on every wait
@@ -46,8 +47,9 @@ def step(i: int) -> Step:
 
 def serve(conn) -> None:
   """Child-process entry point: serves tables "a" and "b" (queues of the same
-  steps) and "u" (uniform, the same steps), sends its addresses and pid, and
-  stops on "stop" or when the parent goes away."""
+  steps) and "u" (uniform, the same steps), sends its addresses and pid;
+  on "crowd" stops itself from opening any more descriptors (and says
+  "crowded"); stops on "stop" or when the parent goes away."""
   store = ChunkStore()
   tables = [
     Table.queue("a", ITEMS, chunk_store=store),
@@ -60,7 +62,9 @@ def serve(conn) -> None:
   client.close()
   conn.send((server.address, server.local_address, server.secret, os.getpid()))
   try:
-    conn.recv()
+    while conn.recv() == "crowd":
+      limit_descriptors(0)
+      conn.send("crowded")
   except EOFError:
     pass
   server.stop()
@@ -82,6 +86,11 @@ class Child:
 
   def client(self, address: str) -> replay.Client:
     return replay.Client(address, secret=self.secret, timeout=TIMEOUT)
+
+  def crowd(self) -> None:
+    """Lets the server open no more file descriptors (its connections stay)."""
+    self.pipe.send("crowd")
+    assert self.pipe.poll(TIMEOUT) and self.pipe.recv() == "crowded"
 
   def kill(self) -> None:
     if self.process.is_alive():
@@ -278,6 +287,21 @@ def test_streams_over_tcp_keep_their_batches_in_band(child):
     batch = next(stream)
   assert not in_ring(batch.data.obs) and not ring_descriptors(child.pid)
   check_steps(batch)
+  client.close()
+
+
+def test_a_server_that_cannot_make_a_ring_sends_the_batches_in_band(child):
+  courier = CourierClient(child.unix, secret=child.secret, label="replay")
+  client = replay.Client(courier, timeout=TIMEOUT)
+  client.table_stats()  # the connection, which this thread's stream then takes over
+  child.crowd()  # no descriptor for a socket to the learner's, nor for a memfd
+  with client.stream("u", 4, max_in_flight_batches=IN_FLIGHT, timeout=TIMEOUT) as stream:
+    batches = [next(stream) for _ in range(SLOTS + 2)]
+  for batch in batches:
+    assert not in_ring(batch.data.obs)
+    check_steps(batch)
+    assert not batch.data.obs.flags.writeable  # in band, read-only as from the ring
+  assert not ring_descriptors(child.pid) and not ring_mappings(child.pid)
   client.close()
 
 
