@@ -349,10 +349,11 @@ class ReplayService:
       specs = _stack_specs(table, items)
       placed, data_end = ring_lib.layout(specs, len(items))
       info_placed, end = ring_lib.layout(_INFO_SPECS, len(items), data_end)
-      full = ring_lib.layout(_INFO_SPECS, num_samples, ring_lib.layout(specs, num_samples)[1])
-      taken = self._rings.take(ring, full[1])
+      taken = self._rings.take(
+        ring, _slot_bytes(specs, num_samples) if len(items) < num_samples else end
+      )
       if taken is None or end > taken[0].slot_bytes:
-        return _sample_reply(table, items)
+        return _sample_reply(table, items, specs)
       target_ring, slot = taken
       try:
         target_ring.write(slot, placed, {c: [i.data[c] for i in items] for c in specs})
@@ -633,6 +634,7 @@ def _stack_specs(
         array is None or array.shape != shape or (array.dtype is not dtype and array.dtype != dtype)
       ):
         same = False
+        break
     if not same:
       found = {c: (a.dtype, a.shape) for c, a in data.items()}
       raise ValueError(
@@ -642,9 +644,19 @@ def _stack_specs(
   return specs
 
 
-def _sample_reply(table: str, items: Sequence[SampledItem]) -> dict[str, Any]:
-  """A `sample_batch` reply: the items' columns stacked, or ValueError if they differ."""
-  specs = _stack_specs(table, items)
+def _slot_bytes(specs: dict[str, tuple[np.dtype, tuple[int, ...]]], rows: int) -> int:
+  """The bytes a ring slot needs for a batch of `rows` items of `specs`, with their info."""
+  return ring_lib.layout(_INFO_SPECS, rows, ring_lib.layout(specs, rows)[1])[1]
+
+
+def _sample_reply(
+  table: str,
+  items: Sequence[SampledItem],
+  specs: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None,
+) -> dict[str, Any]:
+  """A `sample_batch` reply: the items' columns stacked, or ValueError if they
+  differ (`specs`: their _stack_specs, if the caller has them)."""
+  specs = _stack_specs(table, items) if specs is None else specs
   data = {c: stacking.stack([i.data[c] for i in items]) for c in specs}
   return {"info": _sample_info(items), "data": data, "structure": items[0].structure}
 

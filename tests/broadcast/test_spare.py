@@ -92,6 +92,14 @@ def params(version: int, size: int) -> dict:
   return {"w": np.full(size // 4, version, np.float32), "step": version}
 
 
+def publisher_with_spare(connect: Callable[[], BroadcastClient]) -> BroadcastClient:
+  """A new client that published version 1 (1 MB), once its spare is allocated."""
+  client = connect()
+  client.publish(params(1, MB), timeout=TIMEOUT)
+  wait_for_spare()
+  return client
+
+
 def check(reader: BroadcastClient, version: int, size: int) -> None:
   got, read = reader.latest(version, timeout=TIMEOUT)
   assert got == version
@@ -121,9 +129,7 @@ def test_the_next_publish_writes_into_the_spare_and_other_sizes_still_work(node)
 
 def test_no_spare_is_left_once_the_node_closed(node):
   service, connect = node
-  client = connect()
-  client.publish(params(1, MB), timeout=TIMEOUT)
-  wait_for_spare()
+  client = publisher_with_spare(connect)
   service.close()
   # The publish takes the spare and prepares none: the node is gone (its
   # connection was shut, or it answered that it stopped).
@@ -134,9 +140,7 @@ def test_no_spare_is_left_once_the_node_closed(node):
 
 def test_a_closed_or_collected_client_leaves_no_spare(node):
   _, connect = node
-  client = connect()
-  client.publish(params(1, MB), timeout=TIMEOUT)
-  wait_for_spare()
+  client = publisher_with_spare(connect)
   client.close()
   wait_for_no_spare()
   client.publish(params(2, MB), timeout=TIMEOUT)  # still usable, and prepares again

@@ -25,6 +25,7 @@ from launchpad.replay import ChunkStore, Table, ring
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
 from tests.crowded import limit_descriptors
+from tests.replay.server_child import ServerChild
 from tests.replay.waits import pending_samples, wait_until
 
 TIMEOUT = 30.0  # bound on every wait
@@ -70,19 +71,12 @@ def serve(conn) -> None:
   server.stop()
 
 
-class Child:
-  """A replay server in a spawned child process."""
+class Child(ServerChild):
+  """A replay server (serve) in a spawned child process."""
 
   def __init__(self):
-    context = multiprocessing.get_context("spawn")
-    self.pipe, child_end = context.Pipe()
-    self.process = context.Process(target=serve, args=(child_end,), daemon=True)
-    self.process.start()
-    child_end.close()
-    if not self.pipe.poll(TIMEOUT):
-      self.kill()
-      raise RuntimeError(f"the replay server did not start within {TIMEOUT:g} s")
-    self.tcp, self.unix, self.secret, self.pid = self.pipe.recv()
+    super().__init__(serve, TIMEOUT)
+    self.tcp, self.unix, self.secret, self.pid = self.receive("start")
 
   def client(self, address: str) -> replay.Client:
     return replay.Client(address, secret=self.secret, timeout=TIMEOUT)
@@ -90,13 +84,7 @@ class Child:
   def crowd(self) -> None:
     """Lets the server open no more file descriptors (its connections stay)."""
     self.pipe.send("crowd")
-    assert self.pipe.poll(TIMEOUT) and self.pipe.recv() == "crowded"
-
-  def kill(self) -> None:
-    if self.process.is_alive():
-      os.kill(self.process.pid, signal.SIGKILL)
-    self.process.join(TIMEOUT)
-    self.pipe.close()
+    assert self.receive("limit its descriptors") == "crowded"
 
 
 @pytest.fixture
@@ -178,6 +166,37 @@ def test_a_learner_holding_every_batch_falls_back_in_band_and_never_blocks(child
   for batch in held:
     check_steps(batch)
     assert not batch.data.obs.flags.writeable  # in band too: the same whichever way it came
+  client.close()
+
+
+def next_batch(stream: replay.Stream) -> replay.ReplaySample:
+  """The stream's next batch, through the timeouts of a short stream timeout:
+  a call that waits on the server for its whole timeout may answer after
+  the next() that waited for it gave up (the stream stays open)."""
+  for _ in range(round(TIMEOUT / stream.timeout)):
+    try:
+      return next(stream)
+    except errors.CallTimeoutError:
+      continue
+  pytest.fail(f"no batch of table {stream.table!r} within {TIMEOUT:g} s")
+
+
+def test_a_short_first_batch_makes_slots_that_fit_the_full_ones(child):
+  other = child.client(child.tcp)
+  assert len(other.sample_batch("a", ITEMS - 3).info.key) == ITEMS - 3  # 3 left in the queue
+  client = child.client(child.unix)
+  with client.stream("a", 7, max_in_flight_batches=1, timeout=0.5) as stream:
+    short = next_batch(stream)  # the 3 items, once its call has waited for more
+    assert check_steps(short) == [ITEMS - 3, ITEMS - 2, ITEMS - 1]
+    assert in_ring(short.data.obs)
+    other.insert_batch([step(i) for i in range(ITEMS, ITEMS + 14)], {"a": 1.0})
+    full = [next_batch(stream) for _ in range(2)]
+  assert [check_steps(batch) for batch in full] == [
+    list(range(ITEMS, ITEMS + 7)),
+    list(range(ITEMS + 7, ITEMS + 14)),
+  ]
+  assert all(in_ring(batch.data.obs) for batch in full)  # the slots were sized for 7
+  other.close()
   client.close()
 
 

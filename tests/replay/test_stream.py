@@ -8,9 +8,6 @@ the bound on calls in flight is checked where the calls run.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-import signal
 import threading
 import time
 from collections import namedtuple
@@ -26,6 +23,7 @@ from launchpad.replay import ChunkStore, Table, TableClosedError
 from launchpad.replay import rate_limiters as rl
 from launchpad.replay import selectors as sel
 from launchpad.replay.client import ReplaySample
+from tests.replay.server_child import ServerChild
 from tests.replay.waits import pending_samples, wait_until
 
 TIMEOUT = 30.0  # bound on every wait
@@ -97,8 +95,8 @@ def serve(conn) -> None:
     server.stop()
 
 
-class Child:
-  """A replay server in a spawned child process.
+class Child(ServerChild):
+  """A replay server (serve) in a spawned child process.
 
   Each test gets a fresh server (`new_server`) in the one child: calls that
   an earlier test's streams left in flight go to a server that has stopped,
@@ -106,19 +104,12 @@ class Child:
   """
 
   def __init__(self):
-    context = multiprocessing.get_context("spawn")
-    self.pipe, child_end = context.Pipe()
-    self.process = context.Process(target=serve, args=(child_end,), daemon=True)
-    self.process.start()
-    child_end.close()
+    super().__init__(serve, TIMEOUT)
     self.new_server()
 
   def new_server(self) -> None:
     self.pipe.send("new")
-    if not self.pipe.poll(TIMEOUT):
-      self.kill()
-      raise RuntimeError(f"the replay server did not start within {TIMEOUT:g} s")
-    self.address, self.secret = self.pipe.recv()
+    self.address, self.secret = self.receive("start")
 
   def client(self, timeout: float | None = TIMEOUT) -> replay.Client:
     return replay.Client(self.address, secret=self.secret, timeout=timeout)
@@ -128,12 +119,6 @@ class Child:
     self.pipe.send("stop")
     self.process.join(TIMEOUT)
     assert self.process.exitcode == 0
-
-  def kill(self) -> None:
-    if self.process.is_alive():
-      os.kill(self.process.pid, signal.SIGKILL)
-    self.process.join(TIMEOUT)
-    self.pipe.close()
 
 
 @pytest.fixture(scope="module")
