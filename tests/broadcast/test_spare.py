@@ -35,7 +35,9 @@ def broadcast_memfds() -> dict[int, tuple[bool, bool]]:
     try:
       if os.readlink(f"/proc/self/fd/{name}").startswith(MEMFD):
         stat = os.fstat(int(name))
-        found[stat.st_ino] = (memfd.is_sealed(int(name)), stat.st_blocks * 512 >= stat.st_size)
+        # A file just created has no size yet, so no pages to lack.
+        full = 0 < stat.st_size <= stat.st_blocks * 512
+        found[stat.st_ino] = (memfd.is_sealed(int(name)), full)
     except OSError:
       pass  # the listing's own descriptor, or one closed meanwhile
   return found
@@ -49,11 +51,14 @@ def spares() -> set[int]:
 def wait_for_spare() -> int:
   """The inode of the one spare, once its pages are allocated."""
 
-  def allocated() -> list[int]:
-    return [i for i, (sealed, full) in broadcast_memfds().items() if not sealed and full]
+  allocated: list[int] = []
 
-  wait_until(lambda: len(allocated()) > 0, "a spare's allocation")
-  (inode,) = allocated()
+  def one_allocated() -> bool:
+    allocated[:] = [i for i, (sealed, full) in broadcast_memfds().items() if not sealed and full]
+    return len(allocated) > 0
+
+  wait_until(one_allocated, "a spare's allocation")
+  (inode,) = allocated
   return inode
 
 
