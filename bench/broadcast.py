@@ -7,10 +7,15 @@ untimed round, which takes the work the other side's last round left
 behind (Ray's frees, the broadcast node's), then a timed one:
   courier    today's path: a CourierNode whose get_params() returns the
              arrays; every actor calls it (one pickled copy per actor).
-  broadcast  lp.BroadcastNode: the learner publishes once (a sealed memfd),
-             every actor calls latest(v) and maps it read-only.
+  broadcast  lp.BroadcastNode: the learner publishes once (into a memfd of
+             its own that no one holds any more), every actor calls
+             latest(v) and maps it read-only.
   ray        ray.put once in the driver, every actor ray.get()s it (a local
-             cluster on 127.0.0.1, shut down at the end).
+             cluster on 127.0.0.1, shut down at the end). On a virtual
+             machine that hands freed memory back to its host, Ray's
+             default store (30% of memory) puts each version into pages the
+             host must fault in again; --ray-store-mb 400 makes it write
+             where its last versions were, as the broadcast does.
 
 A round's time runs from the publish (courier: the learner's new arrays are
 in place; broadcast: publish(); ray: ray.put) until every actor holds the
@@ -28,7 +33,7 @@ writes to), whatever the version's size; that is not the cost of holding
 a version.
 
 Usage: python bench/broadcast.py [--runs 5] [--actors 8,32] [--mb 64]
-                                [--kinds courier,broadcast,ray]
+                                [--kinds courier,broadcast,ray] [--ray-store-mb 0]
 """
 
 from __future__ import annotations
@@ -195,14 +200,20 @@ class LaunchpadSide:
     self._controller.stop(timeout=60)
 
 
-def start_ray():
+def start_ray(store_mb: int):
   """Ray, imported through launchpad's Ray launcher (which sets Ray's loopback
   switch for the import, as the tests' local_ray does), started on loopback
-  only: its raylet and GCS listen on 127.0.0.1."""
+  only: its raylet and GCS listen on 127.0.0.1. `store_mb`: the object
+  store's size (0: Ray's default, 30% of memory)."""
   from launchpad.launch import ray as ray_launcher
 
   ray = ray_launcher.ray
-  ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)
+  ray.init(
+    include_dashboard=False,
+    num_cpus=2,
+    log_to_driver=False,
+    object_store_memory=store_mb * MB if store_mb else None,
+  )
   ip = ray.util.get_node_ip_address()
   if not ip.startswith("127."):
     ray.shutdown()
@@ -218,8 +229,8 @@ class RaySide:
 
   kind = "ray"
 
-  def __init__(self, actors: int, size: int):
-    self._ray = ray = start_ray()
+  def __init__(self, actors: int, size: int, store_mb: int):
+    self._ray = ray = start_ray(store_mb)
     self._size = size
 
     @ray.remote(num_cpus=0)
@@ -273,6 +284,13 @@ def main() -> None:
   parser.add_argument("--actors", default="8,32")
   parser.add_argument("--mb", type=int, default=64)
   parser.add_argument("--kinds", default="courier,broadcast,ray", help="which of the three to run")
+  parser.add_argument(
+    "--ray-store-mb",
+    type=int,
+    default=0,
+    help="Ray's object store size (default: Ray's, 30%% of memory); a store of a few versions "
+    "is written again where the last ones were, as the broadcast's files are",
+  )
   args = parser.parse_args()
   home = tempfile.TemporaryDirectory(prefix="bench-broadcast-")  # the programs' run directories
   os.environ.setdefault("LAUNCHPAD_HOME", home.name)
@@ -282,7 +300,11 @@ def main() -> None:
     sides = []
     try:
       for kind in args.kinds.split(","):
-        sides.append(RaySide(actors, size) if kind == "ray" else LaunchpadSide(kind, actors, size))
+        sides.append(
+          RaySide(actors, size, args.ray_store_mb)
+          if kind == "ray"
+          else LaunchpadSide(kind, actors, size)
+        )
       for _ in range(args.runs):
         for side in sides:
           side.round(timed=False)  # takes the tail of the other side's last round

@@ -1,5 +1,5 @@
 """lp.BroadcastNode with real processes (local_mp): a learner publishes, actors
-read; one read-only copy per host, shared through a sealed memfd; the
+read; one read-only copy per host, shared through a memfd; the
 cross-host path through courier; timeouts, SIGKILLs and held versions."""
 
 from __future__ import annotations
@@ -85,6 +85,10 @@ class Actor:
 
   def drop(self) -> None:
     self.held = None
+
+  def held_values(self) -> list[float]:
+    arrays = [self.held["policy"]["w"], self.held["policy"]["b"], self.held["critic"][0]]
+    return sorted({float(a.min()) for a in arrays} | {float(a.max()) for a in arrays})
 
   def memfd_inodes(self) -> list[int]:
     return mapped_memfds(os.getpid())
@@ -193,7 +197,7 @@ def test_waiting_for_a_newer_version_times_out_naming_the_node(launched):
     client.latest(timeout=-1)
 
 
-def test_a_held_version_lives_until_its_reader_drops_it(launched):
+def test_a_held_version_is_not_written_again_until_its_reader_drops_it(launched):
   program, params, learner, actors, _ = build(2)
   launched(program)
   learner_client = learner.dereference()
@@ -204,16 +208,42 @@ def test_a_held_version_lives_until_its_reader_drops_it(launched):
   for version in (2, 3):
     learner_client.publish(version, MB)
     assert other.read(version)["version"] == version
-  # The node moved on (it keeps the newest and the one before), the holder
-  # still maps version 1.
+  # The node moved on (it keeps the newest and the one before); the holder
+  # still maps version 1, unchanged, and only the learner keeps its file too.
   assert params.dereference().live_versions() == 2
   assert holder.memfd_inodes() == [first]
+  assert holder.held_values() == [1.0]
   holders = memfd_holders()
-  assert [pid for pid, inodes in holders.items() if first in inodes] == [holder.pid()]
+  assert sorted(pid for pid, inodes in holders.items() if first in inodes) == sorted(
+    [holder.pid(), learner_client.pid()]
+  )
   holder.drop()
-  assert holder.read(3)["version"] == 3
+  assert holder.read(3)["version"] == 3  # its client moves on too
   assert first not in holder.memfd_inodes()
-  assert all(first not in inodes for inodes in memfd_holders().values())
+  # Free now: the learner writes version 4 into it.
+  learner_client.publish(4, MB)
+  assert other.read(4)["values"] == [4.0]
+  assert other.memfd_inodes() == [first]
+
+
+def test_the_version_a_sigkilled_reader_held_is_written_again(launched):
+  # Restarted, so that the kill does not stop the program.
+  program, _, learner, actors, _ = build(2, restart="on-failure")
+  launched(program)
+  learner_client = learner.dereference()
+  holder, other = (a.dereference() for a in actors)
+  learner_client.publish(1, MB)
+  holder.read(1)
+  (first,) = holder.memfd_inodes()
+  holder_pid = holder.pid()
+  os.kill(holder_pid, signal.SIGKILL)
+  wait_until(lambda: not psutil.pid_exists(holder_pid), "the holder's end")
+  # Its lock went with it: once the node retires version 1 (two newer ones
+  # exist), the learner writes version 4 into its file.
+  for version in (2, 3, 4):
+    learner_client.publish(version, MB)
+  assert other.read(4)["values"] == [4.0]
+  assert other.memfd_inodes() == [first]
 
 
 def test_cross_host_actors_get_the_same_values_through_courier(launched):

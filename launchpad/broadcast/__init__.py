@@ -2,6 +2,7 @@
 
 `lp.BroadcastNode` (launchpad/nodes/broadcast.py) serves it; its handle
 dereferences to a `BroadcastClient` (client.py). `layout` puts one version
-in a sealed memfd, `wire` is the descriptor socket's messages, `service` is
+in a memfd, `pool` keeps a publisher's files to write them again once no
+one holds them, `wire` is the descriptor socket's messages, `service` is
 what the node runs.
 """

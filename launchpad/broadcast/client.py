@@ -4,9 +4,10 @@
     version, params = client.latest()                # an actor: the newest there is
     version, params = client.wait_newer(version, 5)  # an actor: the next one
 
-On the node's host, versions travel as sealed memfds over its descriptor
-socket: a publisher writes its version once, and a reader maps it read-only,
-so its arrays are views shared with every other reader of the host. On
+On the node's host, versions travel as memfds over its descriptor socket: a
+publisher writes its version once, into a file of its own that no one reads
+any more (pool.py), and a reader maps it read-only, so its arrays are views
+shared with every other reader of the host. On
 another host ($LAUNCHPAD_HOST, another machine or network namespace) the
 same calls go through courier and carry the pickled parameters.
 """
@@ -20,7 +21,7 @@ import weakref
 from typing import Any
 
 from launchpad import errors, timeouts
-from launchpad.broadcast import layout, spare, wire
+from launchpad.broadcast import layout, pool, wire
 from launchpad.courier import protocol
 from launchpad.courier.client import Client
 from launchpad.host_identity import host_id
@@ -36,9 +37,9 @@ class BroadcastClient:
   Versions are numbered 1, 2, ... by the node in the order they are
   published. The client keeps the newest version it returned (so asking
   again costs no copy and no mapping) until it returns a newer one; the
-  memory of a version is freed once no reader holds its arrays and the node
-  has two newer ones (service.py). A publishing client keeps a spare file
-  for its next version (spare.py) until it closes or is collected.
+  file of a version is written again once no reader holds its arrays and
+  the node has two newer ones (service.py): a publishing client keeps the
+  files of its last versions (pool.py) until it closes or is collected.
   """
 
   def __init__(self, courier: Client, secret: bytes, node: str):
@@ -46,14 +47,18 @@ class BroadcastClient:
     self._secret = secret
     self._node = node
     self._what = f"broadcast {node}"
-    self._local = threading.local()
+    # Connections to the node's descriptor socket no call is using. Not one
+    # per thread: a courier server may serve each call on a new thread (it
+    # hands a connection on when a call takes long), and each new thread's
+    # connection would cost the node an accept and a handshake.
+    self._idle: list[socket.socket] = []
     self._lock = threading.Lock()
     self._where: tuple[str, str] | None = None
     self._same = False  # whether the node is on this host, once _where is known
     self._held: tuple[int, Any] = (0, None)
-    # The pages of this publisher's next version, allocated after each publish.
-    self._spare = spare.Spare(layout.MEMFD_NAME)
-    weakref.finalize(self, self._spare.close)
+    # The files of this publisher's versions, written again once free.
+    self._files = pool.FilePool(layout.MEMFD_NAME)
+    weakref.finalize(self, self._files.close)
 
   def __reduce__(self):
     return BroadcastClient, (self._courier, self._secret, self._node)
@@ -68,15 +73,18 @@ class BroadcastClient:
     seconds = timeouts.validate(timeout, f"the timeout of {self._what}.publish")
     if not self._same_host(seconds):
       return self._courier.with_timeout(seconds).publish(params)
-    fd = layout.write(params, self._what, lambda size: self._spare.take(size, seconds))
+    file = layout.write(params, self._what, self._files.take)
+    file.unlock()
     try:
-      size = os.fstat(fd).st_size
-      status, version, _ = self._call(wire.PUT, 0, 0, None, seconds, fd)
-    finally:
-      os.close(fd)
+      status, version, _ = self._call(wire.PUT, 0, 0, None, seconds, file.fd)
+    except BaseException:
+      file.close()
+      self._files.close()  # the node is gone or unreachable: its memory too
+      raise
+    self._files.give_back(file)
     if status == wire.CLOSED:
+      self._files.close()
       raise errors.ProgramStoppedError(f"{self._what} stopped before the version was published.")
-    self._spare.prepare(size)
     return version
 
   def latest(
@@ -131,11 +139,14 @@ class BroadcastClient:
     return self._courier.live_versions()
 
   def close(self) -> None:
-    """Frees what this client holds for publishing (its spare file) and this
-    thread's connection to the node. It stays usable: a later call connects
-    again, a later publish prepares a spare again."""
-    self._spare.release()
-    self._drop()
+    """Frees what this client holds for publishing (its version files) and
+    its idle connections to the node. It stays usable: a later call
+    connects again, a later publish makes files again."""
+    self._files.close()
+    with self._lock:
+      idle, self._idle = self._idle, []
+    for sock in idle:
+      sock.close()
 
   def _same_host(self, seconds: float | None) -> bool:
     if self._where is None:
@@ -152,7 +163,8 @@ class BroadcastClient:
     seconds: float | None,
     fd: int | None = None,
   ) -> tuple[int, int, int | None]:
-    """One request on this thread's connection: (status, version, fd or None)."""
+    """One request on an idle connection (or a new one): (status, version,
+    fd or None)."""
     total = None if seconds is None else seconds + REPLY_MARGIN_SECONDS
     deadline = Deadline(total, f"{self._what}: {'publish' if op == wire.PUT else 'latest'}")
     sock = self._connection(deadline)
@@ -160,33 +172,33 @@ class BroadcastClient:
     try:
       wire.send(sock, wire.REQUEST.pack(op, have, wanted, wait_ms), fd)
       data, received = wire.receive(sock, wire.REPLY.size, deadline, "waiting for the reply")
-    except (OSError, EOFError, errors.CallTimeoutError) as e:
-      self._drop()
-      if isinstance(e, errors.CallTimeoutError):
-        raise
-      raise errors.ConnectionLostError(
-        f"{self._what}: the connection to the node broke ({e}); it may have stopped or restarted."
-      ) from e
+    except BaseException as e:
+      sock.close()  # a request may be half done on it
+      if isinstance(e, (OSError, EOFError)):
+        raise errors.ConnectionLostError(
+          f"{self._what}: the connection to the node broke ({e}); it may have stopped or restarted."
+        ) from e
+      raise
+    with self._lock:
+      self._idle.append(sock)
     status, version = wire.REPLY.unpack(data)
     if status == wire.REFUSED:
-      raise errors.LaunchpadError(f"{self._what} refused the published file: it was not sealed.")
+      raise errors.LaunchpadError(
+        f"{self._what} refused the published file: it was not sealed against resizing, or "
+        "was still being written."
+      )
     return status, version, received
 
   def _connection(self, deadline: Deadline) -> socket.socket:
-    sock = getattr(self._local, "sock", None)
-    if sock is None:
-      address = self._where[1]
-      sock = protocol.connect(address, deadline)
-      try:
-        protocol.client_handshake(sock, self._secret, address, deadline)
-      except BaseException:
-        sock.close()
-        raise
-      self._local.sock = sock
-    return sock
-
-  def _drop(self) -> None:
-    sock = getattr(self._local, "sock", None)
-    self._local.sock = None
-    if sock is not None:
+    """An idle connection, taken out of the idle ones, or a new one."""
+    with self._lock:
+      if self._idle:
+        return self._idle.pop()
+    address = self._where[1]
+    sock = protocol.connect(address, deadline)
+    try:
+      protocol.client_handshake(sock, self._secret, address, deadline)
+    except BaseException:
       sock.close()
+      raise
+    return sock

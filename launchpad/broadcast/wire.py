@@ -8,8 +8,8 @@ request is one fixed-size message and each reply one, with a memfd attached
 
 - GET(have, min_version, wait): the newest version once it is >= min_version
   (waiting up to `wait` seconds); SAME if it is the `have` the caller holds.
-- PUT, with a sealed memfd: the file becomes the next version; the reply
-  carries its number.
+- PUT, with a memfd sealed against resizing: the file becomes the next
+  version; the reply carries its number.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 It is a CourierNode serving `broadcast.service.BroadcastService`, so the
 coordinator registers its address and restarts keep it; its handle
 dereferences to a `broadcast.client.BroadcastClient`. Readers on its host
-share one read-only copy of each version (a sealed memfd); see the
+share one read-only copy of each version (a memfd); see the
 "Parameter broadcast" sections of docs/design.md and docs/courier.md.
 """
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from launchpad.broadcast import layout, wire
+from launchpad.broadcast import wire
 from launchpad.broadcast.service import BroadcastService
 from launchpad.courier import protocol
 from launchpad.timeouts import Deadline
@@ -26,7 +26,7 @@ def serve_with_few_descriptors(pipe, secret: bytes, spare: int) -> None:
   """Child process: a broadcast service holding version 1, which may open
   only `spare` more descriptors."""
   service = BroadcastService(NODE, secret)
-  service.versions.put(layout.write({"w": np.arange(4)}, NODE))
+  service.publish({"w": np.arange(4)})
   limit_descriptors(spare)
   pipe.send(service.fd_address)
   try:

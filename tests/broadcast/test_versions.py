@@ -1,4 +1,4 @@
-"""The broadcast node's versions (service.Versions) with real sealed memfds:
+"""The broadcast node's versions (service.Versions) with real version files:
 the node keeps the newest and the one before it, and hands the one before
 that back to be closed, so that the node, not the reader that drops it
 last, frees a version's memory; closing the node closes both."""
@@ -12,13 +12,21 @@ import numpy as np
 import pytest
 
 from launchpad.broadcast import layout, wire
+from launchpad.broadcast.pool import VersionFile
 from launchpad.broadcast.service import Versions
 
 NODE = "params[0]"
 
 
 def version_file(step: int) -> int:
-  return layout.write({"w": np.full(16, step, np.float32), "step": step}, NODE)
+  """A held descriptor of a new version file (the node's, as layout.hold gives it)."""
+  params = {"w": np.full(16, step, np.float32), "step": step}
+  file = layout.write(params, NODE, lambda size: VersionFile(layout.MEMFD_NAME, size))
+  file.unlock()
+  try:
+    return layout.hold(file.fd, NODE)
+  finally:
+    file.close()
 
 
 def inode(fd: int) -> int:
