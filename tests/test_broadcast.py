@@ -197,14 +197,21 @@ def test_waiting_for_a_newer_version_times_out_naming_the_node(launched):
     client.latest(timeout=-1)
 
 
-def test_a_held_version_is_not_written_again_until_its_reader_drops_it(launched):
-  program, params, learner, actors, _ = build(2)
+def holding_version_1(launched, restart: str = "never"):
+  """A learner and two actors, launched; the first actor read version 1 and
+  holds it: (params, learner, holder, other, the inode of version 1's file)."""
+  program, params, learner, actors, _ = build(2, restart=restart)
   launched(program)
   learner_client = learner.dereference()
   holder, other = (a.dereference() for a in actors)
   learner_client.publish(1, MB)
   holder.read(1)
   (first,) = holder.memfd_inodes()
+  return params, learner_client, holder, other, first
+
+
+def test_a_held_version_is_not_written_again_until_its_reader_drops_it(launched):
+  params, learner_client, holder, other, first = holding_version_1(launched)
   for version in (2, 3):
     learner_client.publish(version, MB)
     assert other.read(version)["version"] == version
@@ -228,13 +235,7 @@ def test_a_held_version_is_not_written_again_until_its_reader_drops_it(launched)
 
 def test_the_version_a_sigkilled_reader_held_is_written_again(launched):
   # Restarted, so that the kill does not stop the program.
-  program, _, learner, actors, _ = build(2, restart="on-failure")
-  launched(program)
-  learner_client = learner.dereference()
-  holder, other = (a.dereference() for a in actors)
-  learner_client.publish(1, MB)
-  holder.read(1)
-  (first,) = holder.memfd_inodes()
+  _, learner_client, holder, other, first = holding_version_1(launched, restart="on-failure")
   holder_pid = holder.pid()
   os.kill(holder_pid, signal.SIGKILL)
   wait_until(lambda: not psutil.pid_exists(holder_pid), "the holder's end")
@@ -267,8 +268,8 @@ def node_fds(pid: int) -> int:
 
 
 def broadcast_pid(publisher: int) -> int:
-  """The one process of the program but the `publisher` (which holds its
-  spare memfd) that holds a broadcast memfd open without mapping it (a
+  """The one process of the program but the `publisher` (which maps the
+  files it holds) that holds a broadcast memfd open without mapping it (a
   reader's mapping keeps a descriptor of its own: Python's mmap duplicates
   the one it maps)."""
   pids = [

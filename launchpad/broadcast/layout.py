@@ -31,15 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 from launchpad import errors, memfd
-from launchpad.broadcast.pool import VersionFile
+from launchpad.broadcast.pool import SEALS, VersionFile
 
 MAGIC = b"LPB2"
 HEADER = struct.Struct("<4sQQ")  # magic, pickle length, number of buffers
 ENTRY = struct.Struct("<QQ")  # offset, length of one out-of-band buffer
 ALIGN = 64
 MEMFD_NAME = "launchpad-broadcast"
-# What a version's file must be sealed against: a mapping never loses pages.
-SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
 
 
 def _aligned(n: int) -> int:

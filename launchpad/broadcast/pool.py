@@ -35,6 +35,8 @@ import threading
 
 from launchpad import memfd
 
+# What a version's file is sealed against: a reader's mapping never loses pages.
+SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
 # Files a publisher keeps: the node holds the newest two versions, readers
 # the newest until they fetch the next; one more is free to write.
 MAX_FILES = 4
@@ -47,7 +49,7 @@ class VersionFile:
     self.size = size
     self.fd = memfd.create(name, size)
     try:
-      fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK)
+      fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
       fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       self._mapping = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED) if size else None
     except BaseException:
