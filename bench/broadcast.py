@@ -13,9 +13,10 @@ behind (Ray's frees, the broadcast node's), then a timed one:
   ray        ray.put once in the driver, every actor ray.get()s it (a local
              cluster on 127.0.0.1, shut down at the end). On a virtual
              machine that hands freed memory back to its host, Ray's
-             default store (30% of memory) puts each version into pages the
-             host must fault in again; --ray-store-mb 400 makes it write
-             where its last versions were, as the broadcast does.
+             default store (30% of memory) can put a version into pages the
+             host must fault in again (ray.put 160-240 ms in some runs
+             here); --ray-store-mb 400 makes it write where its last
+             versions were, as the broadcast does.
 
 A round's time runs from the publish (courier: the learner's new arrays are
 in place; broadcast: publish(); ray: ray.put) until every actor holds the

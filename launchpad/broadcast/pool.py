@@ -43,7 +43,8 @@ MAX_FILES = 4
 
 
 class VersionFile:
-  """One memfd of a fixed size, mapped writable by its publisher."""
+  """One memfd of a fixed size (> 0: a version has a header), mapped
+  writable by its publisher."""
 
   def __init__(self, name: str, size: int):
     self.size = size
@@ -51,7 +52,7 @@ class VersionFile:
     try:
       fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
       fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      self._mapping = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED) if size else None
+      self._mapping = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
     except BaseException:
       os.close(self.fd)
       raise
@@ -66,9 +67,8 @@ class VersionFile:
 
   def write(self, data: memoryview, offset: int) -> None:
     """Copies the byte view `data` in at `offset` (the file must be locked)."""
-    if data.nbytes:
-      with memoryview(self._mapping) as view:
-        view[offset : offset + data.nbytes] = data
+    with memoryview(self._mapping) as view:
+      view[offset : offset + data.nbytes] = data
 
   def unlock(self) -> None:
     """Written: the node may take its shared lock (and hand the file out)."""
@@ -77,8 +77,7 @@ class VersionFile:
   def close(self) -> None:
     """Drops the publisher's mapping and descriptor; the pages live on as
     long as a reader maps them."""
-    if self._mapping is not None:
-      self._mapping.close()
+    self._mapping.close()
     os.close(self.fd)
 
 
