@@ -14,6 +14,7 @@ import pytest
 
 import launchpad as lp
 from tests.launching import launching
+from tests.shm_names import shm_names
 from tests.waits import wait_until
 
 TIMEOUT = 60.0
@@ -282,7 +283,7 @@ def broadcast_pid(publisher: int) -> int:
 
 
 def test_sigkill_of_a_reader_and_of_the_publisher_leaks_nothing(launched):
-  shm = set(os.listdir("/dev/shm"))
+  shm = shm_names()
   # Restarted, so that the kills do not stop the program.
   program, params, learner, actors, _ = build(2, restart="on-failure")
   launched(program)
@@ -307,4 +308,4 @@ def test_sigkill_of_a_reader_and_of_the_publisher_leaks_nothing(launched):
   wait_until(lambda: node_fds(node) <= fds_before + 3, "the node closing the dead peers' fds")
   assert len(held_memfds(node)) == 2
   assert client.live_versions() == 2
-  assert set(os.listdir("/dev/shm")) <= shm
+  assert shm_names() <= shm

@@ -35,6 +35,7 @@ from launchpad.courier import protocol, serialization, shared_memory
 from launchpad.courier.client import Client
 from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
+from tests.shm_names import shm_names
 
 TIMEOUT = 60.0  # bounds every wait; a loaded machine spawns and copies slowly
 LABEL = "shm_svc[0]"
@@ -72,12 +73,6 @@ def descriptors(pid: int) -> set[str]:
     except OSError:
       continue  # closed meanwhile (the listing's own descriptor among them)
   return found
-
-
-def shm_names() -> set[str]:
-  """/dev/shm's names, less POSIX semaphores (sem.*: multiprocessing's, made and
-  unlinked at once by any process of the machine; courier makes no names at all)."""
-  return {name for name in os.listdir("/dev/shm") if not name.startswith("sem.")}
 
 
 class Baseline:

@@ -27,6 +27,7 @@ from launchpad.replay import selectors as sel
 from tests.crowded import limit_descriptors
 from tests.replay.server_child import ServerChild
 from tests.replay.waits import pending_samples, wait_until
+from tests.shm_names import shm_names
 
 TIMEOUT = 30.0  # bound on every wait
 ITEMS = 200
@@ -242,7 +243,7 @@ def test_a_closed_stream_frees_its_ring(child):
 
 
 def test_sigkill_of_the_server_leaves_no_memfd_in_the_learner(child):
-  shm = set(os.listdir("/dev/shm"))
+  shm = shm_names()
   client = child.client(child.unix)
   # Two calls take the whole queue; the third waits on the server when it dies.
   stream = client.stream("a", ITEMS // 2, max_in_flight_batches=2, timeout=TIMEOUT)
@@ -258,7 +259,7 @@ def test_sigkill_of_the_server_leaves_no_memfd_in_the_learner(child):
   del batch
   gc.collect()
   assert not ring_mappings() and not ring_descriptors()
-  assert set(os.listdir("/dev/shm")) == shm
+  assert shm_names() == shm
   client.close()
 
 
@@ -272,7 +273,7 @@ def learn(address: str, secret: bytes, conn) -> None:
 
 
 def test_sigkill_of_the_learner_leaves_no_memfd_in_the_server(child):
-  shm = set(os.listdir("/dev/shm"))
+  shm = shm_names()
   context = multiprocessing.get_context("spawn")
   pipe, child_end = context.Pipe()
   learner = context.Process(target=learn, args=(child.unix, child.secret, child_end), daemon=True)
@@ -287,7 +288,7 @@ def test_sigkill_of_the_learner_leaves_no_memfd_in_the_server(child):
     learner.join(TIMEOUT)
     wait_until(lambda: not ring_descriptors(child.pid), "the server closing the dead ring")
     wait_until(lambda: not ring_mappings(child.pid), "the server unmapping the dead ring")
-    assert set(os.listdir("/dev/shm")) == shm
+    assert shm_names() == shm
     # The server goes on serving.
     client = child.client(child.unix)
     with client.stream("u", 4) as stream:
