@@ -1,7 +1,8 @@
 """The courier client: calls a server's methods as if they were local.
 
-`client.method(...)` sends from the calling thread on a connection of that
-thread's own and reads the reply there: no other thread is woken. `client.
+`client.method(...)` sends from the calling thread on an idle connection of
+the client (or a new one) and reads the reply there: no other thread is
+woken. `client.
 futures.method(...)` returns a Future at once; those calls share one
 connection per client whose reader thread completes the futures, so many
 calls are in flight at a time.
@@ -165,6 +166,10 @@ MAX_REMEMBERED_VIEWS = 64
 # Timeouts whose calls' deadlines a futures connection keeps in order
 # (_DeadlineQueue); the deadlines of calls of further timeouts are watched one by one.
 MAX_DEADLINE_QUEUES = 64
+# Idle synchronous connections a client keeps for its next calls (each costs
+# the server a thread and a descriptor); more, after a burst of calls from
+# many threads at once, are closed as their calls end.
+MAX_IDLE_CONNECTIONS = 32
 
 
 def _remember(owner: Any, method: _Method) -> _Method:
@@ -242,8 +247,13 @@ def remote_exception(reply: tuple, label: str) -> BaseException:
 class _Channel:
   """The connections of one client (and its views) to one server.
 
-  Each thread's synchronous connection is its own (thread-local); the
-  channel also keeps a weak set of them, so that `close` reaches them all.
+  A synchronous call takes the idle connection last put back (or opens
+  one) and puts it back when it is done: a connection for each call in
+  progress, not one for each thread. A courier server runs a long call of a
+  client's futures on a new thread, and with a connection per thread each
+  such call that called another node connected anew (an accept and a
+  handshake there, ~1.5 ms). The channel also keeps a weak set of every
+  synchronous connection, so that `close` reaches those in use too.
   """
 
   def __init__(self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None):
@@ -252,8 +262,8 @@ class _Channel:
     self._resolver = resolver
     self._secret = secret
     self._tls = tls
-    self._local = threading.local()
     self._lock = threading.Lock()
+    self._idle: list[_SyncConnection] = []  # under _lock
     self._sync: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
     self._pipelined: _PipelinedConnection | None = None
     self._texts: dict[str, tuple[str, str]] = {}
@@ -270,28 +280,44 @@ class _Channel:
 
   def call(self, method: _Method, args: tuple, kwargs: dict) -> Any:
     deadline = method.deadline()
-    conn = getattr(self._local, "conn", None)
-    if conn is None:
-      conn = self._open_sync(deadline, method.name)
-    with conn.lock:  # close() from another thread waits for no call, but sees this one
-      if self.closed:
-        self._local.conn = None
-        raise self.closed_error(method.name)
-      if deadline.expired():
-        raise deadline.error(NOT_SENT)
-      try:
-        frame = conn.call(method, args, kwargs, deadline)
-      except errors.CallTimeoutError:
-        self._drop(conn)  # the connection may be in the middle of a frame
-        raise
-      except (EOFError, OSError) as e:
-        self._drop(conn)
+    conn = self._take_idle() or self._open_sync(deadline, method.name)
+    try:
+      with conn.lock:  # close() from another thread waits for no call, but sees this one
         if self.closed:
-          raise self.closed_error(method.name) from None
-        raise self.lost(method.name, conn.address, e) from None
-    if self.closed:  # close() came during the call and left this connection to us
-      self._drop(conn)
+          raise self.closed_error(method.name)
+        if deadline.expired():
+          raise deadline.error(NOT_SENT)
+        try:
+          frame = conn.call(method, args, kwargs, deadline)
+        except errors.SerializationError:
+          raise  # the arguments did not pickle: nothing was sent
+        except errors.CallTimeoutError:  # an OSError too
+          conn.close()  # it may be in the middle of a frame
+          raise
+        except (EOFError, OSError) as e:
+          conn.close()
+          if self.closed:
+            raise self.closed_error(method.name) from None
+          raise self.lost(method.name, conn.address, e) from None
+        except BaseException:
+          conn.close()  # interrupted: it may be in the middle of a frame
+          raise
+    finally:
+      self._put_back(conn)
     return decode_reply(frame, self.label)
+
+  def _take_idle(self) -> _SyncConnection | None:
+    with self._lock:
+      return self._idle.pop() if self._idle else None
+
+  def _put_back(self, conn: _SyncConnection) -> None:
+    """Keeps `conn` for the next call if it is open, or closes it if the
+    client was closed meanwhile (close() left it to us) or enough are idle."""
+    with self._lock:
+      if conn.close.alive and not self.closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+        self._idle.append(conn)
+        return
+    conn.close()
 
   def submit(self, method: _Method, args: tuple, kwargs: dict) -> Future:
     deadline = method.deadline()
@@ -306,21 +332,18 @@ class _Channel:
     return conn.submit(method, args, kwargs, deadline)
 
   def _take_idle_sync(self) -> tuple[socket.socket, str, shared_memory.Channel | None] | None:
-    """The calling thread's synchronous connection, if it has one that is
-    idle, handed over (self._lock held) to become the futures' connection:
-    it is authenticated already, so the futures need not wait for a
-    handshake (made in another thread, it waited for the caller to let go
-    of the interpreter: ~20 ms of a burst of 2,000 futures; docs/design.md).
-    The thread's next synchronous call connects anew."""
-    conn = getattr(self._local, "conn", None)
-    if conn is None or not conn.lock.acquire(blocking=False):
+    """An idle synchronous connection, if there is one, handed over
+    (self._lock held) to become the futures' connection: it is
+    authenticated already, so the futures need not wait for a handshake
+    (made in another thread, it waited for the caller to let go of the
+    interpreter: ~20 ms of a burst of 2,000 futures; docs/design.md)."""
+    if not self._idle:
       return None
-    try:
+    conn = self._idle[-1]
+    with conn.lock:  # free: close() holds it only under self._lock, held here
       taken = conn.detach()
-    finally:
-      conn.lock.release()
     if taken is not None:
-      self._local.conn = None
+      self._idle.pop()
       self._sync.discard(conn)
     return taken
 
@@ -332,6 +355,7 @@ class _Channel:
       self.closed = True
       pipelined, self._pipelined = self._pipelined, None
       connections = list(self._sync)
+      self._idle.clear()
     if pipelined is not None:
       pipelined.close()
     for conn in connections:
@@ -364,12 +388,7 @@ class _Channel:
         conn.close()
         raise self.closed_error(method)
       self._sync.add(conn)
-    self._local.conn = conn
     return conn
-
-  def _drop(self, conn: _SyncConnection) -> None:
-    self._local.conn = None
-    conn.close()
 
   def connect(
     self, deadline: Deadline, method: str
@@ -425,11 +444,11 @@ def _open(
 
 
 class _SyncConnection:
-  """A connection used by one thread at a time, one call in flight.
+  """A connection used by one call at a time.
 
   `lock` is held during each call, so that another thread closing the
-  client knows whether it may close the socket itself. A connection whose
-  thread ended is collected with that thread's locals, and its socket closed.
+  client knows whether it may close the socket itself. A connection
+  collected (its client was) closes its socket.
   """
 
   def __init__(self, sock: socket.socket, address: str, shared: shared_memory.Channel | None):
