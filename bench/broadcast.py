@@ -46,6 +46,7 @@ import tempfile
 import time
 
 import numpy as np
+import peers
 import psutil
 
 import launchpad as lp
@@ -293,6 +294,7 @@ def main() -> None:
     "is written again where the last ones were, as the broadcast's files are",
   )
   args = parser.parse_args()
+  print(peers.interpreter_speed(), flush=True)
   home = tempfile.TemporaryDirectory(prefix="bench-broadcast-")  # the programs' run directories
   os.environ.setdefault("LAUNCHPAD_HOME", home.name)
   size = args.mb * MB

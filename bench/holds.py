@@ -229,7 +229,9 @@ def main() -> None:
     our_env["LAUNCHPAD_COURIER_SPIN"] = "0"
     os.environ["LAUNCHPAD_COURIER_SPIN"] = "0"  # the replay server child and this client
   load = start_load() if args.load else []
-  print(f"load at start {_loadavg()}; {len(load)} busy loops", flush=True)
+  print(
+    f"load at start {_loadavg()}; {len(load)} busy loops; {peers.interpreter_speed()}", flush=True
+  )
   ours: list[dict] = []
   peer: list[dict] = []
   try:

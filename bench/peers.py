@@ -13,6 +13,7 @@ import re
 import statistics
 import subprocess
 import tempfile
+import timeit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,14 @@ def parser(doc: str) -> argparse.ArgumentParser:
   anchor_dir = pathlib.Path(os.environ.get("ANCHOR_DIR", "/tmp/anchor-venvs"))
   result.add_argument("--peer-python", default=str(anchor_dir / "lpref" / "bin" / "python"))
   return result
+
+
+def interpreter_speed() -> str:
+  """How quick this interpreter is on this machine now, to tell a slow
+  machine from a slow change when runs of different days differ: the best of
+  five timings of sum(range(1000)) (a quick desktop: 5-8 us)."""
+  best = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+  return f"interpreter: sum(range(1000)) {best * 1e6:.1f} us"
 
 
 def run_script(python: str, script: pathlib.Path, pattern: str, timeout: float) -> dict[str, float]:

@@ -120,6 +120,7 @@ def _rate(draw, batches: int, train: bool = False) -> float:
 
 def main() -> None:
   args = peers.parser(__doc__).parse_args()
+  print(peers.interpreter_speed(), flush=True)
   script = args.anchors / "reverb_dataset_bench.py"
   have_peer = pathlib.Path(args.peer_python).exists() and script.exists()
   if not have_peer:
