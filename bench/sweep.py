@@ -35,7 +35,7 @@ side by side with Ray Tune.
    Ray is started (ray.init) before its clock starts; its start-up is not
    counted.
 
-Usage: python bench/sweep.py [--orders 5] [--variants none,median,asha,asha2000,asha2000half,patient,hyperband] [--trials 20] [--runs 3]
+Usage: python bench/sweep.py [--orders 5] [--variants none,median,asha,asha2000,rerank,asha2000half,patient,hyperband] [--trials 20] [--runs 3]
                              [--skip-dqn] [--skip-ray]
 Needs the [sweep], [examples] and ray[tune] extras (pip install 'ray[tune]').
 """
@@ -82,6 +82,15 @@ PRUNERS = {
     *("--pruner", "asha"),
     *("--pruner-arg", "min_resource=2000"),
     *("--pruner-arg", "reduction_factor=3"),
+  ],
+  # asha2000 ranking each trial again at every report, at the highest rung
+  # it has passed: the first trials to reach a rung, promoted for having no
+  # one to be compared with, are stopped once later ones beat them there.
+  "rerank": [
+    *("--pruner", "asha"),
+    *("--pruner-arg", "min_resource=2000"),
+    *("--pruner-arg", "reduction_factor=3"),
+    *("--pruner-arg", "rerank=true"),
   ],
   # asha2000 keeping the best half at each rung (2,000, 4,000, 8,000 and
   # 16,000 steps) instead of the best third: fewer good configurations stopped

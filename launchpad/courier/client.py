@@ -2,10 +2,9 @@
 
 `client.method(...)` sends from the calling thread on an idle connection of
 the client (or a new one) and reads the reply there: no other thread is
-woken. `client.
-futures.method(...)` returns a Future at once; those calls share one
-connection per client whose reader thread completes the futures, so many
-calls are in flight at a time.
+woken. `client.futures.method(...)` returns a Future at once; those calls
+share one connection per client whose reader thread completes the futures,
+so many calls are in flight at a time.
 
 A call has one deadline (`launchpad.timeouts.Deadline`), fixed when it
 starts, for everything it waits for: the server starting, connecting, the
@@ -340,7 +339,10 @@ class _Channel:
     if not self._idle:
       return None
     conn = self._idle[-1]
-    with conn.lock:  # free: close() holds it only under self._lock, held here
+    # Its lock is free: a call locks a connection only once it has taken it
+    # out of the idle ones, and close() empties them (under self._lock, held
+    # here) before it locks any.
+    with conn.lock:
       taken = conn.detach()
     if taken is not None:
       self._idle.pop()

@@ -34,6 +34,8 @@ SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "asha", "hyperband")
 # Options of any pruner: they wrap it in Optuna's PatientPruner (make_pruner).
 PATIENCE_OPTIONS = ("patience", "min_delta")
+# An option of asha: its promotions hold only while they still rank (reranking.py).
+RERANK_OPTION = "rerank"
 DIRECTIONS = ("maximize", "minimize")
 # How long a call waits for an SQLite database another process holds locked.
 SQLITE_LOCK_SECONDS = 60.0
@@ -82,13 +84,18 @@ def make_pruner(choice: Any, options: Mapping[str, Any]) -> Any:
   PatientPruner: the pruner is asked about a trial only once its best value
   of its last patience + 1 reports is worse than its best before them (by
   more than min_delta), so a trial that is still improving goes on.
+  `rerank=true` with asha ranks a trial again at every report
+  (reranking.py).
   """
   optuna = import_optuna()
   options = dict(options)
   patience = {k: options.pop(k) for k in PATIENCE_OPTIONS if k in options}
   if patience and "patience" not in patience:
     raise SweepError("min_delta applies to patience: give patience=N (reports) with it.")
+  rerank = options.pop(RERANK_OPTION, False)
   pruner = _named_pruner(optuna, choice, options)
+  if rerank is not False:
+    pruner = _reranking(choice, rerank, pruner, options)
   if not patience:
     return pruner
   with warnings.catch_warnings():  # Optuna calls it experimental; the options here stay
@@ -100,6 +107,26 @@ def make_pruner(choice: Any, options: Mapping[str, Any]) -> Any:
         f"pruner options {patience} refused: {e} Give patience as a whole number of reports "
         ">= 0 and min_delta >= 0."
       ) from None
+
+
+def _reranking(choice: Any, rerank: Any, pruner: Any, options: Mapping[str, Any]) -> Any:
+  """`pruner` (asha's) ranking trials again at every report; SweepError for
+  any other pruner or a value of rerank other than true or false."""
+  if choice != "asha" or not isinstance(rerank, bool):
+    raise SweepError(
+      f"rerank={rerank!r}: rerank is an option of the pruner asha, true or false "
+      f"(--pruner asha --pruner-arg rerank=true), not of {choice!r}."
+    )
+  if not rerank:
+    return pruner
+  from launchpad.sweep.reranking import ReRankingPruner  # imports Optuna
+
+  return ReRankingPruner(
+    pruner,
+    options.get("min_resource", "auto"),
+    options.get("reduction_factor", 4),
+    options.get("min_early_stopping_rate", 0),
+  )
 
 
 def _named_pruner(optuna: Any, choice: Any, options: Mapping[str, Any]) -> Any:

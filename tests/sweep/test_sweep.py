@@ -220,6 +220,11 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(lp, tmp_path, runs_dir, 
       ("--pruner", "asha", "--pruner-arg", "patience=-1"),
       r"pruner options \{'patience': -1\} refused: .*Give patience as a whole number",
     ),
+    (
+      "x = [1.0]\nruns_dir = '/tmp'\n",
+      ("--pruner", "median", "--pruner-arg", "rerank=true"),
+      r"rerank=True: rerank is an option of the pruner asha",
+    ),
   ],
 )
 def test_bad_input_is_refused_before_any_trial_runs(lp, tmp_path, space_text, args, message):
