@@ -531,6 +531,32 @@ def test_threads_that_come_and_go_share_the_idle_connection(fresh_child_server):
   assert open_connections(port) == 0
 
 
+def test_idle_connections_the_server_closed_are_not_used():
+  """A node restarted at its address: a client held since reaches the new
+  server with its next calls, synchronous and futures, none failing."""
+  port, secret = free_port(), os.urandom(32)
+  service = Service()
+  first = Server(service, secret=secret, label="again[0]", port=port)
+  first.start()
+  client = Client(f"127.0.0.1:{port}", secret=secret, label="again[0]", timeout=TIMEOUT)
+  two = [in_thread(client.block, f"idle-{i}") for i in range(2)]  # two connections, then idle
+  for i in range(2):
+    assert service.wait_started(f"idle-{i}")
+    service.release(f"idle-{i}")
+  assert all(call.result(TIMEOUT) for call in two)
+  assert open_connections(port) == 2
+  first.stop()
+  wait_for(lambda: open_connections(port) == 0, "the server's end of the connections closing")
+  second = Server(Service(), secret=secret, label="again[0]", port=port)
+  second.start()
+  try:
+    assert client.echo("sync") == "sync"
+    assert client.futures.echo("future").result(TIMEOUT) == "future"
+  finally:
+    client.close()
+    second.stop()
+
+
 def test_a_client_keeps_at_most_max_idle_connections(fresh_child_server):
   addresses = fresh_child_server.addresses
   port = int(addresses.address.rsplit(":", 1)[1])

@@ -444,7 +444,7 @@ _LISTENING_SCRIPT = textwrap.dedent(
   service = program.add_node(lp.CourierNode(Service), label="service")
   controller = lp.launch(program, launch_type="ray", grace_period=2.0)
   node_switch = service.dereference().with_timeout(30).switch()
-  print(json.dumps({
+  print("SEEN", json.dumps({
     "listening": ray_cluster.listening_sockets(os.getpid()),
     "launcher_switch": os.environ.get(ray_launcher.LOOPBACK_SWITCH),
     "node_switch": node_switch,
@@ -472,7 +472,9 @@ def test_a_cluster_started_by_the_launcher_listens_on_loopback_only(tmp_path):
     cwd=tmp_path,
   )
   assert result.returncode == 0, result.stderr
-  seen = json.loads(result.stdout.splitlines()[-1])
+  # Ray's own lines (a killed actor's) may come after it.
+  (line,) = [line for line in result.stdout.splitlines() if line.startswith("SEEN ")]
+  seen = json.loads(line.removeprefix("SEEN "))
   listening = seen["listening"]
   # Ray's servers, the coordinator in the launcher, the node's courier server in its actor.
   names = {name for name, _, _ in listening}
