@@ -1,10 +1,10 @@
 """The courier client: calls a server's methods as if they were local.
 
-`client.method(...)` sends from the calling thread on an idle connection of
-the client (or a new one) and reads the reply there: no other thread is
-woken. `client.futures.method(...)` returns a Future at once; those calls
-share one connection per client whose reader thread completes the futures,
-so many calls are in flight at a time.
+`client.method(...)` sends from the calling thread on a connection of that
+thread's own and reads the reply there: no other thread is woken. `client.
+futures.method(...)` returns a Future at once; those calls share one
+connection per client whose reader thread completes the futures, so many
+calls are in flight at a time.
 
 A call has one deadline (`launchpad.timeouts.Deadline`), fixed when it
 starts, for everything it waits for: the server starting, connecting, the
@@ -20,7 +20,6 @@ import functools
 import heapq
 import itertools
 import pickle
-import select
 import socket
 import threading
 import time
@@ -166,10 +165,6 @@ MAX_REMEMBERED_VIEWS = 64
 # Timeouts whose calls' deadlines a futures connection keeps in order
 # (_DeadlineQueue); the deadlines of calls of further timeouts are watched one by one.
 MAX_DEADLINE_QUEUES = 64
-# Idle synchronous connections a client keeps for its next calls (each costs
-# the server a thread and a descriptor); more, after a burst of calls from
-# many threads at once, are closed as their calls end.
-MAX_IDLE_CONNECTIONS = 32
 
 
 def _remember(owner: Any, method: _Method) -> _Method:
@@ -247,13 +242,8 @@ def remote_exception(reply: tuple, label: str) -> BaseException:
 class _Channel:
   """The connections of one client (and its views) to one server.
 
-  A synchronous call takes the idle connection last put back (or opens
-  one) and puts it back when it is done: a connection for each call in
-  progress, not one for each thread. A courier server runs a long call of a
-  client's futures on a new thread, and with a connection per thread each
-  such call that called another node connected anew (an accept and a
-  handshake there, ~1.5 ms). The channel also keeps a weak set of every
-  synchronous connection, so that `close` reaches those in use too.
+  Each thread's synchronous connection is its own (thread-local); the
+  channel also keeps a weak set of them, so that `close` reaches them all.
   """
 
   def __init__(self, resolver: AddressResolver, secret: bytes, label: str, tls: TlsConfig | None):
@@ -262,8 +252,8 @@ class _Channel:
     self._resolver = resolver
     self._secret = secret
     self._tls = tls
+    self._local = threading.local()
     self._lock = threading.Lock()
-    self._idle: list[_SyncConnection] = []  # under _lock
     self._sync: weakref.WeakSet[_SyncConnection] = weakref.WeakSet()
     self._pipelined: _PipelinedConnection | None = None
     self._texts: dict[str, tuple[str, str]] = {}
@@ -280,52 +270,28 @@ class _Channel:
 
   def call(self, method: _Method, args: tuple, kwargs: dict) -> Any:
     deadline = method.deadline()
-    conn = self._take_idle() or self._open_sync(deadline, method.name)
-    try:
-      with conn.lock:  # close() from another thread waits for no call, but sees this one
+    conn = getattr(self._local, "conn", None)
+    if conn is None:
+      conn = self._open_sync(deadline, method.name)
+    with conn.lock:  # close() from another thread waits for no call, but sees this one
+      if self.closed:
+        self._local.conn = None
+        raise self.closed_error(method.name)
+      if deadline.expired():
+        raise deadline.error(NOT_SENT)
+      try:
+        frame = conn.call(method, args, kwargs, deadline)
+      except errors.CallTimeoutError:
+        self._drop(conn)  # the connection may be in the middle of a frame
+        raise
+      except (EOFError, OSError) as e:
+        self._drop(conn)
         if self.closed:
-          raise self.closed_error(method.name)
-        if deadline.expired():
-          raise deadline.error(NOT_SENT)
-        try:
-          frame = conn.call(method, args, kwargs, deadline)
-        except errors.SerializationError:
-          raise  # the arguments did not pickle: nothing was sent
-        except errors.CallTimeoutError:  # an OSError too
-          conn.close()  # it may be in the middle of a frame
-          raise
-        except (EOFError, OSError) as e:
-          conn.close()
-          if self.closed:
-            raise self.closed_error(method.name) from None
-          raise self.lost(method.name, conn.address, e) from None
-        except BaseException:
-          conn.close()  # interrupted: it may be in the middle of a frame
-          raise
-    finally:
-      self._put_back(conn)
+          raise self.closed_error(method.name) from None
+        raise self.lost(method.name, conn.address, e) from None
+    if self.closed:  # close() came during the call and left this connection to us
+      self._drop(conn)
     return decode_reply(frame, self.label)
-
-  def _take_idle(self) -> _SyncConnection | None:
-    """The idle connection last put back that is still open at the other
-    end; those the server closed meanwhile (it stopped, or restarted) are
-    closed here, so that a call is sent only where it can be served."""
-    with self._lock:
-      while self._idle:
-        conn = self._idle.pop()
-        if not conn.ended():
-          return conn
-        conn.close()
-    return None
-
-  def _put_back(self, conn: _SyncConnection) -> None:
-    """Keeps `conn` for the next call if it is open, or closes it if the
-    client was closed meanwhile (close() left it to us) or enough are idle."""
-    with self._lock:
-      if conn.close.alive and not self.closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
-        self._idle.append(conn)
-        return
-    conn.close()
 
   def submit(self, method: _Method, args: tuple, kwargs: dict) -> Future:
     deadline = method.deadline()
@@ -340,23 +306,21 @@ class _Channel:
     return conn.submit(method, args, kwargs, deadline)
 
   def _take_idle_sync(self) -> tuple[socket.socket, str, shared_memory.Channel | None] | None:
-    """An idle synchronous connection, if there is one, handed over
-    (self._lock held) to become the futures' connection: it is
-    authenticated already, so the futures need not wait for a handshake
-    (made in another thread, it waited for the caller to let go of the
-    interpreter: ~20 ms of a burst of 2,000 futures; docs/design.md)."""
-    while self._idle and self._idle[-1].ended():
-      self._idle.pop().close()
-    if not self._idle:
+    """The calling thread's synchronous connection, if it has one that is
+    idle, handed over (self._lock held) to become the futures' connection:
+    it is authenticated already, so the futures need not wait for a
+    handshake (made in another thread, it waited for the caller to let go
+    of the interpreter: ~20 ms of a burst of 2,000 futures; docs/design.md).
+    The thread's next synchronous call connects anew."""
+    conn = getattr(self._local, "conn", None)
+    if conn is None or not conn.lock.acquire(blocking=False):
       return None
-    conn = self._idle[-1]
-    # Its lock is free: a call locks a connection only once it has taken it
-    # out of the idle ones, and close() empties them (under self._lock, held
-    # here) before it locks any.
-    with conn.lock:
+    try:
       taken = conn.detach()
+    finally:
+      conn.lock.release()
     if taken is not None:
-      self._idle.pop()
+      self._local.conn = None
       self._sync.discard(conn)
     return taken
 
@@ -368,7 +332,6 @@ class _Channel:
       self.closed = True
       pipelined, self._pipelined = self._pipelined, None
       connections = list(self._sync)
-      self._idle.clear()
     if pipelined is not None:
       pipelined.close()
     for conn in connections:
@@ -401,7 +364,12 @@ class _Channel:
         conn.close()
         raise self.closed_error(method)
       self._sync.add(conn)
+    self._local.conn = conn
     return conn
+
+  def _drop(self, conn: _SyncConnection) -> None:
+    self._local.conn = None
+    conn.close()
 
   def connect(
     self, deadline: Deadline, method: str
@@ -457,11 +425,11 @@ def _open(
 
 
 class _SyncConnection:
-  """A connection used by one call at a time.
+  """A connection used by one thread at a time, one call in flight.
 
   `lock` is held during each call, so that another thread closing the
-  client knows whether it may close the socket itself. A connection
-  collected (its client was) closes its socket.
+  client knows whether it may close the socket itself. A connection whose
+  thread ended is collected with that thread's locals, and its socket closed.
   """
 
   def __init__(self, sock: socket.socket, address: str, shared: shared_memory.Channel | None):
@@ -472,8 +440,6 @@ class _SyncConnection:
     # Closes once, by hand or when collected.
     self.close = weakref.finalize(self, shared_memory.close_connection, sock, shared)
     self._reader = protocol.FrameReader(sock, shared, serialization.load_stream)
-    self._readable = select.poll()
-    self._readable.register(sock.fileno(), select.POLLIN)
     self._ids = itertools.count(1)
     self._round_trip = protocol.SPIN_SECONDS  # a moving average, seconds
 
@@ -489,12 +455,6 @@ class _SyncConnection:
     if frame.call_id != call_id:
       raise EOFError(f"reply to call {frame.call_id} while waiting for {call_id}")
     return frame
-
-  def ended(self) -> bool:
-    """Whether the connection, idle, can no longer carry a call: the server
-    closed it (an idle connection has nothing else to read), or it is closed
-    here. One poll of the socket, under a microsecond."""
-    return not self.close.alive or bool(self._readable.poll(0))
 
   def detach(self) -> tuple[socket.socket, str, shared_memory.Channel | None] | None:
     """Gives up the socket (and shared-memory channel) for another owner,

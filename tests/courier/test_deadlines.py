@@ -24,7 +24,7 @@ import pytest
 
 from launchpad import errors
 from launchpad.courier import protocol, serialization
-from launchpad.courier.client import MAX_IDLE_CONNECTIONS, Client
+from launchpad.courier.client import Client
 from launchpad.courier.server import Server
 from launchpad.timeouts import Deadline
 from launchpad.tls import TlsConfig
@@ -485,92 +485,46 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
     time.sleep(0.01)
 
 
-def test_close_from_another_thread_closes_every_connection_idle_or_busy(fresh_child_server):
+def test_close_from_another_thread_closes_every_threads_connection(fresh_child_server):
   addresses = fresh_child_server.addresses  # no other test's clients connect to it
   port = int(addresses.address.rsplit(":", 1)[1])
   client = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=None)
   control = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=TIMEOUT)
   control.echo("control")  # one connection of its own, which stays open
   name = f"close-{os.urandom(4).hex()}"
-  # Four calls at once take four connections, idle once they return.
-  four = [in_thread(client.block, f"{name}-{i}") for i in range(4)]
-  for i in range(4):
-    assert control.wait_started(f"{name}-{i}")
-  for i in range(4):
-    control.release(f"{name}-{i}")
-  assert all(call.result(TIMEOUT) for call in four)
+  called, finish = threading.Barrier(5), threading.Event()
+
+  def idle_thread(i: int):
+    assert client.echo(i) == i
+    called.wait(TIMEOUT)
+    finish.wait(TIMEOUT)
+    return client.echo("after close")  # raises: the client is closed
+
+  idle = [in_thread(idle_thread, i) for i in range(4)]
   busy = in_thread(client.block, name)  # in a call when the client closes
+  assert client.futures.echo("f").result(TIMEOUT) == "f"
+  called.wait(TIMEOUT)
   assert control.wait_started(name)
-  assert client.futures.echo("f").result(TIMEOUT) == "f"  # takes over an idle connection
-  assert open_connections(port) == 1 + 2 + 1 + 1  # control, two idle, the busy call, the futures
+  assert open_connections(port) == 1 + 4 + 1 + 1  # control, idle threads, busy thread, futures
 
   in_thread(client.close).result(TIMEOUT)  # neither the main thread nor a calling one
   assert isinstance(busy.exception(TIMEOUT), errors.ClientClosedError)
   wait_for(lambda: open_connections(port) == 1, "the client's connections stay open")
-  error = in_thread(client.echo, "after close").exception(TIMEOUT)
-  assert isinstance(error, errors.ClientClosedError), repr(error)
-  assert CHILD_LABEL in str(error) and "closed" in str(error)
+  finish.set()
+  for outcome in idle:
+    error = outcome.exception(TIMEOUT)
+    assert isinstance(error, errors.ClientClosedError), repr(error)
+    assert CHILD_LABEL in str(error) and "closed" in str(error)
   control.release(name)
   control.close()
 
 
-def test_threads_that_come_and_go_share_the_idle_connection(fresh_child_server):
-  """A courier server runs a long call of a client's futures on a new thread:
-  a call that thread makes on to another node must not connect anew."""
+def test_a_threads_connection_closes_when_the_thread_ends(fresh_child_server):
   addresses = fresh_child_server.addresses
   port = int(addresses.address.rsplit(":", 1)[1])
   client = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=TIMEOUT)
-  # Sync calls are served on their connection's reading thread, so the
-  # server threads that served them count the connections they came on.
-  served_on = {client.apply(threading.get_native_id)}
-  for _ in range(20):  # each thread ends before the next starts
-    served_on.add(in_thread(client.apply, threading.get_native_id).result(TIMEOUT))
-  assert len(served_on) == 1
-  assert open_connections(port) == 1
+  assert client.echo(1) == 1
+  assert in_thread(client.echo, 2).result(TIMEOUT) == 2
+  wait_for(lambda: open_connections(port) == 1, "an ended thread's connection stays open")
   client.close()
   assert open_connections(port) == 0
-
-
-def test_idle_connections_the_server_closed_are_not_used():
-  """A node restarted at its address: a client held since reaches the new
-  server with its next calls, synchronous and futures, none failing."""
-  port, secret = free_port(), os.urandom(32)
-  service = Service()
-  first = Server(service, secret=secret, label="again[0]", port=port)
-  first.start()
-  client = Client(f"127.0.0.1:{port}", secret=secret, label="again[0]", timeout=TIMEOUT)
-  two = [in_thread(client.block, f"idle-{i}") for i in range(2)]  # two connections, then idle
-  for i in range(2):
-    assert service.wait_started(f"idle-{i}")
-    service.release(f"idle-{i}")
-  assert all(call.result(TIMEOUT) for call in two)
-  assert open_connections(port) == 2
-  first.stop()
-  wait_for(lambda: open_connections(port) == 0, "the server's end of the connections closing")
-  second = Server(Service(), secret=secret, label="again[0]", port=port)
-  second.start()
-  try:
-    assert client.echo("sync") == "sync"
-    assert client.futures.echo("future").result(TIMEOUT) == "future"
-  finally:
-    client.close()
-    second.stop()
-
-
-def test_a_client_keeps_at_most_max_idle_connections(fresh_child_server):
-  addresses = fresh_child_server.addresses
-  port = int(addresses.address.rsplit(":", 1)[1])
-  client = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=TIMEOUT)
-  control = Client(addresses.address, secret=addresses.secret, label=CHILD_LABEL, timeout=TIMEOUT)
-  name = f"burst-{os.urandom(4).hex()}"
-  burst = MAX_IDLE_CONNECTIONS + 3
-  calls = [in_thread(client.block, f"{name}-{i}") for i in range(burst)]
-  for i in range(burst):
-    assert control.wait_started(f"{name}-{i}")
-  assert open_connections(port) == burst + 1
-  for i in range(burst):
-    control.release(f"{name}-{i}")
-  assert all(call.result(TIMEOUT) for call in calls)
-  assert open_connections(port) == MAX_IDLE_CONNECTIONS + 1
-  control.close()
-  client.close()

@@ -121,17 +121,17 @@ def test_a_wait_with_a_timeout_lasts_its_time_while_other_futures_complete(local
   assert getattr(blocked, wait)(TIMEOUT) in (True, None)
 
 
-def test_an_idle_connection_becomes_the_futures_one(local_server, transport):
+def test_a_threads_idle_connection_becomes_the_futures_one(local_server, transport):
   client = local_server.client(transport, timeout=LONG)
   assert client.echo("sync") == "sync"
   assert len(local_server.server.connections()) == 1
-  # The futures take over the idle authenticated connection: no new
+  # The futures take over this thread's authenticated connection: no new
   # connection (and no handshake in another thread) before the first reply.
   assert [f.result(TIMEOUT) for f in [client.futures.echo(i) for i in range(100)]] == list(
     range(100)
   )
   assert len(local_server.server.connections()) == 1
-  assert client.echo("again") == "again"  # the next sync call connects anew
+  assert client.echo("again") == "again"  # this thread's next call connects anew
   assert len(local_server.server.connections()) == 2
   assert client.futures.echo("still").result(TIMEOUT) == "still"
 
