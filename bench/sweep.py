@@ -52,6 +52,8 @@ import sys
 import tempfile
 import time
 
+import peers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DQN_TRIAL = ROOT / "examples" / "dqn" / "trial.py"
 DQN_SPACE = ROOT / "examples" / "dqn" / "sweep.toml"
@@ -308,6 +310,7 @@ def main() -> None:
   parser.add_argument("--skip-dqn", action="store_true")
   parser.add_argument("--skip-ray", action="store_true")
   args = parser.parse_args()
+  print(peers.interpreter_speed(), flush=True)
   with tempfile.TemporaryDirectory() as temporary:
     home = pathlib.Path(temporary)
     if not args.skip_dqn:

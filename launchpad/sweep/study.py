@@ -92,9 +92,9 @@ def make_pruner(choice: Any, options: Mapping[str, Any]) -> Any:
   patience = {k: options.pop(k) for k in PATIENCE_OPTIONS if k in options}
   if patience and "patience" not in patience:
     raise SweepError("min_delta applies to patience: give patience=N (reports) with it.")
-  rerank = options.pop(RERANK_OPTION, False)
+  rerank = options.pop(RERANK_OPTION, None)
   pruner = _named_pruner(optuna, choice, options)
-  if rerank is not False:
+  if rerank is not None:
     pruner = _reranking(choice, rerank, pruner, options)
   if not patience:
     return pruner
@@ -121,12 +121,13 @@ def _reranking(choice: Any, rerank: Any, pruner: Any, options: Mapping[str, Any]
     return pruner
   from launchpad.sweep.reranking import ReRankingPruner  # imports Optuna
 
-  return ReRankingPruner(
-    pruner,
-    options.get("min_resource", "auto"),
-    options.get("reduction_factor", 4),
-    options.get("min_early_stopping_rate", 0),
-  )
+  # The rungs as `pruner` was built: its options, else SuccessiveHalvingPruner's defaults.
+  defaults = inspect.signature(type(pruner)).parameters
+  rung = {
+    name: options.get(name, defaults[name].default)
+    for name in ("min_resource", "reduction_factor", "min_early_stopping_rate")
+  }
+  return ReRankingPruner(pruner, **rung)
 
 
 def _named_pruner(optuna: Any, choice: Any, options: Mapping[str, Any]) -> Any:
